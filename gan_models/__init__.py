@@ -1,0 +1,7 @@
+"""Networks, losses and sampling for GAN training. Imports torch only: no Ray, no MLflow."""
+
+from gan_models.registry import build_models, FAMILIES
+from gan_models.losses import LOSSES, GANLoss, build_loss
+from gan_models.sampling import sample_latent
+
+__all__ = ["FAMILIES", "LOSSES", "GANLoss", "build_loss", "build_models", "sample_latent"]

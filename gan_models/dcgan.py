@@ -1,0 +1,74 @@
+"""DCGAN (Radford et al., 2016) generator and discriminator for 28, 32 and 64 pixel images.
+
+Both networks change resolution by a factor of 2 per layer from a small base grid:
+7x7 for 28 px, 4x4 for 32 and 64 px. Channel counts double towards the base grid.
+"""
+
+import torch
+from torch import nn
+
+BASE_GRID = {28: 7, 32: 4, 64: 4}
+
+
+def num_resolution_steps(image_size: int) -> int:
+    if image_size not in BASE_GRID:
+        raise ValueError(f"DCGAN supports image sizes {sorted(BASE_GRID)}, got {image_size}")
+    return (image_size // BASE_GRID[image_size]).bit_length() - 1
+
+
+def init_dcgan_weights(module: nn.Module) -> None:
+    """The DCGAN paper's initialisation: N(0, 0.02) convolutions, N(1, 0.02) BatchNorm scales."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+class DCGANGenerator(nn.Module):
+    """z of shape (N, latent_dim) -> images of shape (N, channels, image_size, image_size) in [-1, 1]."""
+
+    def __init__(self, latent_dim: int, image_size: int, channels: int, width: int):
+        super().__init__()
+        self.latent_dim = latent_dim
+        steps = num_resolution_steps(image_size)
+        widths = [width * 2 ** i for i in reversed(range(steps))]
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(latent_dim, widths[0], BASE_GRID[image_size], 1, 0, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(inplace=True),
+        ]
+        for w_in, w_out in zip(widths, widths[1:]):
+            layers += [
+                nn.ConvTranspose2d(w_in, w_out, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(w_out),
+                nn.ReLU(inplace=True),
+            ]
+        layers += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        self.apply(init_dcgan_weights)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z[:, :, None, None])
+
+
+class DCGANDiscriminator(nn.Module):
+    """images -> one unnormalised score (logit) per image, shape (N,)."""
+
+    def __init__(self, image_size: int, channels: int, width: int):
+        super().__init__()
+        steps = num_resolution_steps(image_size)
+        widths = [width * 2 ** i for i in range(steps)]
+        layers: list[nn.Module] = [nn.Conv2d(channels, widths[0], 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
+        for w_in, w_out in zip(widths, widths[1:]):
+            layers += [
+                nn.Conv2d(w_in, w_out, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(w_out),
+                nn.LeakyReLU(0.2, inplace=True),
+            ]
+        layers.append(nn.Conv2d(widths[-1], 1, BASE_GRID[image_size], 1, 0))
+        self.net = nn.Sequential(*layers)
+        self.apply(init_dcgan_weights)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images).flatten()

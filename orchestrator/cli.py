@@ -1,0 +1,80 @@
+"""`ganorch` command line. Specs are validated before Ray or MLflow is imported, let alone started."""
+
+import argparse
+import sys
+
+from orchestrator.spec import JobSpec, SpecError, load
+
+EXIT_USAGE = 2
+
+
+def add_job_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job", help="job spec YAML, e.g. jobs/quickstart.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a spec key, e.g. --set train.steps=100 (repeatable; VALUE is read as YAML)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ganorch", description="Distributed GAN training on Ray, tracked in MLflow.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    validate = commands.add_parser("validate", help="check a job spec and print it resolved")
+    add_job_args(validate)
+    run = commands.add_parser("run", help="train a job on Ray Train (local Ray, or the cluster at RAY_ADDRESS)")
+    add_job_args(run)
+    run.add_argument("--dry-run", action="store_true", help="print the resolved spec and the resources it would take, then exit")
+    return parser
+
+
+def dry_run_report(spec: JobSpec) -> str:
+    from orchestrator.launch import ray_target, resources_line
+    from orchestrator.tracking import tracking_uri
+
+    return "\n".join([
+        "# resolved job spec",
+        spec.to_yaml().rstrip(),
+        "",
+        f"# would run on {ray_target()}",
+        f"# resources: {resources_line(spec)}",
+        f"# MLflow: experiment {spec.experiment!r} at {tracking_uri()}",
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        spec = load(args.job, args.overrides)
+    except SpecError as err:
+        print(f"ganorch: invalid job spec {err}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.command == "validate":
+        print(f"{args.job}: valid")
+        print(spec.to_yaml(), end="")
+        return 0
+    if args.dry_run:
+        print(dry_run_report(spec))
+        return 0
+    return run_job(spec)
+
+
+def run_job(spec: JobSpec) -> int:
+    from orchestrator import launch
+
+    try:
+        outcome = launch.run(spec)
+    except KeyboardInterrupt:
+        print("\nganorch: interrupted; the MLflow run is marked KILLED", file=sys.stderr)
+        return 130
+    except Exception as err:  # a failed run: say what failed, without Ray's wrapper traceback
+        print(f"ganorch: training failed: {err}", file=sys.stderr)
+        return 1
+    metrics = outcome.summary.get("metrics", {})
+    print(f"done: step {outcome.summary.get('step')}, "
+          + ", ".join(f"{k} {metrics[k]:.3f}" for k in ("loss_d", "loss_g", "d_real", "d_fake") if k in metrics))
+    print(f"MLflow run {outcome.run_id} at {outcome.tracking_uri}")
+    if outcome.checkpoint_path:
+        print(f"final checkpoint: {outcome.checkpoint_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""The D/G alternation as data: each phase names the network it trains, the one it freezes,
+its optimizer, how many steps it takes per iteration, and its objective."""
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from gan_models.losses import GANLoss
+
+Stats = dict[str, torch.Tensor]
+Objective = Callable[[torch.Tensor | None, torch.Tensor], tuple[torch.Tensor, Stats]]
+
+
+@dataclass
+class Phase:
+    name: str
+    trains: nn.Module        # the DDP-wrapped network this phase steps
+    frozen: nn.Module        # the other network, bare: no gradients, no all-reduce
+    optimizer: torch.optim.Optimizer
+    repeats: int             # steps per iteration (n_critic for D)
+    uses_real: bool          # whether each step takes a fresh real batch
+    objective: Objective     # (real or None, z) -> (loss, stats)
+
+
+def discriminator_objective(loss: GANLoss, D: nn.Module, G: nn.Module, real: torch.Tensor,
+                            z: torch.Tensor) -> tuple[torch.Tensor, Stats]:
+    with torch.no_grad():
+        fake = G(z)
+    # Separate forwards, as in DCGAN: a BatchNorm D normalises real and fake batches each by their
+    # own statistics, exactly as it will see fakes in the G phase. D's DDP wrapper does not broadcast
+    # buffers, so the second forward cannot overwrite statistics the first one's backward needs.
+    real_scores, fake_scores = D(real), D(fake)
+    value = loss.discriminator(real_scores, fake_scores)
+    return value, {"loss_d": value, "d_real": loss.output(real_scores), "d_fake": loss.output(fake_scores)}
+
+
+def generator_objective(loss: GANLoss, D: nn.Module, G: nn.Module, real: torch.Tensor | None,
+                        z: torch.Tensor) -> tuple[torch.Tensor, Stats]:
+    value = loss.generator(D(G(z)))
+    return value, {"loss_g": value}
+
+
+def build_phases(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
+                 loss: GANLoss, n_critic: int) -> list[Phase]:
+    """G and D are the DDP wrappers; each phase calls the other network's bare module."""
+    return [
+        Phase("D", trains=D, frozen=G.module, optimizer=opt_d, repeats=n_critic, uses_real=True,
+              objective=partial(discriminator_objective, loss, D, G.module)),
+        Phase("G", trains=G, frozen=D.module, optimizer=opt_g, repeats=1, uses_real=False,
+              objective=partial(generator_objective, loss, D.module, G)),
+    ]
+
+
+def run_phase(phase: Phase, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+              draw_z: Callable[[], torch.Tensor]) -> list[Stats]:
+    """`repeats` optimizer steps of the trained network; returns each step's stats."""
+    phase.frozen.requires_grad_(False)
+    phase.trains.requires_grad_(True)
+    stats = []
+    for _ in range(phase.repeats):
+        real = next(batches)[0] if phase.uses_real else None
+        phase.optimizer.zero_grad(set_to_none=True)
+        value, step_stats = phase.objective(real, draw_z())
+        value.backward()
+        phase.optimizer.step()
+        stats.append(step_stats)
+    return stats

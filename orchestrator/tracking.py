@@ -1,0 +1,90 @@
+"""MLflow: where results go, the run's lifecycle on the driver, and rank 0's logging during training."""
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from orchestrator.schema import flatten
+from orchestrator.spec import JobSpec
+
+# A run's tags that ganorch sets.
+TAG_JOB = "ganorch.job"
+TAG_CHECKPOINT = "ganorch.checkpoint"            # artifact path of the latest checkpoint in the run
+TAG_RAY_CHECKPOINT = "ganorch.ray_checkpoint"    # the same checkpoint in Ray Train's storage
+
+
+def tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI` when set, else the embedded default: an SQLite store in the working directory.
+    Absolute, because Ray Train workers run in directories of their own."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def client(uri: str):
+    import logging
+
+    from mlflow import MlflowClient
+
+    # The first use of an SQLite store runs schema migrations that log at INFO.
+    for name in ("alembic", "mlflow.store.db.utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return MlflowClient(uri)
+
+
+def start_run(spec: JobSpec, uri: str) -> str:
+    """Create the job's run (experiment made if missing) with the resolved spec as params and as `spec.yaml`."""
+    from mlflow.entities import Param
+
+    c = client(uri)
+    experiment = c.get_experiment_by_name(spec.experiment)
+    experiment_id = experiment.experiment_id if experiment else c.create_experiment(spec.experiment)
+    run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run = c.create_run(experiment_id, run_name=run_name, tags={TAG_JOB: spec.name})
+    params = [Param(k, str(v)) for k, v in flatten(spec.to_dict()).items()]
+    for start in range(0, len(params), 100):
+        c.log_batch(run.info.run_id, params=params[start:start + 100])
+    c.log_text(run.info.run_id, spec.to_yaml(), "spec.yaml")
+    return run.info.run_id
+
+
+def end_run(uri: str, run_id: str, status: str, tags: dict[str, str] | None = None) -> None:
+    c = client(uri)
+    for key, value in (tags or {}).items():
+        c.set_tag(run_id, key, value)
+    c.set_terminated(run_id, status)
+
+
+def image_grid(images: "torch.Tensor", nrow: int) -> np.ndarray:
+    """Images in [-1, 1], shape (N, C, H, W) -> one uint8 HxWxC grid."""
+    from torchvision.utils import make_grid
+
+    grid = make_grid(images.detach().float().cpu(), nrow=nrow, padding=2, normalize=True, value_range=(-1, 1))
+    return (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+class RunLogger:
+    """Rank 0's handle on the run the driver created."""
+
+    def __init__(self, uri: str, run_id: str):
+        self.client = client(uri)
+        self.run_id = run_id
+
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def log_samples(self, step: int, images: "torch.Tensor") -> None:
+        nrow = int(len(images) ** 0.5 + 0.5)
+        self.client.log_image(self.run_id, image_grid(images, nrow), artifact_file=f"samples/step_{step:06d}.png")
+
+    def log_checkpoint(self, step: int, path: Path) -> str:
+        artifact_dir = f"checkpoints/step_{step:06d}"
+        self.client.log_artifact(self.run_id, str(path), artifact_dir)
+        return f"{artifact_dir}/{path.name}"
+
+    def set_tag(self, key: str, value: Any) -> None:
+        self.client.set_tag(self.run_id, key, str(value))

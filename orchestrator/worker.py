@@ -1,0 +1,143 @@
+"""The per-worker training loop, top to bottom. Ray Train runs `train_loop_per_worker` on every worker."""
+
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from gan_models import build_loss, build_models, sample_latent
+from orchestrator import checkpoint, distributed
+from orchestrator.data import ShardedBatches, load_dataset
+from orchestrator.phases import build_phases, run_phase
+from orchestrator.spec import JobSpec, parse
+from orchestrator.tracking import TAG_CHECKPOINT
+
+PROGRESS_EVERY_S = 1.0
+
+
+@dataclass
+class WorkerContext:
+    """What a worker needs besides the spec: where it runs and who it reports to (rank 0 only)."""
+    device: torch.device
+    tracking_uri: str | None = None
+    run_id: str | None = None
+    progress: Any = None    # a ProgressBoard handle
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
+    import ray.train
+    import ray.train.torch
+
+    context = WorkerContext(device=ray.train.torch.get_device(), tracking_uri=config["tracking_uri"],
+                            run_id=config["run_id"], progress=config.get("progress"))
+    return train(parse(config["spec"]), context, report=ray.train.report)
+
+
+def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
+    """Train G and D for `spec.train.steps` iterations. Returns rank 0's summary (final metrics, state digests)."""
+    rank, world_size = distributed.rank(), distributed.world_size()
+    is_rank0 = rank == 0
+    device = context.device
+    batch = spec.batch_per_worker
+    logger = None
+    if is_rank0 and context.run_id:
+        from orchestrator.tracking import RunLogger  # only rank 0 imports MLflow
+        logger = RunLogger(context.tracking_uri, context.run_id)
+
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # a saturated D's tiny activations are denormals: 5x slower on CPU
+
+    # Networks, optimizers, the alternation.
+    torch.manual_seed(spec.seed)
+    G, D = build_models(spec.model.family, latent_dim=spec.model.latent_dim, image_size=spec.model.image_size,
+                        channels=spec.model.channels, g_width=spec.model.g_width, d_width=spec.model.d_width)
+    G_ddp = distributed.wrap_ddp(G.to(device), device)
+    D_ddp = distributed.wrap_ddp(D.to(device), device)
+    opt_g = torch.optim.Adam(G.parameters(), lr=spec.optim.g.lr, betas=spec.optim.g.betas)
+    opt_d = torch.optim.Adam(D.parameters(), lr=spec.optim.d.lr, betas=spec.optim.d.betas)
+    phases = build_phases(G_ddp, D_ddp, opt_g, opt_d, build_loss(spec.train.loss), spec.train.n_critic)
+
+    # Data and noise. Every rank draws the same global z batch and keeps its own slice, so N workers
+    # x batch B see exactly the noise (and data) that 1 worker x batch N*B sees.
+    images, labels = load_dataset(spec.data, spec.model)
+    batches = iter(ShardedBatches(images, labels, batch_size=batch, rank=rank, world_size=world_size,
+                                  seed=spec.seed, device=device))
+    noise = torch.Generator(device=device).manual_seed(spec.seed + 1)
+
+    def draw_z() -> torch.Tensor:
+        z = sample_latent(spec.train.batch_size, spec.model.latent_dim, generator=noise, device=device)
+        return z[rank * batch:(rank + 1) * batch]
+
+    fixed_z = sample_latent(spec.tracking.num_samples, spec.model.latent_dim,
+                            generator=torch.Generator().manual_seed(spec.seed), device=device)
+    stats = distributed.StatsAccumulator(device)
+    images_per_step = spec.train.batch_size * spec.train.n_critic
+    track = spec.tracking
+    metrics: dict[str, float] = {}
+    digests: dict[str, list[str]] = {}
+
+    if logger:
+        logger.log_samples(0, sample(G, fixed_z))
+    tick_start, tick_step, last_post = time.perf_counter(), 0, 0.0
+    for step in range(1, spec.train.steps + 1):
+        for phase in phases:
+            for step_stats in run_phase(phase, batches, draw_z):
+                stats.add(step_stats)
+
+        last = step == spec.train.steps
+        if is_rank0 and context.progress and time.perf_counter() - last_post > PROGRESS_EVERY_S:
+            elapsed = time.perf_counter() - tick_start
+            context.progress.post.remote({"step": step, "images_per_sec": (step - tick_step) * images_per_step / elapsed})
+            last_post = time.perf_counter()
+
+        log_metrics = step % track.metrics_every == 0 or last
+        save_checkpoint = step % track.checkpoint_every == 0 or last
+        if log_metrics:
+            elapsed = time.perf_counter() - tick_start
+            metrics = stats.reduce()
+            metrics["images_per_sec"] = (step - tick_step) * images_per_step / elapsed
+            metrics["images_seen"] = step * images_per_step
+            tick_start, tick_step = time.perf_counter(), step
+            if logger:
+                logger.log_metrics(step, metrics)
+            if is_rank0 and context.progress:
+                context.progress.post.remote({"step": step, "metrics_step": step, **metrics})
+        if logger and (step % track.samples_every == 0 or last):
+            logger.log_samples(step, sample(G, fixed_z))
+        if save_checkpoint:
+            digests = distributed.check_consistency({"generator": G, "discriminator": D})
+            state = None
+            if is_rank0:
+                state = checkpoint.build(G=G, D=D, opt_g=opt_g, opt_d=opt_d, step=step,
+                                         images_seen=step * images_per_step, spec=spec.to_dict())
+            save_and_report(report, step, metrics, state, logger)
+
+    return {"step": spec.train.steps, "metrics": metrics, "digests": digests}
+
+
+@torch.no_grad()
+def sample(G: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
+    was_training = G.training
+    G.eval()
+    images = G(z)
+    G.train(was_training)
+    return images
+
+
+def save_and_report(report, step: int, metrics: dict[str, float], state: dict[str, Any] | None, logger) -> None:
+    """Every rank calls `ray.train.report` once per checkpoint, and only then: each report waits for
+    Ray Train's controller to take the previous one (it polls every few seconds). Rank 0 passes the
+    checkpoint `state`, which goes to MLflow and to Ray's storage."""
+    with tempfile.TemporaryDirectory(prefix="ganorch-ckpt-") as tmp:
+        ckpt = None
+        if state is not None:
+            path = checkpoint.save(state, tmp)
+            if logger:
+                logger.set_tag(TAG_CHECKPOINT, logger.log_checkpoint(step, path))
+            if report is not None:
+                from ray.train import Checkpoint
+                ckpt = Checkpoint.from_directory(tmp)
+        if report is not None:
+            report({"step": step, **metrics}, checkpoint=ckpt)
