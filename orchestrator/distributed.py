@@ -8,6 +8,7 @@ fake): every parameter still gets one accumulated gradient, so DDP reduces each 
 """
 
 import hashlib
+import inspect
 
 import torch
 import torch.distributed as dist
@@ -27,6 +28,8 @@ def wrap_ddp(module: nn.Module, device: torch.device) -> DDP:
     """DDP without per-forward buffer broadcasts. BatchNorm running statistics are not used in training
     mode, so each rank keeps its own until `broadcast_buffers` aligns them to rank 0's before a snapshot."""
     device_ids = [device.index] if device.type == "cuda" else None
+    if "forward_sync_buffers" in inspect.signature(DDP).parameters:  # newer torch renamed the option
+        return DDP(module, device_ids=device_ids, forward_sync_buffers=False)
     return DDP(module, device_ids=device_ids, broadcast_buffers=False)
 
 
@@ -67,18 +70,19 @@ class StatsAccumulator:
         return dict(zip(names, values))
 
 
-def state_digest(module: nn.Module) -> str:
-    """A hash of every parameter and buffer, by name: equal digests mean bit-identical state."""
+def state_digest(module: nn.Module, parameters_only: bool = False) -> str:
+    """A hash of every parameter and buffer (or parameter only), by name: equal digests mean bit-identical state."""
+    tensors = dict(module.named_parameters()) if parameters_only else module.state_dict()
     h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
+    for name, tensor in sorted(tensors.items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
-def gather_digests(modules: dict[str, nn.Module]) -> dict[str, list[str]]:
+def gather_digests(modules: dict[str, nn.Module], parameters_only: bool = False) -> dict[str, list[str]]:
     """{name: [digest on rank 0, digest on rank 1, ...]} for each module."""
-    local = {name: state_digest(m) for name, m in modules.items()}
+    local = {name: state_digest(m, parameters_only) for name, m in modules.items()}
     gathered: list[dict[str, str]] = [local] * world_size()
     if world_size() > 1:
         gathered = [{} for _ in range(world_size())]

@@ -37,7 +37,7 @@ def init_ray() -> None:
 
     if ray.is_initialized():
         return
-    ray.init(log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
+    ray.init(log_to_driver=False, logging_level=logging.ERROR, configure_logging=True)
 
 
 def run(spec: JobSpec, loop: Callable[[dict], Any] | None = None, show_progress: bool = True) -> RunOutcome:

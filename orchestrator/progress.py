@@ -81,5 +81,5 @@ class ProgressView:
         if self.live:
             self.progress.update(self.task, completed=state.get("step", 0), line=line)
         elif state.get("metrics_step") != self.last_metrics_step:
-            print(f"{self.title}: {line}", flush=True)
+            print(f"{self.title}: {describe({**state, 'step': state['metrics_step']}, self.total_steps)}", flush=True)
         self.last_metrics_step = state.get("metrics_step")

@@ -1,13 +1,14 @@
 """The job spec: one typed tree per job, loaded from `jobs/*.yaml`, validated once before anything starts."""
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
 import yaml
 
-from orchestrator.schema import Parser, setting, to_plain
+from orchestrator.schema import Parser, describe_type, setting, to_plain
 
 Problem = tuple[tuple[str, ...], str]
 
@@ -197,8 +198,6 @@ def apply_overrides(data: dict, overrides: list[str]) -> list[str]:
 
 def field_reference() -> list[tuple[str, str, str, str]]:
     """(dotted key, type, default, meaning) for every spec key: README's reference is checked against it."""
-    from orchestrator.schema import describe_type
-    import typing
 
     rows = []
 
@@ -210,7 +209,11 @@ def field_reference() -> list[tuple[str, str, str, str]]:
                 walk(hints[f.name], key + ".")
                 continue
             default = f.default if f.default is not dataclasses.MISSING else "(file name)"
-            rows.append((key, describe_type(hints[f.name]), yaml.safe_dump(to_plain(default), default_flow_style=True).strip().removesuffix("\n...").removesuffix("..."), f.metadata["help"]))
+            bounds = [f"{symbol} {f.metadata[k]:g}" for k, symbol in (("ge", ">="), ("gt", ">"), ("le", "<="))
+                      if f.metadata.get(k) is not None]
+            type_text = " ".join([describe_type(hints[f.name]), ", ".join(bounds)]).strip()
+            default_text = yaml.safe_dump(to_plain(default), default_flow_style=True).removesuffix("...\n").strip()
+            rows.append((key, type_text, default_text, f.metadata["help"]))
 
     walk(JobSpec, "")
     return rows

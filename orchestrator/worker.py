@@ -114,7 +114,9 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
                                          images_seen=step * images_per_step, spec=spec.to_dict())
             save_and_report(report, step, metrics, state, logger)
 
-    return {"step": spec.train.steps, "metrics": metrics, "digests": digests}
+    # Parameters alone, without the buffer alignment a snapshot does: proof that DDP kept ranks in step.
+    parameters = distributed.gather_digests({"generator": G, "discriminator": D}, parameters_only=True)
+    return {"step": spec.train.steps, "metrics": metrics, "snapshot_digests": digests, "parameter_digests": parameters}
 
 
 @torch.no_grad()

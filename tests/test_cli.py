@@ -1,0 +1,70 @@
+"""The command line: bad specs exit 2 with every problem and no traceback, before Ray or MLflow is touched."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def ganorch(*args, cwd):
+    code = ("import sys; from orchestrator.cli import main; rc = main(sys.argv[1:]); "
+            "print('IMPORTED', sorted(m for m in ('ray', 'mlflow') if m in sys.modules), file=sys.stderr); "
+            "sys.exit(rc)")
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("command", [["run"], ["run", "--dry-run"], ["validate"]])
+def test_bad_spec_exits_2_and_starts_nothing(tmp_path, command):
+    job = tmp_path / "bad.yaml"
+    job.write_text("train:\n  n_critc: 2\n  steps: -1\nmodel:\n  image_size: 30\n")
+    out = ganorch(*command, str(job), cwd=tmp_path)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    for fragment in ("3 problems", "train.n_critc: unknown key; did you mean 'n_critic'?",
+                     "train.steps: got -1; must be >= 1", "model.image_size: got 30 (int); allowed: 28, 32, 64"):
+        assert fragment in out.stderr
+    assert "IMPORTED []" in out.stderr, "neither Ray nor MLflow may be imported for a bad spec"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"], "nothing may be written"
+
+
+@pytest.mark.parametrize("content", [None, "", "a: [1\n"])
+def test_missing_empty_or_non_yaml_file_exits_2(tmp_path, content):
+    job = tmp_path / "job.yaml"
+    if content is not None:
+        job.write_text(content)
+    out = ganorch("run", str(job), cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"invalid job spec {job}" in out.stderr
+
+
+def test_bad_override_exits_2(tmp_path):
+    out = ganorch("run", str(REPO / "jobs/quickstart.yaml"), "--set", "train.batch_size=63", cwd=tmp_path)
+    assert out.returncode == 2
+    assert "train.batch_size: got 63; must be a multiple of resources.num_workers (2)" in out.stderr
+
+
+def test_dry_run_prints_resolved_spec_and_resources(tmp_path):
+    out = ganorch("run", str(REPO / "jobs/quickstart.yaml"), "--dry-run", "--set", "resources.num_workers=4", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "num_workers: 4" in out.stdout
+    assert "4 worker(s) x (1 CPU, 0 GPU) = 4 CPU, 0 GPU; backend gloo; batch 64 (16 per worker)" in out.stdout
+    assert f"sqlite:///{tmp_path}/mlflow.db" in out.stdout
+    assert "IMPORTED []" in out.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_validate_prints_resolved_spec(tmp_path):
+    out = ganorch("validate", str(REPO / "jobs/debug_dcgan.yaml"), cwd=tmp_path)
+    assert out.returncode == 0
+    assert "debug_dcgan.yaml: valid" in out.stdout and "n_critic: 2" in out.stdout
+
+
+def test_console_script_is_installed(tmp_path):
+    import sysconfig
+
+    script = Path(sysconfig.get_path("scripts")) / "ganorch"
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0 and "validate" in out.stdout and "run" in out.stdout

@@ -1,0 +1,43 @@
+"""Every shipped job spec validates, and README documents every spec key."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from orchestrator.spec import field_reference, load
+
+REPO = Path(__file__).resolve().parents[1]
+JOBS = sorted((REPO / "jobs").glob("*.yaml"))
+
+
+def test_jobs_exist():
+    assert {p.name for p in JOBS} >= {"quickstart.yaml", "debug_dcgan.yaml"}
+
+
+@pytest.mark.parametrize("path", JOBS, ids=[p.name for p in JOBS])
+def test_job_validates(path):
+    spec = load(path)
+    assert spec.name == path.stem
+
+
+def test_quickstart_is_two_cpu_workers():
+    spec = load(REPO / "jobs/quickstart.yaml")
+    assert spec.resources.num_workers == 2 and not spec.resources.use_gpu
+
+
+def test_readme_documents_every_spec_key():
+    readme = (REPO / "README.md").read_text()
+    rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| `([a-z_.]+)` \|.*$", readme, re.M)}
+    for key, type_, default, meaning in field_reference():
+        assert key in rows, f"README's spec reference lacks {key}"
+        assert f"`{default}`" in rows[key], f"README's default for {key} is not {default}"
+
+
+def test_ci_runs_readme_test_command():
+    readme = (REPO / "README.md").read_text()
+    commands = re.findall(r"```(?:bash|sh)\n(.*?)```", readme.split("## Quickstart", 1)[1].split("\n## ", 1)[0], re.S)
+    assert len(commands) == 2, "Quickstart holds exactly two commands"
+    test_command = commands[1].strip()
+    assert "pytest" in test_command
+    assert test_command in (REPO / ".ci/run").read_text()

@@ -1,0 +1,85 @@
+"""The alternation on real DDP modules (a one-process gloo group): each phase steps its own network only."""
+
+import copy
+
+import pytest
+import torch
+
+from gan_models import build_loss, build_models
+from orchestrator import distributed
+from orchestrator.phases import build_phases, run_phase
+
+
+def make(process_group, n_critic=2):
+    torch.manual_seed(0)
+    G, D = build_models("dcgan", latent_dim=8, image_size=28, channels=1, g_width=4, d_width=4)
+    cpu = torch.device("cpu")
+    G_ddp, D_ddp = distributed.wrap_ddp(G, cpu), distributed.wrap_ddp(D, cpu)
+    opt_g = torch.optim.Adam(G.parameters(), lr=1e-2)
+    opt_d = torch.optim.Adam(D.parameters(), lr=1e-2)
+    phases = build_phases(G_ddp, D_ddp, opt_g, opt_d, build_loss("nonsaturating"), n_critic)
+    real = iter(lambda: (torch.rand(6, 1, 28, 28) * 2 - 1, torch.zeros(6)), None)
+    return G, D, phases, real, lambda: torch.randn(6, 8)
+
+
+def params(module):
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def changed(before, module):
+    return [not torch.equal(a, b) for a, b in zip(before, module.parameters())]
+
+
+def test_d_phase_steps_d_only(process_group):
+    G, D, phases, real, draw_z = make(process_group)
+    g_before, d_before = params(G), params(D)
+    stats = run_phase(phases[0], real, draw_z)
+    assert len(stats) == 2 and set(stats[0]) == {"loss_d", "d_real", "d_fake"}
+    assert not any(changed(g_before, G)), "the D phase must not touch G"
+    assert all(p.grad is None for p in G.parameters())
+    assert all(changed(d_before, D))
+
+
+def test_g_phase_steps_g_only_and_leaves_no_d_gradients(process_group):
+    G, D, phases, real, draw_z = make(process_group)
+    run_phase(phases[0], real, draw_z)
+    for p in D.parameters():
+        p.grad = None
+    g_before, d_before = params(G), params(D)
+    stats = run_phase(phases[1], real, draw_z)
+    assert set(stats[0]) == {"loss_g"}
+    assert not any(changed(d_before, D)), "the G phase must not step D"
+    assert all(p.grad is None for p in D.parameters()), "the G phase must not compute or all-reduce D gradients"
+    assert all(changed(g_before, G))
+
+
+def test_alternation_runs_repeatedly_without_ddp_errors(process_group):
+    """A partial backward through a DDP module would fail at the next forward; many rounds prove it does not."""
+    G, D, phases, real, draw_z = make(process_group, n_critic=3)
+    for _ in range(4):
+        for phase in phases:
+            run_phase(phase, real, draw_z)
+
+
+def test_stats_reduce_means_and_clears():
+    stats = distributed.StatsAccumulator(torch.device("cpu"))
+    stats.add({"a": torch.tensor(1.0), "b": torch.tensor([2.0, 4.0])})
+    stats.add({"a": torch.tensor(3.0)})
+    assert stats.reduce() == {"a": 2.0, "b": 3.0}
+    assert stats.reduce() == {}
+
+
+def test_digest_sees_every_bit():
+    torch.manual_seed(0)
+    G, _ = build_models("dcgan", latent_dim=8, image_size=28, channels=1, g_width=4, d_width=4)
+    twin = copy.deepcopy(G)
+    assert distributed.state_digest(G) == distributed.state_digest(twin)
+    with torch.no_grad():
+        p = next(twin.parameters())
+        p.view(-1)[0] = torch.nextafter(p.view(-1)[0], torch.tensor(1.0))
+    assert distributed.state_digest(G) != distributed.state_digest(twin)
+    assert distributed.state_digest(G, parameters_only=True) != distributed.state_digest(twin, parameters_only=True)
+    twin2 = copy.deepcopy(G)
+    next(b for b in twin2.buffers() if b.is_floating_point()).add_(1)
+    assert distributed.state_digest(G) != distributed.state_digest(twin2)
+    assert distributed.state_digest(G, parameters_only=True) == distributed.state_digest(twin2, parameters_only=True)

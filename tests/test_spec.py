@@ -1,0 +1,127 @@
+"""Malformed specs: every problem reported at once, each naming its dotted key, the value and what is allowed."""
+
+import textwrap
+
+import pytest
+
+from orchestrator.spec import SpecError, load, parse
+
+VALID = {"name": "t", "train": {"batch_size": 8}, "resources": {"num_workers": 2}}
+
+
+def spec_with(section: str, key: str, value):
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in VALID.items()}
+    if section:
+        data.setdefault(section, {})[key] = value
+    else:
+        data[key] = value
+    return data
+
+
+# (section, key, value, fragments every one of which the message must hold)
+CASES = [
+    ("train", "n_critc", 2, ["train.n_critc", "unknown key", "did you mean 'n_critic'"]),
+    ("", "trian", {}, ["trian", "unknown key", "did you mean 'train'"]),
+    ("model", "familly", "dcgan", ["model.familly", "did you mean 'family'"]),
+    ("train", "batch_size", "sixty", ["train.batch_size", "'sixty' (str)", "expected an integer"]),
+    ("train", "batch_size", 12.5, ["train.batch_size", "12.5 (float)", "expected an integer"]),
+    ("train", "steps", 0, ["train.steps", "got 0", "must be >= 1"]),
+    ("train", "n_critic", -1, ["train.n_critic", "got -1", "must be >= 1"]),
+    ("train", "loss", "hinge-ish", ["train.loss", "'hinge-ish'", "allowed: 'nonsaturating'"]),
+    ("model", "image_size", 30, ["model.image_size", "got 30", "allowed: 28, 32, 64"]),
+    ("model", "family", "dcgna", ["model.family", "'dcgna'", "did you mean 'dcgan'"]),
+    ("model", "latent_dim", 0, ["model.latent_dim", "must be >= 1"]),
+    ("model", "channels", 3, ["model.channels", "got 3", "'mnist5k' has 1 channel"]),
+    ("resources", "use_gpu", "yes", ["resources.use_gpu", "'yes' (str)", "expected true or false"]),
+    ("resources", "num_workers", 0, ["resources.num_workers", "must be >= 1"]),
+    ("resources", "num_workers", 3, ["train.batch_size", "multiple of resources.num_workers (3)"]),
+    ("resources", "cpus_per_worker", -1, ["resources.cpus_per_worker", "must be > 0"]),
+    ("data", "source", "imagenet", ["data.source", "'imagenet'", "allowed: 'mnist5k'"]),
+    ("tracking", "metrics_every", 0, ["tracking.metrics_every", "must be >= 1"]),
+    ("tracking", "num_samples", 5000, ["tracking.num_samples", "must be <= 1024"]),
+    ("optim", "g", {"lr": -0.1}, ["optim.g.lr", "got -0.1", "must be > 0"]),
+    ("optim", "d", {"lr": "fast"}, ["optim.d.lr", "'fast' (str)", "expected a number"]),
+    ("optim", "g", {"betas": [0.5]}, ["optim.g.betas", "expected a list of 2 numbers"]),
+    ("optim", "d", {"betas": [0.5, 1.0]}, ["optim.d.betas[1]", "got 1.0", "must be in [0, 1)"]),
+    ("", "model", [1, 2], ["model", "expected a mapping"]),
+    ("", "seed", "abc", ["seed", "expected an integer"]),
+]
+
+
+@pytest.mark.parametrize("section,key,value,fragments", CASES, ids=[f"{c[0]}.{c[1]}={c[2]!r}" for c in CASES])
+def test_malformed_spec_is_reported_with_its_key(section, key, value, fragments):
+    with pytest.raises(SpecError) as info:
+        parse(spec_with(section, key, value), "job.yaml")
+    assert len(info.value.problems) == 1, info.value.problems
+    for fragment in fragments:
+        assert fragment in info.value.problems[0], (fragment, info.value.problems[0])
+
+
+def test_all_problems_are_reported_together():
+    data = {"name": "t", "train": {"n_critc": 2, "steps": -5, "batch_size": "x"},
+            "model": {"image_size": 30}, "optim": {"g": {"lr": 0}}, "bogus": True}
+    with pytest.raises(SpecError) as info:
+        parse(data, "job.yaml")
+    keys = sorted(p.split(":")[0] for p in info.value.problems)
+    assert keys == ["bogus", "model.image_size", "optim.g.lr", "train.batch_size", "train.n_critc", "train.steps"]
+    assert str(info.value).startswith("job.yaml: 6 problems:")
+
+
+def test_cross_field_rule_is_skipped_when_its_keys_already_failed():
+    """A bad batch_size is reported once, as a type error, not again as 'not a multiple of num_workers'."""
+    with pytest.raises(SpecError) as info:
+        parse({"name": "t", "train": {"batch_size": "x"}, "resources": {"num_workers": 3}})
+    assert len(info.value.problems) == 1 and "expected an integer" in info.value.problems[0]
+
+
+def test_valid_spec_resolves_defaults_and_accepts_yaml_float_strings():
+    spec = parse({"name": "t", "optim": {"g": {"lr": "2e-4"}}})  # PyYAML reads 2e-4 as a string
+    assert spec.optim.g.lr == pytest.approx(2e-4)
+    assert spec.train.n_critic == 1 and spec.experiment == "t" and spec.batch_per_worker == 64
+
+
+@pytest.mark.parametrize("content,fragment", [
+    (None, "no such file"),
+    ("", "file is empty"),
+    ("   \n# only a comment\n", "holds no settings"),
+    ("---\n...\n", "holds no settings"),
+    ("model: [1, 2\n", "not valid YAML at line"),
+    ("train:\n  steps: 1\n    bad: indent\n", "not valid YAML at line 3"),
+    ("- a\n- b\n", "top level is a list"),
+    ("just a string\n", "top level is a str"),
+])
+def test_bad_files(tmp_path, content, fragment):
+    path = tmp_path / "job.yaml"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SpecError) as info:
+        load(path)
+    assert fragment in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_directory_instead_of_file(tmp_path):
+    with pytest.raises(SpecError, match="is a directory"):
+        load(tmp_path)
+
+
+def test_name_defaults_to_file_stem(tmp_path):
+    path = tmp_path / "my_job.yaml"
+    path.write_text("seed: 3\n")
+    assert load(path).name == "my_job"
+
+
+def test_overrides_apply_and_are_validated(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text(textwrap.dedent("""
+        name: t
+        train: {steps: 10, batch_size: 8}
+    """))
+    spec = load(path, ["train.steps=3", "optim.d.lr=1e-3", "tracking.experiment=exp"])
+    assert (spec.train.steps, spec.optim.d.lr, spec.experiment) == (3, 1e-3, "exp")
+    with pytest.raises(SpecError) as info:
+        load(path, ["train.stpes=3", "novalue", "train.steps.deeper=1"])
+    text = str(info.value)
+    assert "expected KEY=VALUE" in text
+    assert "train.steps is not a section" in text
+    assert "train.stpes: unknown key; did you mean 'steps'" in text
