@@ -70,7 +70,9 @@ def run_job(spec: JobSpec) -> int:
     metrics = outcome.summary.get("metrics", {})
     print(f"done: step {outcome.summary.get('step')}, "
           + ", ".join(f"{k} {metrics[k]:.3f}" for k in ("loss_d", "loss_g", "d_real", "d_fake") if k in metrics))
-    print(f"MLflow run {outcome.run_id} at {outcome.tracking_uri}")
+    from orchestrator.tracking import ui_hint
+
+    print(f"MLflow run {outcome.run_id}; {ui_hint(outcome.tracking_uri)}")
     if outcome.checkpoint_path:
         print(f"final checkpoint: {outcome.checkpoint_path}")
     return 0

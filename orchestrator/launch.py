@@ -50,14 +50,13 @@ def run(spec: JobSpec, loop: Callable[[dict], Any] | None = None, show_progress:
     from orchestrator.worker import train_loop_per_worker
 
     uri = tracking.tracking_uri()
-    run_id = tracking.start_run(spec, uri)
+    run_id, run_name = tracking.start_run(spec, uri)
     status, tags = "FAILED", {}
     try:
         init_ray()
         board = ProgressBoard.remote()
         r = spec.resources
         per_worker = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.use_gpu else {})}
-        run_name = tracking.client(uri).get_run(run_id).info.run_name
         trainer = TorchTrainer(
             loop or train_loop_per_worker,
             train_loop_config={"spec": spec.to_dict(), "tracking_uri": uri, "run_id": run_id, "progress": board},

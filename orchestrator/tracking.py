@@ -33,8 +33,9 @@ def client(uri: str):
     return MlflowClient(uri)
 
 
-def start_run(spec: JobSpec, uri: str) -> str:
-    """Create the job's run (experiment made if missing) with the resolved spec as params and as `spec.yaml`."""
+def start_run(spec: JobSpec, uri: str) -> tuple[str, str]:
+    """Create the job's run (experiment made if missing) with the resolved spec as params and as `spec.yaml`.
+    Returns the run's id and name."""
     from mlflow.entities import Param
 
     c = client(uri)
@@ -46,7 +47,14 @@ def start_run(spec: JobSpec, uri: str) -> str:
     for start in range(0, len(params), 100):
         c.log_batch(run.info.run_id, params=params[start:start + 100])
     c.log_text(run.info.run_id, spec.to_yaml(), "spec.yaml")
-    return run.info.run_id
+    return run.info.run_id, run_name
+
+
+def ui_hint(uri: str) -> str:
+    """How to look at the results in a browser."""
+    if uri.startswith("sqlite:///"):
+        return f"see it with: mlflow ui --backend-store-uri {uri}   (then http://127.0.0.1:5000)"
+    return f"see it at {uri}" if uri.startswith("http") else f"tracking store: {uri}"
 
 
 def end_run(uri: str, run_id: str, status: str, tags: dict[str, str] | None = None) -> None:

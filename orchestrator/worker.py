@@ -80,7 +80,8 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
 
     if logger:
         logger.log_samples(0, sample(G, fixed_z))
-    tick_start, tick_step, last_post = time.perf_counter(), 0, 0.0
+    speed = Throughput(images_per_step)
+    last_post = 0.0
     for step in range(1, spec.train.steps + 1):
         for phase in phases:
             for step_stats in run_phase(phase, batches, draw_z):
@@ -88,18 +89,14 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
 
         last = step == spec.train.steps
         if is_rank0 and context.progress and time.perf_counter() - last_post > PROGRESS_EVERY_S:
-            elapsed = time.perf_counter() - tick_start
-            context.progress.post.remote({"step": step, "images_per_sec": (step - tick_step) * images_per_step / elapsed})
+            context.progress.post.remote({"step": step, "images_per_sec": speed.rate(step)})
             last_post = time.perf_counter()
 
         log_metrics = step % track.metrics_every == 0 or last
         save_checkpoint = step % track.checkpoint_every == 0 or last
         if log_metrics:
-            elapsed = time.perf_counter() - tick_start
-            metrics = stats.reduce()
-            metrics["images_per_sec"] = (step - tick_step) * images_per_step / elapsed
-            metrics["images_seen"] = step * images_per_step
-            tick_start, tick_step = time.perf_counter(), step
+            metrics = {**stats.reduce(), "images_per_sec": speed.rate(step), "images_seen": step * images_per_step}
+            speed.restart(step)
             if logger:
                 logger.log_metrics(step, metrics)
             if is_rank0 and context.progress:
@@ -117,6 +114,20 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
     # Parameters alone, without the buffer alignment a snapshot does: proof that DDP kept ranks in step.
     parameters = distributed.gather_digests({"generator": G, "discriminator": D}, parameters_only=True)
     return {"step": spec.train.steps, "metrics": metrics, "snapshot_digests": digests, "parameter_digests": parameters}
+
+
+class Throughput:
+    """Real images through D per second, across all workers, since the last restart."""
+
+    def __init__(self, images_per_step: int):
+        self.images_per_step = images_per_step
+        self.restart(0)
+
+    def restart(self, step: int) -> None:
+        self.start_step, self.start_time = step, time.perf_counter()
+
+    def rate(self, step: int) -> float:
+        return (step - self.start_step) * self.images_per_step / (time.perf_counter() - self.start_time)
 
 
 @torch.no_grad()
