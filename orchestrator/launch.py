@@ -49,11 +49,11 @@ def run(spec: JobSpec, loop: Callable[[dict], Any] | None = None, show_progress:
     from orchestrator.progress import ProgressBoard, ProgressView
     from orchestrator.worker import train_loop_per_worker
 
+    init_ray()  # an unreachable cluster fails here, before an MLflow run exists
     uri = tracking.tracking_uri()
     run_id, run_name = tracking.start_run(spec, uri)
     status, tags = "FAILED", {}
     try:
-        init_ray()
         board = ProgressBoard.remote()
         r = spec.resources
         per_worker = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.use_gpu else {})}
