@@ -3,6 +3,7 @@
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from orchestrator import tracking
@@ -29,6 +30,14 @@ def resources_line(spec: JobSpec) -> str:
 def ray_target() -> str:
     address = os.environ.get("RAY_ADDRESS")
     return f"the Ray cluster at {address}" if address else "a local Ray instance"
+
+
+def storage_path(spec: JobSpec) -> str | None:
+    """Ray Train's storage: a URI as given, a local path made absolute (workers run in other directories)."""
+    path = spec.tracking.storage_path
+    if path is None or "://" in path:
+        return path
+    return str(Path(path).expanduser().resolve())
 
 
 def init_ray() -> None:
@@ -62,7 +71,7 @@ def run(spec: JobSpec, loop: Callable[[dict], Any] | None = None, show_progress:
             train_loop_config={"spec": spec.to_dict(), "tracking_uri": uri, "run_id": run_id, "progress": board},
             scaling_config=ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=per_worker),
             torch_config=TorchConfig(backend="nccl" if r.use_gpu else "gloo"),
-            run_config=RunConfig(name=run_name, storage_path=spec.tracking.storage_path,
+            run_config=RunConfig(name=run_name, storage_path=storage_path(spec),
                                  checkpoint_config=CheckpointConfig(num_to_keep=None)),
         )
         if show_progress:

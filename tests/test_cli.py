@@ -68,3 +68,4 @@ def test_console_script_is_installed(tmp_path):
     script = Path(sysconfig.get_path("scripts")) / "ganorch"
     out = subprocess.run([str(script), "--help"], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0 and "validate" in out.stdout and "run" in out.stdout
+
