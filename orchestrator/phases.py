@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from gan_models.losses import GANLoss
+from gan_models.regularizers import Regularizer
 
 Stats = dict[str, torch.Tensor]
-Objective = Callable[[torch.Tensor | None, torch.Tensor], tuple[torch.Tensor, Stats]]
+Objective = Callable[[torch.Tensor | None, torch.Tensor, int], tuple[torch.Tensor, Stats]]
 
 
 @dataclass
@@ -22,33 +23,41 @@ class Phase:
     optimizer: torch.optim.Optimizer
     repeats: int             # steps per iteration (n_critic for D)
     uses_real: bool          # whether each step takes a fresh real batch
-    objective: Objective     # (real or None, z) -> (loss, stats)
+    objective: Objective     # (real or None, z, index of this phase's step) -> (loss, stats)
+    steps_taken: int = 0
 
 
-def discriminator_objective(loss: GANLoss, D: nn.Module, G: nn.Module, real: torch.Tensor,
-                            z: torch.Tensor) -> tuple[torch.Tensor, Stats]:
+def discriminator_objective(loss: GANLoss, regularizers: list[Regularizer], D: nn.Module, G: nn.Module,
+                            real: torch.Tensor, z: torch.Tensor, step: int) -> tuple[torch.Tensor, Stats]:
     with torch.no_grad():
         fake = G(z)
+    due = [r for r in regularizers if step % r.every == 0]
+    real = real.detach().requires_grad_(any(r.needs_real_grad for r in due))
     # Separate forwards, as in DCGAN: a BatchNorm D normalises real and fake batches each by their
     # own statistics, exactly as it will see fakes in the G phase. D's DDP wrapper does not broadcast
     # buffers, so the second forward cannot overwrite statistics the first one's backward needs.
     real_scores, fake_scores = D(real), D(fake)
     value = loss.discriminator(real_scores, fake_scores)
-    return value, {"loss_d": value, "d_real": loss.output(real_scores), "d_fake": loss.output(fake_scores)}
+    stats = {"loss_d": value, "d_real": loss.output(real_scores), "d_fake": loss.output(fake_scores)}
+    for regularizer in due:
+        penalty = regularizer.penalty(D, real, real_scores, fake)
+        stats[regularizer.name] = penalty
+        value = value + penalty
+    return value, stats
 
 
 def generator_objective(loss: GANLoss, D: nn.Module, G: nn.Module, real: torch.Tensor | None,
-                        z: torch.Tensor) -> tuple[torch.Tensor, Stats]:
+                        z: torch.Tensor, step: int) -> tuple[torch.Tensor, Stats]:
     value = loss.generator(D(G(z)))
     return value, {"loss_g": value}
 
 
 def build_phases(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
-                 loss: GANLoss, n_critic: int) -> list[Phase]:
+                 loss: GANLoss, n_critic: int, regularizers: list[Regularizer] = ()) -> list[Phase]:
     """G and D are the DDP wrappers; each phase calls the other network's bare module."""
     return [
         Phase("D", trains=D, frozen=G.module, optimizer=opt_d, repeats=n_critic, uses_real=True,
-              objective=partial(discriminator_objective, loss, D, G.module)),
+              objective=partial(discriminator_objective, loss, list(regularizers), D, G.module)),
         Phase("G", trains=G, frozen=D.module, optimizer=opt_g, repeats=1, uses_real=False,
               objective=partial(generator_objective, loss, D.module, G)),
     ]
@@ -63,8 +72,9 @@ def run_phase(phase: Phase, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
     for _ in range(phase.repeats):
         real = next(batches)[0] if phase.uses_real else None
         phase.optimizer.zero_grad(set_to_none=True)
-        value, step_stats = phase.objective(real, draw_z())
+        value, step_stats = phase.objective(real, draw_z(), phase.steps_taken)
         value.backward()
         phase.optimizer.step()
+        phase.steps_taken += 1
         stats.append(step_stats)
     return stats

@@ -12,8 +12,10 @@ from orchestrator.schema import Parser, describe_type, setting, to_plain
 
 Problem = tuple[tuple[str, ...], str]
 
-# Channels and native size of each built-in data source.
+# Channels of each built-in data source.
 SOURCE_CHANNELS = {"mnist5k": 1}
+# D steps per G step when train.n_critic is null; WGAN-GP's critic needs several (Gulrajani et al., 2017).
+DEFAULT_N_CRITIC = {"nonsaturating": 1, "hinge": 1, "wgan-gp": 5, "lsgan": 1}
 
 
 @dataclass
@@ -24,6 +26,8 @@ class ModelSpec:
     latent_dim: int = setting(64, ge=1, help="Size of the latent vector z ~ N(0, I).")
     g_width: int = setting(64, ge=1, help="Channels of G's last hidden layer; doubled towards its first.")
     d_width: int = setting(64, ge=1, help="Channels of D's first layer; doubled towards its last.")
+    g_norm: Literal["batch", "none"] = setting("batch", help="Normalisation in G: `batch` (BatchNorm) or `none`.")
+    d_norm: Literal["batch", "spectral", "none"] = setting("batch", help="Normalisation in D: `batch` (BatchNorm; D sees real and fake in separate forwards), `spectral` (spectral normalisation of every layer) or `none`.")
 
 
 @dataclass
@@ -35,8 +39,15 @@ class DataSpec:
 class TrainSpec:
     steps: int = setting(1000, ge=1, help="Training iterations; each is `n_critic` D steps then one G step.")
     batch_size: int = setting(64, ge=1, help="Global batch per step, split evenly across workers (per worker: batch_size / num_workers).")
-    n_critic: int = setting(1, ge=1, help="D steps (G frozen) before each G step (D frozen); each D step takes a fresh real batch.")
-    loss: Literal["nonsaturating"] = setting("nonsaturating", help="Adversarial loss: `nonsaturating` (BCE for D, -log D(G(z)) for G).")
+    n_critic: int | None = setting(None, ge=1, help="D steps (G frozen) before each G step (D frozen), each with a fresh real batch; null means 5 for `wgan-gp`, else 1.")
+    loss: Literal["nonsaturating", "hinge", "wgan-gp", "lsgan"] = setting("nonsaturating", help="Adversarial loss: `nonsaturating` (BCE, -log D(G(z)) for G), `hinge`, `wgan-gp` (Wasserstein with gradient penalty) or `lsgan` (least squares).")
+    gp_lambda: float = setting(10.0, ge=0, help="Weight of WGAN-GP's gradient penalty (used with loss `wgan-gp`).")
+    r1_gamma: float = setting(0.0, ge=0, help="Weight gamma of the R1 penalty on real images; 0 turns R1 off.")
+    r1_every: int = setting(16, ge=1, help="Apply R1 every this many D steps, scaled up to match (lazy regularisation).")
+
+    def __post_init__(self) -> None:
+        if self.n_critic is None and self.loss in DEFAULT_N_CRITIC:
+            self.n_critic = DEFAULT_N_CRITIC[self.loss]
 
 
 @dataclass
@@ -97,6 +108,10 @@ class JobSpec:
                    f"got {self.model.channels}; data.source {self.data.source!r} has {source_channels} channel(s)")
         if not self.name.strip():
             yield ("name",), "must not be empty"
+        if self.train.loss == "wgan-gp" and self.model.d_norm == "batch":
+            yield (("model.d_norm", "train.loss"),
+                   "got 'batch'; train.loss 'wgan-gp' penalises each image's gradient, which BatchNorm couples "
+                   "across the batch: use 'none' or 'spectral'")
 
     @property
     def experiment(self) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from gan_models import build_loss, build_models, sample_latent
+from gan_models import GradientPenalty, R1Penalty, Regularizer, build_loss, build_models, sample_latent
 from orchestrator import checkpoint, distributed
 from orchestrator.data import ShardedBatches, load_dataset
 from orchestrator.phases import build_phases, run_phase
@@ -51,13 +51,13 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
 
     # Networks, optimizers, the alternation.
     torch.manual_seed(spec.seed)
-    G, D = build_models(spec.model.family, latent_dim=spec.model.latent_dim, image_size=spec.model.image_size,
-                        channels=spec.model.channels, g_width=spec.model.g_width, d_width=spec.model.d_width)
+    G, D = build_networks(spec)
     G_ddp = distributed.wrap_ddp(G.to(device), device)
     D_ddp = distributed.wrap_ddp(D.to(device), device)
     opt_g = torch.optim.Adam(G.parameters(), lr=spec.optim.g.lr, betas=spec.optim.g.betas)
     opt_d = torch.optim.Adam(D.parameters(), lr=spec.optim.d.lr, betas=spec.optim.d.betas)
-    phases = build_phases(G_ddp, D_ddp, opt_g, opt_d, build_loss(spec.train.loss), spec.train.n_critic)
+    phases = build_phases(G_ddp, D_ddp, opt_g, opt_d, build_loss(spec.train.loss), spec.train.n_critic,
+                          build_regularizers(spec))
 
     # Data and noise. Every rank draws the same global z batch and keeps its own slice, so N workers
     # x batch B see exactly the noise (and data) that 1 worker x batch N*B sees.
@@ -114,6 +114,21 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
     # Parameters alone, without the buffer alignment a snapshot does: proof that DDP kept ranks in step.
     parameters = distributed.gather_digests({"generator": G, "discriminator": D}, parameters_only=True)
     return {"step": spec.train.steps, "metrics": metrics, "snapshot_digests": digests, "parameter_digests": parameters}
+
+
+def build_networks(spec: JobSpec) -> tuple[torch.nn.Module, torch.nn.Module]:
+    m = spec.model
+    return build_models(m.family, latent_dim=m.latent_dim, image_size=m.image_size, channels=m.channels,
+                        g_width=m.g_width, d_width=m.d_width, g_norm=m.g_norm, d_norm=m.d_norm)
+
+
+def build_regularizers(spec: JobSpec) -> list[Regularizer]:
+    regularizers: list[Regularizer] = []
+    if spec.train.loss == "wgan-gp":
+        regularizers.append(GradientPenalty(spec.train.gp_lambda))
+    if spec.train.r1_gamma > 0:
+        regularizers.append(R1Penalty(spec.train.r1_gamma, spec.train.r1_every))
+    return regularizers
 
 
 class Throughput:

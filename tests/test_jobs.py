@@ -28,7 +28,7 @@ def test_quickstart_is_two_cpu_workers():
 
 def test_readme_documents_every_spec_key():
     readme = (REPO / "README.md").read_text()
-    rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| `([a-z_.]+)` \|.*$", readme, re.M)}
+    rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| `([a-z0-9_.]+)` \|.*$", readme, re.M)}
     for key, type_, default, meaning in field_reference():
         assert key in rows, f"README's spec reference lacks {key}"
         assert f"`{default}`" in rows[key], f"README's default for {key} is not {default}"

@@ -44,6 +44,11 @@ CASES = [
     ("optim", "g", {"betas": [0.5]}, ["optim.g.betas", "expected a list of 2 numbers"]),
     ("optim", "d", {"betas": [0.5, 1.0]}, ["optim.d.betas[1]", "got 1.0", "must be in [0, 1)"]),
     ("", "model", [1, 2], ["model", "expected a mapping"]),
+    ("train", "loss", "wgan", ["train.loss", "'wgan'", "did you mean 'wgan-gp'"]),
+    ("model", "d_norm", "spectrum", ["model.d_norm", "did you mean 'spectral'"]),
+    ("train", "r1_every", 0, ["train.r1_every", "must be >= 1"]),
+    ("train", "r1_gamma", -1, ["train.r1_gamma", "must be >= 0"]),
+    ("train", "n_critic", 0, ["train.n_critic", "must be >= 1"]),
     ("", "seed", "abc", ["seed", "expected an integer"]),
 ]
 
@@ -125,3 +130,15 @@ def test_overrides_apply_and_are_validated(tmp_path):
     assert "expected KEY=VALUE" in text
     assert "train.steps is not a section" in text
     assert "train.stpes: unknown key; did you mean 'steps'" in text
+
+
+def test_wgan_gp_refuses_a_batchnorm_critic_and_defaults_to_five_critic_steps():
+    with pytest.raises(SpecError) as info:
+        parse({"name": "t", "train": {"loss": "wgan-gp"}})
+    assert info.value.problems == [
+        "model.d_norm: got 'batch'; train.loss 'wgan-gp' penalises each image's gradient, which BatchNorm couples "
+        "across the batch: use 'none' or 'spectral'"]
+    spec = parse({"name": "t", "train": {"loss": "wgan-gp"}, "model": {"d_norm": "spectral"}})
+    assert spec.train.n_critic == 5
+    assert parse({"name": "t", "train": {"loss": "wgan-gp", "n_critic": 2}, "model": {"d_norm": "none"}}).train.n_critic == 2
+    assert parse({"name": "t", "train": {"loss": "hinge"}}).train.n_critic == 1

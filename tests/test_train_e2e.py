@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from gan_models import build_models
 from orchestrator import checkpoint, launch, tracking
-from orchestrator.spec import load
+from orchestrator.spec import load, parse
+from orchestrator.worker import build_networks
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -109,14 +109,12 @@ def test_final_checkpoint_loads_into_fresh_networks(debug_run):
         "checkpoints/step_000003", "checkpoints/step_000006"]
     state = checkpoint.load(client.download_artifacts(outcome.run_id, artifact, str(workdir)))
     assert state["step"] == 6 and state["spec"]["name"] == "debug_dcgan"
-    m = spec.model
-    G, D = build_models(m.family, latent_dim=m.latent_dim, image_size=m.image_size, channels=m.channels,
-                        g_width=m.g_width, d_width=m.d_width)
+    G, D = build_networks(parse(state["spec"]))
     G.load_state_dict(state["generator"])
     D.load_state_dict(state["discriminator"])
     torch.optim.Adam(G.parameters()).load_state_dict(state["optimizer_g"])
     torch.optim.Adam(D.parameters()).load_state_dict(state["optimizer_d"])
-    assert G(torch.randn(2, m.latent_dim)).shape == (2, 1, 28, 28)
+    assert G(torch.randn(2, spec.model.latent_dim)).shape == (2, 1, 28, 28)
     # the same checkpoint is in Ray Train's storage, and the run points at it
     ray_path = Path(run.data.tags[tracking.TAG_RAY_CHECKPOINT])
     assert ray_path == Path(outcome.checkpoint_path) and ray_path.is_relative_to(workdir / "ray_storage")

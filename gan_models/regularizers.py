@@ -1,0 +1,50 @@
+"""Discriminator regularizers. Each adds one penalty to the D loss on the steps it is due."""
+
+import torch
+from torch import nn
+
+
+class Regularizer:
+    name: str
+    every: int = 1                # applied on every `every`-th D step
+    needs_real_grad: bool = False  # whether it differentiates D(real) with respect to the real images
+
+    def penalty(self, D: nn.Module, real: torch.Tensor, real_scores: torch.Tensor,
+                fake: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _input_gradient(scores: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    (grad,) = torch.autograd.grad(scores.sum(), inputs, create_graph=True)
+    return grad.flatten(1)
+
+
+class GradientPenalty(Regularizer):
+    """WGAN-GP: weight * (||grad D(x_hat)|| - 1)^2 on random interpolates of real and fake images."""
+
+    name = "gp"
+
+    def __init__(self, weight: float):
+        self.weight = weight
+
+    def penalty(self, D, real, real_scores, fake):
+        mix = torch.rand(len(real), 1, 1, 1, device=real.device, dtype=real.dtype)
+        interpolates = (mix * real.detach() + (1 - mix) * fake.detach()).requires_grad_(True)
+        grad = _input_gradient(D(interpolates), interpolates)
+        return self.weight * ((grad.norm(2, dim=1) - 1) ** 2).mean()
+
+
+class R1Penalty(Regularizer):
+    """R1 (Mescheder et al., 2018): gamma/2 * ||grad D(x)||^2 on real images. Lazy (StyleGAN2): applied every
+    `every` D steps and scaled by `every`, so its average strength does not depend on the interval."""
+
+    name = "r1"
+    needs_real_grad = True
+
+    def __init__(self, gamma: float, every: int):
+        self.gamma = gamma
+        self.every = every
+
+    def penalty(self, D, real, real_scores, fake):
+        grad = _input_gradient(real_scores, real)
+        return 0.5 * self.gamma * self.every * grad.pow(2).sum(dim=1).mean()
