@@ -1,9 +1,10 @@
 """Networks, losses and sampling for GAN training. Imports torch only: no Ray, no MLflow."""
 
+from gan_models.ema import GeneratorEMA
 from gan_models.registry import build_models, FAMILIES
 from gan_models.losses import LOSSES, GANLoss, build_loss
 from gan_models.regularizers import GradientPenalty, R1Penalty, Regularizer
 from gan_models.sampling import sample_latent
 
-__all__ = ["FAMILIES", "LOSSES", "GANLoss", "GradientPenalty", "R1Penalty", "Regularizer", "build_loss",
+__all__ = ["FAMILIES", "LOSSES", "GANLoss", "GeneratorEMA", "GradientPenalty", "R1Penalty", "Regularizer", "build_loss",
            "build_models", "sample_latent"]

@@ -17,6 +17,10 @@ class GANLoss:
         """What 'D(x)' means for this loss, per image (a probability for the BCE loss, else the raw score)."""
         return scores
 
+    def threshold(self, real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor | float:
+        """The score above which D calls an image real, for D's accuracy."""
+        return 0.0
+
 
 class NonSaturatingLoss(GANLoss):
     """Goodfellow et al. (2014): BCE for D, and -log D(G(z)) for G so its gradient does not vanish early."""
@@ -54,6 +58,10 @@ class WassersteinLoss(GANLoss):
     def discriminator(self, real_scores, fake_scores):
         return fake_scores.mean() - real_scores.mean()
 
+    def threshold(self, real_scores, fake_scores):
+        # A critic's scores have no fixed origin: call real what lies above the middle of the two means.
+        return 0.5 * (real_scores.mean() + fake_scores.mean())
+
     def generator(self, fake_scores):
         return -fake_scores.mean()
 
@@ -68,6 +76,9 @@ class LeastSquaresLoss(GANLoss):
 
     def generator(self, fake_scores):
         return 0.5 * ((fake_scores - 1) ** 2).mean()
+
+    def threshold(self, real_scores, fake_scores):
+        return 0.5
 
 
 LOSSES: dict[str, type[GANLoss]] = {

@@ -10,10 +10,11 @@ from torch import nn
 FILENAME = "checkpoint.pt"
 
 
-def build(*, G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
-          step: int, images_seen: int, spec: dict[str, Any]) -> dict[str, Any]:
+def build(*, G: nn.Module, G_ema: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
+          opt_d: torch.optim.Optimizer, step: int, images_seen: int, spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "generator": G.state_dict(),
+        "generator_ema": G_ema.state_dict(),
         "discriminator": D.state_dict(),
         "optimizer_g": opt_g.state_dict(),
         "optimizer_d": opt_d.state_dict(),

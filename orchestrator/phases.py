@@ -38,7 +38,9 @@ def discriminator_objective(loss: GANLoss, regularizers: list[Regularizer], D: n
     # buffers, so the second forward cannot overwrite statistics the first one's backward needs.
     real_scores, fake_scores = D(real), D(fake)
     value = loss.discriminator(real_scores, fake_scores)
-    stats = {"loss_d": value, "d_real": loss.output(real_scores), "d_fake": loss.output(fake_scores)}
+    threshold = loss.threshold(real_scores.detach(), fake_scores.detach())
+    stats = {"loss_d": value, "d_real": loss.output(real_scores), "d_fake": loss.output(fake_scores),
+             "d_accuracy_real": (real_scores > threshold).float(), "d_accuracy_fake": (fake_scores <= threshold).float()}
     for regularizer in due:
         penalty = regularizer.penalty(D, real, real_scores, fake)
         stats[regularizer.name] = penalty
@@ -74,7 +76,14 @@ def run_phase(phase: Phase, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
         phase.optimizer.zero_grad(set_to_none=True)
         value, step_stats = phase.objective(real, draw_z(), phase.steps_taken)
         value.backward()
+        step_stats[f"grad_norm_{phase.name.lower()}"] = grad_norm(phase.trains)
         phase.optimizer.step()
         phase.steps_taken += 1
         stats.append(step_stats)
     return stats
+
+
+def grad_norm(module: nn.Module) -> torch.Tensor:
+    """The L2 norm of all the module's gradients together (no host sync; reduced once per interval)."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))

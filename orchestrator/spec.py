@@ -44,10 +44,16 @@ class TrainSpec:
     gp_lambda: float = setting(10.0, ge=0, help="Weight of WGAN-GP's gradient penalty (used with loss `wgan-gp`).")
     r1_gamma: float = setting(0.0, ge=0, help="Weight gamma of the R1 penalty on real images; 0 turns R1 off.")
     r1_every: int = setting(16, ge=1, help="Apply R1 every this many D steps, scaled up to match (lazy regularisation).")
+    ema_decay: float = setting(0.999, ge=0, help="Decay of the generator EMA (G_ema), which makes the sample grids; in [0, 1), 0 makes G_ema a copy of G.")
+    ema_rampup: bool = setting(True, help="Ramp the EMA decay up from 0 as min(ema_decay, (1 + step) / (10 + step)).")
 
     def __post_init__(self) -> None:
         if self.n_critic is None and self.loss in DEFAULT_N_CRITIC:
             self.n_critic = DEFAULT_N_CRITIC[self.loss]
+
+    def problems(self) -> Iterator[Problem]:
+        if self.ema_decay >= 1:
+            yield ("ema_decay",), f"got {self.ema_decay!r}; must be < 1"
 
 
 @dataclass

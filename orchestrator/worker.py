@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from gan_models import GradientPenalty, R1Penalty, Regularizer, build_loss, build_models, sample_latent
+from gan_models import GeneratorEMA, GradientPenalty, R1Penalty, Regularizer, build_loss, build_models, sample_latent
 from orchestrator import checkpoint, distributed
 from orchestrator.data import ShardedBatches, load_dataset
 from orchestrator.phases import build_phases, run_phase
@@ -58,6 +58,7 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
     opt_d = torch.optim.Adam(D.parameters(), lr=spec.optim.d.lr, betas=spec.optim.d.betas)
     phases = build_phases(G_ddp, D_ddp, opt_g, opt_d, build_loss(spec.train.loss), spec.train.n_critic,
                           build_regularizers(spec))
+    ema = GeneratorEMA(G, spec.train.ema_decay, spec.train.ema_rampup)  # on every rank: samples and evaluation
 
     # Data and noise. Every rank draws the same global z batch and keeps its own slice, so N workers
     # x batch B see exactly the noise (and data) that 1 worker x batch N*B sees.
@@ -79,13 +80,14 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
     digests: dict[str, list[str]] = {}
 
     if logger:
-        logger.log_samples(0, sample(G, fixed_z))
+        logger.log_samples(0, sample(ema.module, fixed_z))
     speed = Throughput(images_per_step)
     last_post = 0.0
     for step in range(1, spec.train.steps + 1):
         for phase in phases:
             for step_stats in run_phase(phase, batches, draw_z):
                 stats.add(step_stats)
+        ema.update(G, step)
 
         last = step == spec.train.steps
         if is_rank0 and context.progress and time.perf_counter() - last_post > PROGRESS_EVERY_S:
@@ -95,24 +97,26 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
         log_metrics = step % track.metrics_every == 0 or last
         save_checkpoint = step % track.checkpoint_every == 0 or last
         if log_metrics:
-            metrics = {**stats.reduce(), "images_per_sec": speed.rate(step), "images_seen": step * images_per_step}
+            metrics = {**stats.reduce(), "images_per_sec": speed.rate(step), "images_seen": step * images_per_step,
+                       "lr_g": opt_g.param_groups[0]["lr"], "lr_d": opt_d.param_groups[0]["lr"]}
             speed.restart(step)
             if logger:
                 logger.log_metrics(step, metrics)
             if is_rank0 and context.progress:
                 context.progress.post.remote({"step": step, "metrics_step": step, **metrics})
         if logger and (step % track.samples_every == 0 or last):
-            logger.log_samples(step, sample(G, fixed_z))
+            logger.log_samples(step, sample(ema.module, fixed_z))
         if save_checkpoint:
-            digests = distributed.check_consistency({"generator": G, "discriminator": D})
+            digests = distributed.check_consistency({"generator": G, "generator_ema": ema.module, "discriminator": D})
             state = None
             if is_rank0:
-                state = checkpoint.build(G=G, D=D, opt_g=opt_g, opt_d=opt_d, step=step,
+                state = checkpoint.build(G=G, G_ema=ema.module, D=D, opt_g=opt_g, opt_d=opt_d, step=step,
                                          images_seen=step * images_per_step, spec=spec.to_dict())
             save_and_report(report, step, metrics, state, logger)
 
     # Parameters alone, without the buffer alignment a snapshot does: proof that DDP kept ranks in step.
-    parameters = distributed.gather_digests({"generator": G, "discriminator": D}, parameters_only=True)
+    parameters = distributed.gather_digests({"generator": G, "generator_ema": ema.module, "discriminator": D},
+                                            parameters_only=True)
     return {"step": spec.train.steps, "metrics": metrics, "snapshot_digests": digests, "parameter_digests": parameters}
 
 

@@ -91,3 +91,10 @@ def test_loss_values(name, real, fake, d_expected, g_expected):
 def test_unknown_loss():
     with pytest.raises(ValueError, match="unknown loss 'wgan'"):
         build_loss("wgan")
+
+
+@pytest.mark.parametrize("name,threshold", [("nonsaturating", 0.0), ("hinge", 0.0), ("lsgan", 0.5), ("wgan-gp", 1.5)])
+def test_decision_threshold(name, threshold):
+    """Where D's accuracy splits real from fake: the WGAN critic's is the middle of the two mean scores."""
+    real, fake = torch.tensor([3.0, 2.0]), torch.tensor([1.0, 0.0])
+    assert float(build_loss(name).threshold(real, fake)) == pytest.approx(threshold)

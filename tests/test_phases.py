@@ -34,7 +34,8 @@ def test_d_phase_steps_d_only(process_group):
     G, D, phases, real, draw_z = make(process_group)
     g_before, d_before = params(G), params(D)
     stats = run_phase(phases[0], real, draw_z)
-    assert len(stats) == 2 and set(stats[0]) == {"loss_d", "d_real", "d_fake"}
+    assert len(stats) == 2
+    assert set(stats[0]) == {"loss_d", "d_real", "d_fake", "d_accuracy_real", "d_accuracy_fake", "grad_norm_d"}
     assert not any(changed(g_before, G)), "the D phase must not touch G"
     assert all(p.grad is None for p in G.parameters())
     assert all(changed(d_before, D))
@@ -47,7 +48,9 @@ def test_g_phase_steps_g_only_and_leaves_no_d_gradients(process_group):
         p.grad = None
     g_before, d_before = params(G), params(D)
     stats = run_phase(phases[1], real, draw_z)
-    assert set(stats[0]) == {"loss_g"}
+    assert set(stats[0]) == {"loss_g", "grad_norm_g"}
+    expected = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in G.parameters()]))
+    torch.testing.assert_close(stats[0]["grad_norm_g"], expected)
     assert not any(changed(d_before, D)), "the G phase must not step D"
     assert all(p.grad is None for p in D.parameters()), "the G phase must not compute or all-reduce D gradients"
     assert all(changed(g_before, G))

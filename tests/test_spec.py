@@ -49,6 +49,8 @@ CASES = [
     ("train", "r1_every", 0, ["train.r1_every", "must be >= 1"]),
     ("train", "r1_gamma", -1, ["train.r1_gamma", "must be >= 0"]),
     ("train", "n_critic", 0, ["train.n_critic", "must be >= 1"]),
+    ("train", "ema_decay", 1.0, ["train.ema_decay", "got 1.0; must be < 1"]),
+    ("train", "ema_rampup", "on", ["train.ema_rampup", "expected true or false"]),
     ("", "seed", "abc", ["seed", "expected an integer"]),
 ]
 

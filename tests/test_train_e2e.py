@@ -64,7 +64,7 @@ def test_parameters_identical_on_every_rank_after_every_phase(debug_run):
     assert [name for name, _ in checks] == ["D", "G"] * spec.train.steps
     assert all(equal for _, equal in checks), checks
     digests = outcome.summary["parameter_digests"]
-    assert set(digests) == {"generator", "discriminator"}
+    assert set(digests) == {"generator", "generator_ema", "discriminator"}
     for name, per_rank in digests.items():
         assert len(per_rank) == spec.resources.num_workers == 2
         assert len(set(per_rank)) == 1, f"{name} differs across ranks: {per_rank}"
@@ -78,7 +78,8 @@ def test_run_records_params_metrics_samples(debug_run):
     assert run.data.params["train.n_critic"] == "2"
     assert run.data.params["resources.num_workers"] == "2"
     assert run.data.params["optim.g.lr"] == str(spec.optim.g.lr)
-    for key in ("loss_d", "loss_g", "d_real", "d_fake", "images_per_sec"):
+    for key in ("loss_d", "loss_g", "d_real", "d_fake", "d_accuracy_real", "d_accuracy_fake", "grad_norm_d",
+                "grad_norm_g", "lr_g", "lr_d", "images_per_sec", "images_seen"):
         history = client.get_metric_history(outcome.run_id, key)
         assert [m.step for m in history] == [2, 4, 6], key
         assert all(m.value == m.value for m in history), f"{key} has NaN"
@@ -112,6 +113,9 @@ def test_final_checkpoint_loads_into_fresh_networks(debug_run):
     G, D = build_networks(parse(state["spec"]))
     G.load_state_dict(state["generator"])
     D.load_state_dict(state["discriminator"])
+    G_ema, _ = build_networks(parse(state["spec"]))
+    G_ema.load_state_dict(state["generator_ema"])
+    assert any(not torch.equal(a, b) for a, b in zip(G.parameters(), G_ema.parameters())), "EMA is its own copy"
     torch.optim.Adam(G.parameters()).load_state_dict(state["optimizer_g"])
     torch.optim.Adam(D.parameters()).load_state_dict(state["optimizer_d"])
     assert G(torch.randn(2, spec.model.latent_dim)).shape == (2, 1, 28, 28)

@@ -28,7 +28,10 @@ def test_same_spec_and_seed_give_identical_parameters_on_cpu(process_group):
 def test_summary_holds_reduced_metrics(process_group):
     summary = run_debug()
     assert summary["step"] == 3
-    assert set(summary["metrics"]) == {"loss_d", "loss_g", "d_real", "d_fake", "images_per_sec", "images_seen"}
+    assert set(summary["metrics"]) == {"loss_d", "loss_g", "d_real", "d_fake", "d_accuracy_real", "d_accuracy_fake",
+                                       "grad_norm_d", "grad_norm_g", "lr_g", "lr_d", "images_per_sec", "images_seen"}
+    assert summary["metrics"]["lr_g"] == 2e-4
+    assert 0 <= summary["metrics"]["d_accuracy_real"] <= 1 and summary["metrics"]["grad_norm_d"] > 0
     assert summary["metrics"]["images_seen"] == 3 * 16 * 2  # steps x global batch x n_critic
 
 
