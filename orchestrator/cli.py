@@ -53,7 +53,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(dry_run_report(spec))
         return 0
+    try:
+        summary = check_data(spec)
+    except ValueError as err:
+        print(f"ganorch: bad data for {args.job}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"data: {summary}")
     return run_job(spec)
+
+
+def check_data(spec: JobSpec) -> str:
+    """Open the dataset once on the driver, so a wrong path or an empty folder stops the job before it
+    starts. Skipped for a remote cluster (RAY_ADDRESS), whose workers may see paths this machine does not."""
+    import os
+
+    if os.environ.get("RAY_ADDRESS"):
+        return "opened by the workers"
+    from orchestrator.data import describe, load_dataset
+
+    dataset = load_dataset(spec.data, spec.model)
+    per_worker = len(dataset) // spec.resources.num_workers
+    if per_worker < spec.batch_per_worker:
+        raise ValueError(f"train.batch_size: each worker's share of the {len(dataset)} images is {per_worker}, "
+                         f"fewer than its batch of {spec.batch_per_worker}")
+    return describe(dataset)
 
 
 def run_job(spec: JobSpec) -> int:

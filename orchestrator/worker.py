@@ -62,9 +62,8 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
 
     # Data and noise. Every rank draws the same global z batch and keeps its own slice, so N workers
     # x batch B see exactly the noise (and data) that 1 worker x batch N*B sees.
-    images, labels = load_dataset(spec.data, spec.model)
-    batches = iter(ShardedBatches(images, labels, batch_size=batch, rank=rank, world_size=world_size,
-                                  seed=spec.seed, device=device))
+    batches = iter(ShardedBatches(load_dataset(spec.data, spec.model), batch_size=batch, rank=rank,
+                                  world_size=world_size, seed=spec.seed, device=device))
     noise = torch.Generator(device=device).manual_seed(spec.seed + 1)
 
     def draw_z() -> torch.Tensor:

@@ -69,3 +69,26 @@ def test_console_script_is_installed(tmp_path):
     out = subprocess.run([str(script), "--help"], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0 and "validate" in out.stdout and "run" in out.stdout
 
+
+
+def test_bad_data_folder_exits_2_before_anything_starts(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text(f"data: {{source: folder, path: {tmp_path / 'nowhere'}}}\nresources: {{num_workers: 1}}\n")
+    out = ganorch("run", str(job), cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"bad data for {job}: data.path: no such directory: {tmp_path / 'nowhere'}" in out.stderr
+    assert "IMPORTED []" in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml"]
+
+
+def test_too_small_dataset_for_the_batch_exits_2(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "imgs").mkdir()
+    for i in range(3):
+        Image.new("L", (28, 28)).save(tmp_path / "imgs" / f"{i}.png")
+    job = tmp_path / "job.yaml"
+    job.write_text(f"data: {{source: folder, path: {tmp_path / 'imgs'}}}\ntrain: {{batch_size: 4}}\n")
+    out = ganorch("run", str(job), cwd=tmp_path)
+    assert out.returncode == 2
+    assert "train.batch_size: each worker's share of the 3 images is 3, fewer than its batch of 4" in out.stderr

@@ -1,6 +1,12 @@
-import torch
+import struct
 
-from orchestrator.data import ShardedBatches, load_dataset, load_mnist5k
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import TensorDataset
+
+from orchestrator.data import ImageFolderDataset, ShardedBatches, ToModelImage, load_dataset, load_mnist5k
 from orchestrator.spec import DataSpec, ModelSpec
 
 
@@ -15,21 +21,31 @@ def test_mnist5k_is_real_scaled_and_labelled():
 
 
 def test_resized_to_model_size():
-    images, _ = load_dataset(DataSpec("mnist5k"), ModelSpec(image_size=32))
+    dataset = load_dataset(DataSpec("mnist5k"), ModelSpec(image_size=32))
+    images, labels = dataset.tensors
     assert images.shape == (5000, 1, 32, 32) and images.min() >= -1 and images.max() <= 1
 
 
-def epoch_batches(images, labels, rank, world, batch, seed=0, epochs=1):
-    it = iter(ShardedBatches(images, labels, batch_size=batch, rank=rank, world_size=world, seed=seed,
+def test_digits_source():
+    dataset = load_dataset(DataSpec("digits"), ModelSpec(image_size=28))
+    images, labels = dataset.tensors
+    assert images.shape == (1797, 1, 28, 28) and -1 <= images.min() and images.max() <= 1
+    assert sorted(set(labels.tolist())) == list(range(10))
+
+
+def epoch_batches(dataset, rank, world, batch, seed=0, epochs=1):
+    it = iter(ShardedBatches(dataset, batch_size=batch, rank=rank, world_size=world, seed=seed,
                              device=torch.device("cpu")))
-    per_epoch = (len(images) // world) // batch
+    per_epoch = (len(dataset) // world) // batch
     return [next(it) for _ in range(per_epoch * epochs)]
 
 
+def id_dataset(n):
+    return TensorDataset(torch.arange(n, dtype=torch.float32).reshape(n, 1, 1, 1), torch.arange(n))
+
+
 def test_shards_are_disjoint_cover_the_epoch_and_reshuffle():
-    ids = torch.arange(100, dtype=torch.float32).reshape(100, 1, 1, 1)
-    labels = torch.arange(100)
-    shards = [epoch_batches(ids, labels, rank, 2, 10, epochs=2) for rank in range(2)]
+    shards = [epoch_batches(id_dataset(100), rank, 2, 10, epochs=2) for rank in range(2)]
     first = [set(torch.cat([l for _, l in s[:5]]).tolist()) for s in shards]
     second = [set(torch.cat([l for _, l in s[5:]]).tolist()) for s in shards]
     assert first[0].isdisjoint(first[1]) and first[0] | first[1] == set(range(100))
@@ -39,10 +55,80 @@ def test_shards_are_disjoint_cover_the_epoch_and_reshuffle():
 
 
 def test_n_workers_times_b_sees_what_one_worker_times_nb_sees():
-    ids = torch.arange(103, dtype=torch.float32).reshape(103, 1, 1, 1)
-    labels = torch.arange(103)
-    one = epoch_batches(ids, labels, 0, 1, 8, epochs=2)
-    two = [epoch_batches(ids, labels, r, 2, 4, epochs=2) for r in range(2)]
+    one = epoch_batches(id_dataset(103), 0, 1, 8, epochs=2)
+    two = [epoch_batches(id_dataset(103), r, 2, 4, epochs=2) for r in range(2)]
     assert len(one) == len(two[0]) == len(two[1])
     for k, (_, big) in enumerate(one):
         assert set(big.tolist()) == set(two[0][k][1].tolist()) | set(two[1][k][1].tolist())
+
+
+def write_image(path, size, mode="RGB", value=128):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, color=value if mode == "L" else (value, 0, 255 - value)).save(path)
+
+
+@pytest.fixture
+def class_folder(tmp_path):
+    root = tmp_path / "images"
+    for i in range(3):
+        write_image(root / "cats" / f"c{i}.png", (40, 30))
+        write_image(root / "dogs" / f"d{i}.jpg", (20, 50), value=200)
+    (root / "dogs" / "notes.txt").write_text("not an image")
+    (root / "cats" / "broken.png").write_bytes(b"\x89PNG but truncated")
+    return root
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_folder_with_classes_resizes_crops_and_skips_bad_files(class_folder, channels):
+    dataset = ImageFolderDataset(class_folder, ToModelImage(32, channels))
+    assert len(dataset) == 6 and dataset.classes == ["cats", "dogs"]
+    assert sorted(dataset.labels) == [0, 0, 0, 1, 1, 1]
+    assert sorted(dataset.skipped) == ["broken.png (unreadable)", "notes.txt (not an image)"]
+    image, label = dataset[0]
+    assert image.shape == (channels, 32, 32) and -1 <= image.min() and image.max() <= 1
+    batches = epoch_batches(dataset, 0, 1, 3)
+    assert len(batches) == 2 and batches[0][0].shape == (3, channels, 32, 32)
+
+
+def test_flat_folder_has_one_label(tmp_path):
+    for i in range(4):
+        write_image(tmp_path / f"{i}.png", (28, 28), mode="L")
+    dataset = load_dataset(DataSpec("folder", path=str(tmp_path)), ModelSpec(image_size=28, channels=3))
+    assert len(dataset) == 4 and set(dataset.labels) == {0} and dataset[0][0].shape == (3, 28, 28)
+
+
+def test_folder_errors(tmp_path):
+    transform = ToModelImage(28, 1)
+    with pytest.raises(ValueError, match="data.path: no such directory"):
+        ImageFolderDataset(tmp_path / "missing", transform)
+    with pytest.raises(ValueError, match="data.path: no readable images in"):
+        ImageFolderDataset(tmp_path, transform)
+    (tmp_path / "a.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"skipped 1: a.txt \(not an image\)"):
+        ImageFolderDataset(tmp_path, transform)
+    with pytest.raises(ValueError, match="is a file"):
+        ImageFolderDataset(tmp_path / "a.txt", transform)
+
+
+def write_idx(path, array):
+    """MNIST's idx format: magic (0, 0, dtype 0x08, ndim), big-endian sizes, then uint8 data."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_torchvision_mnist_from_files_on_disk(tmp_path):
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 12), ("t10k", 4)):
+        write_idx(tmp_path / "MNIST/raw" / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(tmp_path / "MNIST/raw" / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    data = DataSpec("torchvision", path=str(tmp_path), dataset="MNIST")
+    dataset = load_dataset(data, ModelSpec(image_size=32))
+    assert len(dataset) == 12
+    image, label = dataset[3]
+    assert image.shape == (1, 32, 32) and label == 3
+
+
+def test_torchvision_missing_without_download(tmp_path):
+    with pytest.raises(ValueError, match="torchvision FashionMNIST not found under .*set data.download: true"):
+        load_dataset(DataSpec("torchvision", path=str(tmp_path), dataset="FashionMNIST"), ModelSpec())

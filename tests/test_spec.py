@@ -36,7 +36,9 @@ CASES = [
     ("resources", "num_workers", 0, ["resources.num_workers", "must be >= 1"]),
     ("resources", "num_workers", 3, ["train.batch_size", "multiple of resources.num_workers (3)"]),
     ("resources", "cpus_per_worker", -1, ["resources.cpus_per_worker", "must be > 0"]),
-    ("data", "source", "imagenet", ["data.source", "'imagenet'", "allowed: 'mnist5k'"]),
+    ("data", "source", "imagenet", ["data.source", "'imagenet'", "allowed: 'mnist5k', 'digits', 'folder', 'torchvision'"]),
+    ("data", "source", "folder", ["data.path", "missing; data.source 'folder' reads from a directory"]),
+    ("data", "download", "yes", ["data.download", "expected true or false"]),
     ("tracking", "metrics_every", 0, ["tracking.metrics_every", "must be >= 1"]),
     ("tracking", "num_samples", 5000, ["tracking.num_samples", "must be <= 1024"]),
     ("optim", "g", {"lr": -0.1}, ["optim.g.lr", "got -0.1", "must be > 0"]),
@@ -144,3 +146,12 @@ def test_wgan_gp_refuses_a_batchnorm_critic_and_defaults_to_five_critic_steps():
     assert spec.train.n_critic == 5
     assert parse({"name": "t", "train": {"loss": "wgan-gp", "n_critic": 2}, "model": {"d_norm": "none"}}).train.n_critic == 2
     assert parse({"name": "t", "train": {"loss": "hinge"}}).train.n_critic == 1
+
+
+def test_torchvision_source_needs_a_known_dataset():
+    with pytest.raises(SpecError) as info:
+        parse({"name": "t", "data": {"source": "torchvision", "path": "/data", "dataset": "cifar10"}})
+    assert info.value.problems == ["data.dataset: got 'cifar10'; allowed: MNIST, FashionMNIST, KMNIST, CIFAR10, "
+                                   "CIFAR100, SVHN; did you mean 'CIFAR10'?"]
+    spec = parse({"name": "t", "model": {"channels": 3}, "data": {"source": "folder", "path": "/imgs"}})
+    assert spec.data.path == "/imgs", "folder images are converted to model.channels"
