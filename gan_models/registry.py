@@ -1,7 +1,9 @@
-"""Model families by name: each builds a (generator, discriminator) pair."""
+"""Model families by name, and user networks by import path ("package.module:ClassName")."""
 
+import importlib
 from typing import Callable
 
+import torch
 from torch import nn
 
 from gan_models.dcgan import DCGANDiscriminator, DCGANGenerator
@@ -20,8 +22,53 @@ FAMILIES: dict[str, Callable[..., tuple[nn.Module, nn.Module]]] = {"dcgan": _dcg
 
 def build_models(
     family: str, *, latent_dim: int, image_size: int, channels: int, g_width: int, d_width: int,
-    g_norm: str = "batch", d_norm: str = "batch",
+    g_norm: str = "batch", d_norm: str = "batch", generator: str | None = None, discriminator: str | None = None,
 ) -> tuple[nn.Module, nn.Module]:
+    """The family's (G, D); `generator` / `discriminator` import paths replace either network. A user G is
+    built as cls(latent_dim=, image_size=, channels=, width=), a user D as cls(image_size=, channels=, width=)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown model family {family!r}; known: {', '.join(sorted(FAMILIES))}")
-    return FAMILIES[family](latent_dim, image_size, channels, g_width, d_width, g_norm, d_norm)
+    G, D = FAMILIES[family](latent_dim, image_size, channels, g_width, d_width, g_norm, d_norm)
+    if generator:
+        G = import_network(generator, "model.generator")(
+            latent_dim=latent_dim, image_size=image_size, channels=channels, width=g_width)
+    if discriminator:
+        D = import_network(discriminator, "model.discriminator")(image_size=image_size, channels=channels, width=d_width)
+    return G, D
+
+
+def import_network(path: str, key: str) -> type[nn.Module]:
+    """'package.module:ClassName' -> the class, or ValueError naming `key` and what went wrong."""
+    module_name, sep, class_name = path.partition(":")
+    if not sep or not module_name or not class_name:
+        raise ValueError(f"{key}: got {path!r}; expected 'package.module:ClassName'")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:  # the user's module may fail in any way while importing
+        raise ValueError(f"{key}: cannot import module {module_name!r}: {type(err).__name__}: {err}") from None
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise ValueError(f"{key}: module {module_name!r} has no {class_name!r}")
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ValueError(f"{key}: {path} is not a torch.nn.Module subclass")
+    return cls
+
+
+def check_interface(G: nn.Module, D: nn.Module, latent_dim: int, image_size: int, channels: int) -> None:
+    """Run both networks on two samples; ValueError naming the spec key whose network has the wrong shapes."""
+    with torch.no_grad():
+        try:
+            images = G(torch.randn(2, latent_dim))
+        except Exception as err:
+            raise ValueError(f"model.generator: G(z) failed for z of shape (2, {latent_dim}): "
+                             f"{type(err).__name__}: {err}") from None
+        expected = (2, channels, image_size, image_size)
+        if tuple(images.shape) != expected:
+            raise ValueError(f"model.generator: G(z) gave shape {tuple(images.shape)}; expected {expected}")
+        try:
+            scores = D(images)
+        except Exception as err:
+            raise ValueError(f"model.discriminator: D(x) failed for x of shape {expected}: "
+                             f"{type(err).__name__}: {err}") from None
+        if tuple(scores.shape) not in ((2,), (2, 1)):
+            raise ValueError(f"model.discriminator: D(x) gave shape {tuple(scores.shape)}; expected (2,) or (2, 1)")

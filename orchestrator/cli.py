@@ -1,6 +1,7 @@
 """`ganorch` command line. Specs are validated before Ray or MLflow is imported, let alone started."""
 
 import argparse
+import os
 import sys
 
 from orchestrator.spec import JobSpec, SpecError, load
@@ -41,6 +42,9 @@ def dry_run_report(spec: JobSpec) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Like `python -m`: modules in the working directory (model.generator: mynets:G) can be imported.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         spec = load(args.job, args.overrides)
     except SpecError as err:
@@ -54,19 +58,28 @@ def main(argv: list[str] | None = None) -> int:
         print(dry_run_report(spec))
         return 0
     try:
+        check_models(spec)
         summary = check_data(spec)
     except ValueError as err:
-        print(f"ganorch: bad data for {args.job}: {err}", file=sys.stderr)
+        print(f"ganorch: cannot run {args.job}: {err}", file=sys.stderr)
         return EXIT_USAGE
     print(f"data: {summary}")
     return run_job(spec)
 
 
+def check_models(spec: JobSpec) -> None:
+    """Build G and D once on the CPU and run them on two samples: a network that cannot be imported or has
+    the wrong interface stops the job before it starts."""
+    from gan_models.registry import check_interface
+    from orchestrator.worker import build_networks
+
+    G, D = build_networks(spec)
+    check_interface(G, D, spec.model.latent_dim, spec.model.image_size, spec.model.channels)
+
+
 def check_data(spec: JobSpec) -> str:
     """Open the dataset once on the driver, so a wrong path or an empty folder stops the job before it
     starts. Skipped for a remote cluster (RAY_ADDRESS), whose workers may see paths this machine does not."""
-    import os
-
     if os.environ.get("RAY_ADDRESS"):
         return "opened by the workers"
     from orchestrator.data import describe, load_dataset

@@ -46,7 +46,11 @@ def init_ray() -> None:
 
     if ray.is_initialized():
         return
-    ray.init(log_to_driver=False, logging_level=logging.ERROR, configure_logging=True)
+    # Workers run in directories of their own: let them import what the driver imports from its
+    # working directory (a model.generator in the user's project, say).
+    pythonpath = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)
+    ray.init(log_to_driver=False, logging_level=logging.ERROR, configure_logging=True,
+             runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
 
 
 def run(spec: JobSpec, loop: Callable[[dict], Any] | None = None, show_progress: bool = True) -> RunOutcome:

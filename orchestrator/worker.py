@@ -122,7 +122,8 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
 def build_networks(spec: JobSpec) -> tuple[torch.nn.Module, torch.nn.Module]:
     m = spec.model
     return build_models(m.family, latent_dim=m.latent_dim, image_size=m.image_size, channels=m.channels,
-                        g_width=m.g_width, d_width=m.d_width, g_norm=m.g_norm, d_norm=m.d_norm)
+                        g_width=m.g_width, d_width=m.d_width, g_norm=m.g_norm, d_norm=m.d_norm,
+                        generator=m.generator, discriminator=m.discriminator)
 
 
 def build_regularizers(spec: JobSpec) -> list[Regularizer]:

@@ -13,7 +13,10 @@ REPO = Path(__file__).resolve().parents[1]
 def ray_session():
     import ray
 
-    ray.init(num_cpus=2, log_to_driver=False, include_dashboard=False, logging_level="WARNING")
+    # Workers import tests/user_networks.py by name, as a user's workers import their own networks.
+    pythonpath = os.pathsep.join(p for p in (str(REPO / "tests"), os.environ.get("PYTHONPATH")) if p)
+    ray.init(num_cpus=2, log_to_driver=False, include_dashboard=False, logging_level="WARNING",
+             runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
     yield ray
     ray.shutdown()
 

@@ -76,7 +76,7 @@ def test_bad_data_folder_exits_2_before_anything_starts(tmp_path):
     job.write_text(f"data: {{source: folder, path: {tmp_path / 'nowhere'}}}\nresources: {{num_workers: 1}}\n")
     out = ganorch("run", str(job), cwd=tmp_path)
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert f"bad data for {job}: data.path: no such directory: {tmp_path / 'nowhere'}" in out.stderr
+    assert f"cannot run {job}: data.path: no such directory: {tmp_path / 'nowhere'}" in out.stderr
     assert "IMPORTED []" in out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml"]
 
@@ -92,3 +92,22 @@ def test_too_small_dataset_for_the_batch_exits_2(tmp_path):
     out = ganorch("run", str(job), cwd=tmp_path)
     assert out.returncode == 2
     assert "train.batch_size: each worker's share of the 3 images is 3, fewer than its batch of 4" in out.stderr
+
+
+def test_unimportable_generator_exits_2(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("model: {generator: 'nowhere.nets:G'}\n")
+    out = ganorch("run", str(job), cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "model.generator: cannot import module 'nowhere.nets': ModuleNotFoundError" in out.stderr
+    assert "IMPORTED []" in out.stderr
+
+
+def test_generator_from_the_working_directory_is_checked(tmp_path):
+    """A module beside the job (not installed) is importable, as with `python -m`; a bad interface exits 2."""
+    (tmp_path / "mynets.py").write_text((REPO / "tests/user_networks.py").read_text())
+    job = tmp_path / "job.yaml"
+    job.write_text("model: {generator: 'mynets:FlatGenerator', discriminator: 'mynets:MLPDiscriminator'}\n")
+    out = ganorch("run", str(job), cwd=tmp_path)
+    assert out.returncode == 2
+    assert "model.generator: G(z) gave shape (2, 784); expected (2, 1, 28, 28)" in out.stderr

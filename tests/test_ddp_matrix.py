@@ -74,9 +74,11 @@ def fit(loop, config, tmp_path):
 def test_loss_regularizer_n_critic_matrix_on_two_workers(ray_session, tmp_path):
     specs = [debug_spec(f"train.loss={loss}", f"train.n_critic={n_critic}", *REGULARIZERS[reg]).to_dict()
              for loss, reg, n_critic in MATRIX]
+    user_networks = ["model.generator=user_networks:MLPGenerator", "model.discriminator=user_networks:MLPDiscriminator"]
+    specs.append(debug_spec(*user_networks).to_dict())
     results = fit(train_each, {"specs": specs}, tmp_path)
-    assert len(results) == len(MATRIX) == 22
-    failures = [(case, r) for case, r in zip(MATRIX, results) if not all(r.values())]
+    assert len(results) == len(MATRIX) + 1 == 23
+    failures = [(case, r) for case, r in zip([*MATRIX, "user networks"], results) if not all(r.values())]
     assert not failures, f"ranks diverged: {failures}"
 
 

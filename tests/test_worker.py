@@ -42,3 +42,8 @@ def test_throughput_counts_images_since_restart():
     speed.restart(2)
     speed.start_time -= 1.0
     assert 19 < speed.rate(4) <= 20
+
+
+def test_user_networks_train(process_group):
+    summary = run_debug("model.generator=user_networks:MLPGenerator", "model.discriminator=user_networks:MLPDiscriminator")
+    assert summary["metrics"]["grad_norm_g"] > 0 and summary["metrics"]["grad_norm_d"] > 0
