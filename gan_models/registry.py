@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from gan_models.dcgan import DCGANDiscriminator, DCGANGenerator
+from gan_models.resnet import ResNetDiscriminator, ResNetGenerator
 
 
 def _dcgan(latent_dim: int, image_size: int, channels: int, g_width: int, d_width: int,
@@ -17,7 +18,15 @@ def _dcgan(latent_dim: int, image_size: int, channels: int, g_width: int, d_widt
     )
 
 
-FAMILIES: dict[str, Callable[..., tuple[nn.Module, nn.Module]]] = {"dcgan": _dcgan}
+def _resnet(latent_dim: int, image_size: int, channels: int, g_width: int, d_width: int,
+            g_norm: str, d_norm: str) -> tuple[nn.Module, nn.Module]:
+    return (
+        ResNetGenerator(latent_dim, image_size, channels, g_width, g_norm),
+        ResNetDiscriminator(image_size, channels, d_width, d_norm),
+    )
+
+
+FAMILIES: dict[str, Callable[..., tuple[nn.Module, nn.Module]]] = {"dcgan": _dcgan, "resnet": _resnet}
 
 
 def build_models(

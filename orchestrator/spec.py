@@ -24,7 +24,7 @@ DEFAULT_N_CRITIC = {"nonsaturating": 1, "hinge": 1, "wgan-gp": 5, "lsgan": 1}
 
 @dataclass
 class ModelSpec:
-    family: Literal["dcgan"] = setting("dcgan", help="Model family: the generator/discriminator pair to build.")
+    family: Literal["dcgan", "resnet"] = setting("dcgan", help="Model family: `dcgan` (Radford et al.) or `resnet` (SNGAN-style residual G and D; pair it with `d_norm: spectral` and loss `hinge`).")
     image_size: Literal[28, 32, 64] = setting(28, help="Side of the square images G makes and D judges, in pixels; data is resized to it.")
     channels: Literal[1, 3] = setting(1, help="Image channels: 1 (grayscale) or 3 (RGB); must match the data source.")
     latent_dim: int = setting(64, ge=1, help="Size of the latent vector z ~ N(0, I).")

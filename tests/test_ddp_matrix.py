@@ -76,9 +76,10 @@ def test_loss_regularizer_n_critic_matrix_on_two_workers(ray_session, tmp_path):
              for loss, reg, n_critic in MATRIX]
     user_networks = ["model.generator=user_networks:MLPGenerator", "model.discriminator=user_networks:MLPDiscriminator"]
     specs.append(debug_spec(*user_networks).to_dict())
+    specs.append(load(REPO / "jobs/debug_resnet.yaml", ["train.steps=2"]).to_dict())
     results = fit(train_each, {"specs": specs}, tmp_path)
-    assert len(results) == len(MATRIX) + 1 == 23
-    failures = [(case, r) for case, r in zip([*MATRIX, "user networks"], results) if not all(r.values())]
+    assert len(results) == len(MATRIX) + 2 == 24
+    failures = [(case, r) for case, r in zip([*MATRIX, "user networks", "resnet"], results) if not all(r.values())]
     assert not failures, f"ranks diverged: {failures}"
 
 

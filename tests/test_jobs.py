@@ -11,8 +11,30 @@ REPO = Path(__file__).resolve().parents[1]
 JOBS = sorted((REPO / "jobs").glob("*.yaml"))
 
 
+DEBUG_JOBS = [p for p in JOBS if p.name.startswith("debug_")]
+
+
 def test_jobs_exist():
-    assert {p.name for p in JOBS} >= {"quickstart.yaml", "debug_dcgan.yaml"}
+    assert {p.name for p in JOBS} >= {"quickstart.yaml", "debug_dcgan.yaml", "debug_resnet.yaml"}
+
+
+def test_every_model_family_has_a_debug_job():
+    from gan_models import FAMILIES
+
+    assert {load(p).model.family for p in DEBUG_JOBS} == set(FAMILIES)
+
+
+@pytest.mark.parametrize("path", DEBUG_JOBS, ids=[p.name for p in DEBUG_JOBS])
+def test_debug_job_trains(path, process_group):
+    """Each debug job's networks, loss and data train a few steps in this process (one worker)."""
+    import torch
+
+    from orchestrator.worker import WorkerContext, train
+
+    spec = load(path, ["resources.num_workers=1"])
+    summary = train(spec, WorkerContext(device=torch.device("cpu")))
+    assert summary["step"] == spec.train.steps
+    assert all(v == v for v in summary["metrics"].values()), "no NaN"
 
 
 @pytest.mark.parametrize("path", JOBS, ids=[p.name for p in JOBS])

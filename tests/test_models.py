@@ -5,10 +5,11 @@ import torch.nn.functional as F
 from gan_models import build_loss, build_models, sample_latent
 
 
+@pytest.mark.parametrize("family", ["dcgan", "resnet"])
 @pytest.mark.parametrize("image_size", [28, 32, 64])
 @pytest.mark.parametrize("channels", [1, 3])
-def test_dcgan_shapes(image_size, channels):
-    G, D = build_models("dcgan", latent_dim=16, image_size=image_size, channels=channels, g_width=8, d_width=8)
+def test_shapes(family, image_size, channels):
+    G, D = build_models(family, latent_dim=16, image_size=image_size, channels=channels, g_width=8, d_width=8)
     images = G(torch.randn(5, 16))
     assert images.shape == (5, channels, image_size, image_size)
     assert images.min() >= -1 and images.max() <= 1
@@ -47,10 +48,11 @@ def test_latent_is_reproducible_with_a_generator():
     assert torch.equal(a, b) and a.shape == (4, 3)
 
 
+@pytest.mark.parametrize("family", ["dcgan", "resnet"])
 @pytest.mark.parametrize("d_norm", ["batch", "spectral", "none"])
 @pytest.mark.parametrize("g_norm", ["batch", "none"])
-def test_norm_options(g_norm, d_norm):
-    G, D = build_models("dcgan", latent_dim=8, image_size=32, channels=3, g_width=4, d_width=4,
+def test_norm_options(family, g_norm, d_norm):
+    G, D = build_models(family, latent_dim=8, image_size=32, channels=3, g_width=4, d_width=4,
                         g_norm=g_norm, d_norm=d_norm)
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in G.modules()) == (g_norm == "batch")
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in D.modules()) == (d_norm == "batch")
@@ -68,9 +70,10 @@ def test_spectral_norm_bounds_every_layer():
             assert sigma <= 1.05
 
 
-def test_batch_independence_without_batchnorm():
+@pytest.mark.parametrize("family", ["dcgan", "resnet"])
+def test_batch_independence_without_batchnorm(family):
     """With no BatchNorm, an image's score does not depend on the rest of its batch."""
-    G, D = build_models("dcgan", latent_dim=8, image_size=28, channels=1, g_width=4, d_width=4,
+    G, D = build_models(family, latent_dim=8, image_size=28, channels=1, g_width=4, d_width=4,
                         g_norm="none", d_norm="none")
     z = torch.randn(6, 8)
     assert torch.allclose(D(G(z))[:3], D(G(z[:3])), atol=1e-6)
