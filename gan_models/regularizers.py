@@ -10,13 +10,14 @@ class Regularizer:
     needs_real_grad: bool = False  # whether it differentiates D(real) with respect to the real images
 
     def penalty(self, D: nn.Module, real: torch.Tensor, real_scores: torch.Tensor,
-                fake: torch.Tensor) -> torch.Tensor:
+                fake: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        """`scale`: the fp16 loss scale, so the input gradient does not underflow (PyTorch AMP's recipe)."""
         raise NotImplementedError
 
 
-def _input_gradient(scores: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-    (grad,) = torch.autograd.grad(scores.sum(), inputs, create_graph=True)
-    return grad.flatten(1)
+def _input_gradient(scores: torch.Tensor, inputs: torch.Tensor, scale: float) -> torch.Tensor:
+    (grad,) = torch.autograd.grad(scores.float().sum() * scale, inputs, create_graph=True)
+    return grad.float().flatten(1) / scale
 
 
 class GradientPenalty(Regularizer):
@@ -27,10 +28,10 @@ class GradientPenalty(Regularizer):
     def __init__(self, weight: float):
         self.weight = weight
 
-    def penalty(self, D, real, real_scores, fake):
+    def penalty(self, D, real, real_scores, fake, scale=1.0):
         mix = torch.rand(len(real), 1, 1, 1, device=real.device, dtype=real.dtype)
         interpolates = (mix * real.detach() + (1 - mix) * fake.detach()).requires_grad_(True)
-        grad = _input_gradient(D(interpolates), interpolates)
+        grad = _input_gradient(D(interpolates), interpolates, scale)
         return self.weight * ((grad.norm(2, dim=1) - 1) ** 2).mean()
 
 
@@ -45,6 +46,6 @@ class R1Penalty(Regularizer):
         self.gamma = gamma
         self.every = every
 
-    def penalty(self, D, real, real_scores, fake):
-        grad = _input_gradient(real_scores, real)
+    def penalty(self, D, real, real_scores, fake, scale=1.0):
+        grad = _input_gradient(real_scores, real, scale)
         return 0.5 * self.gamma * self.every * grad.pow(2).sum(dim=1).mean()

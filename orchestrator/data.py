@@ -151,10 +151,11 @@ class ShardedBatches:
     so N ranks x batch B see exactly the samples that 1 rank x batch N*B sees."""
 
     def __init__(self, dataset: Dataset, *, batch_size: int, rank: int, world_size: int, seed: int,
-                 device: torch.device):
+                 device: torch.device, memory_format: torch.memory_format = torch.contiguous_format):
         self.dataset = dataset
         self.batch_size = batch_size
         self.device = device
+        self.memory_format = memory_format
         self.sampler = DistributedSampler(range(len(dataset)), num_replicas=world_size, rank=rank,
                                           shuffle=True, seed=seed, drop_last=True)
         self.epoch = 0
@@ -176,5 +177,6 @@ class ShardedBatches:
             else:
                 loaded = DataLoader(self.dataset, batch_sampler=batches, pin_memory=self.device.type == "cuda")
             for images, labels in loaded:
-                yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+                yield (images.to(self.device, non_blocking=True, memory_format=self.memory_format),
+                       labels.to(self.device, non_blocking=True))
             self.epoch += 1

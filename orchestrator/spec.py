@@ -65,6 +65,8 @@ class TrainSpec:
     gp_lambda: float = setting(10.0, ge=0, help="Weight of WGAN-GP's gradient penalty (used with loss `wgan-gp`).")
     r1_gamma: float = setting(0.0, ge=0, help="Weight gamma of the R1 penalty on real images; 0 turns R1 off.")
     r1_every: int = setting(16, ge=1, help="Apply R1 every this many D steps, scaled up to match (lazy regularisation).")
+    precision: Literal["fp32", "bf16", "fp16"] = setting("fp32", help="`bf16`: forward passes under bfloat16 autocast; `fp16`: float16 autocast with a gradient scaler per optimizer (overflowing steps are skipped); `fp32`: no autocast.")
+    channels_last: bool = setting(False, help="Keep networks and batches in channels-last memory format (faster convolutions on recent GPUs).")
     ema_decay: float = setting(0.999, ge=0, help="Decay of the generator EMA (G_ema), which makes the sample grids; in [0, 1), 0 makes G_ema a copy of G.")
     ema_rampup: bool = setting(True, help="Ramp the EMA decay up from 0 as min(ema_decay, (1 + step) / (10 + step)).")
 

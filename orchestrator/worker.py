@@ -11,6 +11,7 @@ from gan_models import GeneratorEMA, GradientPenalty, R1Penalty, Regularizer, bu
 from orchestrator import checkpoint, distributed
 from orchestrator.data import ShardedBatches, load_dataset
 from orchestrator.phases import build_phases, run_phase
+from orchestrator.precision import Precision
 from orchestrator.spec import JobSpec, parse
 from orchestrator.tracking import TAG_CHECKPOINT
 
@@ -52,18 +53,19 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
     # Networks, optimizers, the alternation.
     torch.manual_seed(spec.seed)
     G, D = build_networks(spec)
-    G_ddp = distributed.wrap_ddp(G.to(device), device)
-    D_ddp = distributed.wrap_ddp(D.to(device), device)
+    memory_format = torch.channels_last if spec.train.channels_last else torch.contiguous_format
+    G_ddp = distributed.wrap_ddp(G.to(device, memory_format=memory_format), device)
+    D_ddp = distributed.wrap_ddp(D.to(device, memory_format=memory_format), device)
     opt_g = torch.optim.Adam(G.parameters(), lr=spec.optim.g.lr, betas=spec.optim.g.betas)
     opt_d = torch.optim.Adam(D.parameters(), lr=spec.optim.d.lr, betas=spec.optim.d.betas)
     phases = build_phases(G_ddp, D_ddp, opt_g, opt_d, build_loss(spec.train.loss), spec.train.n_critic,
-                          build_regularizers(spec))
+                          build_regularizers(spec), Precision(spec.train.precision, device))
     ema = GeneratorEMA(G, spec.train.ema_decay, spec.train.ema_rampup)  # on every rank: samples and evaluation
 
     # Data and noise. Every rank draws the same global z batch and keeps its own slice, so N workers
     # x batch B see exactly the noise (and data) that 1 worker x batch N*B sees.
     batches = iter(ShardedBatches(load_dataset(spec.data, spec.model), batch_size=batch, rank=rank,
-                                  world_size=world_size, seed=spec.seed, device=device))
+                                  world_size=world_size, seed=spec.seed, device=device, memory_format=memory_format))
     noise = torch.Generator(device=device).manual_seed(spec.seed + 1)
 
     def draw_z() -> torch.Tensor:

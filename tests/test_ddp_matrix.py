@@ -77,9 +77,11 @@ def test_loss_regularizer_n_critic_matrix_on_two_workers(ray_session, tmp_path):
     user_networks = ["model.generator=user_networks:MLPGenerator", "model.discriminator=user_networks:MLPDiscriminator"]
     specs.append(debug_spec(*user_networks).to_dict())
     specs.append(load(REPO / "jobs/debug_resnet.yaml", ["train.steps=2"]).to_dict())
+    mixed = ["train.loss=wgan-gp", "model.d_norm=none", "train.r1_gamma=1", "train.r1_every=1", "train.channels_last=true"]
+    specs += [debug_spec(f"train.precision={p}", *mixed).to_dict() for p in ("bf16", "fp16")]
     results = fit(train_each, {"specs": specs}, tmp_path)
-    assert len(results) == len(MATRIX) + 2 == 24
-    failures = [(case, r) for case, r in zip([*MATRIX, "user networks", "resnet"], results) if not all(r.values())]
+    assert len(results) == len(MATRIX) + 4 == 26
+    failures = [(case, r) for case, r in zip([*MATRIX, "user networks", "resnet", "bf16", "fp16"], results) if not all(r.values())]
     assert not failures, f"ranks diverged: {failures}"
 
 

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from orchestrator.spec import load
@@ -47,3 +48,28 @@ def test_throughput_counts_images_since_restart():
 def test_user_networks_train(process_group):
     summary = run_debug("model.generator=user_networks:MLPGenerator", "model.discriminator=user_networks:MLPDiscriminator")
     assert summary["metrics"]["grad_norm_g"] > 0 and summary["metrics"]["grad_norm_d"] > 0
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("recipe", [
+    ["train.loss=nonsaturating"],
+    ["train.loss=wgan-gp", "model.d_norm=none", "train.r1_gamma=1", "train.r1_every=2", "train.n_critic=2"],
+])
+def test_mixed_precision_trains_on_cpu(process_group, precision, recipe):
+    """CPU autocast supports bf16 and fp16 (with a CPU gradient scaler), so these run here, not only on GPU."""
+    summary = run_debug(f"train.precision={precision}", "train.channels_last=true", *recipe)
+    metrics = summary["metrics"]
+    assert all(v == v and abs(v) != float("inf") for v in metrics.values()), metrics
+    assert metrics["grad_norm_d"] > 0 and metrics["grad_norm_g"] > 0
+
+
+def test_precision_is_autocast_only_for_mixed_modes():
+    from orchestrator.precision import Precision
+
+    cpu = torch.device("cpu")
+    assert Precision("fp32", cpu).new_scaler() is None and Precision("bf16", cpu).new_scaler() is None
+    assert isinstance(Precision("fp16", cpu).new_scaler(), torch.amp.GradScaler)
+    with Precision("bf16", cpu).autocast():
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
+    with Precision("fp32", cpu).autocast():
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.float32
