@@ -48,7 +48,7 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
         logger = RunLogger(context.tracking_uri, context.run_id)
 
     if device.type == "cpu":
-        torch.set_flush_denormal(True)  # a saturated D's tiny activations are denormals: 5x slower on CPU
+        torch.set_flush_denormal(True)  # tiny activations of a saturated D can be denormals, slow on CPU
 
     # Networks, optimizers, the alternation.
     torch.manual_seed(spec.seed)
