@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from gan_models.conditioning import LatentInput, Projection
+
 BASE_GRID = {28: 7, 32: 4, 64: 4}
 G_NORMS = ("batch", "none")
 D_NORMS = ("batch", "spectral", "none")
@@ -37,7 +39,8 @@ class DCGANGenerator(nn.Module):
     """z of shape (N, latent_dim) -> images of shape (N, channels, image_size, image_size) in [-1, 1].
     norm="none" leaves no batch-dependent layer."""
 
-    def __init__(self, latent_dim: int, image_size: int, channels: int, width: int, norm: str = "batch"):
+    def __init__(self, latent_dim: int, image_size: int, channels: int, width: int, norm: str = "batch",
+                 num_classes: int = 0):
         super().__init__()
         _check_norm(norm, G_NORMS, "generator")
         self.latent_dim = latent_dim
@@ -48,16 +51,17 @@ class DCGANGenerator(nn.Module):
         def block(conv: nn.Module, w_out: int) -> list[nn.Module]:
             return [conv, *([nn.BatchNorm2d(w_out)] if batch_norm else []), nn.ReLU(inplace=True)]
 
-        layers = block(nn.ConvTranspose2d(latent_dim, widths[0], BASE_GRID[image_size], 1, 0, bias=not batch_norm),
-                       widths[0])
+        self.input = LatentInput(latent_dim, num_classes)
+        layers = block(nn.ConvTranspose2d(self.input.out_dim, widths[0], BASE_GRID[image_size], 1, 0,
+                                          bias=not batch_norm), widths[0])
         for w_in, w_out in zip(widths, widths[1:]):
             layers += block(nn.ConvTranspose2d(w_in, w_out, 4, 2, 1, bias=not batch_norm), w_out)
         layers += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
         self.apply(init_dcgan_weights)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z[:, :, None, None])
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(self.input(z, labels)[:, :, None, None])
 
 
 class DCGANDiscriminator(nn.Module):
@@ -65,7 +69,7 @@ class DCGANDiscriminator(nn.Module):
     norm: "batch" (DCGAN), "spectral" (Miyato et al., 2018: every layer's weight divided by its largest
     singular value) or "none"; only "batch" couples the images of a batch."""
 
-    def __init__(self, image_size: int, channels: int, width: int, norm: str = "batch"):
+    def __init__(self, image_size: int, channels: int, width: int, norm: str = "batch", num_classes: int = 0):
         super().__init__()
         _check_norm(norm, D_NORMS, "discriminator")
         steps = num_resolution_steps(image_size)
@@ -83,6 +87,10 @@ class DCGANDiscriminator(nn.Module):
             for layer in self.net:
                 if isinstance(layer, nn.Conv2d):
                     spectral_norm(layer)
+        self.projection = Projection(num_classes, widths[-1], norm == "spectral") if num_classes else None
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images).flatten()
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.projection is None:
+            return self.net(images).flatten()
+        features = self.net[:-1](images)
+        return self.net[-1](features).flatten() + self.projection(features.sum(dim=(2, 3)), labels)

@@ -1,7 +1,8 @@
 """Discriminator regularizers. Each adds one penalty to the D loss on the steps it is due."""
 
+from typing import Callable
+
 import torch
-from torch import nn
 
 
 class Regularizer:
@@ -9,9 +10,10 @@ class Regularizer:
     every: int = 1                # applied on every `every`-th D step
     needs_real_grad: bool = False  # whether it differentiates D(real) with respect to the real images
 
-    def penalty(self, D: nn.Module, real: torch.Tensor, real_scores: torch.Tensor,
+    def penalty(self, D: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, real_scores: torch.Tensor,
                 fake: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-        """`scale`: the fp16 loss scale, so the input gradient does not underflow (PyTorch AMP's recipe)."""
+        """D scores images (under fixed labels when class-conditional). `scale`: the fp16 loss scale, so the
+        input gradient does not underflow (PyTorch AMP's recipe)."""
         raise NotImplementedError
 
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from gan_models.conditioning import LatentInput, Projection
 from gan_models.dcgan import BASE_GRID, D_NORMS, G_NORMS, _check_norm, num_resolution_steps
 
 
@@ -63,28 +64,30 @@ class DiscriminatorBlock(nn.Module):
 class ResNetGenerator(nn.Module):
     """z of shape (N, latent_dim) -> images of shape (N, channels, image_size, image_size) in [-1, 1]."""
 
-    def __init__(self, latent_dim: int, image_size: int, channels: int, width: int, norm: str = "batch"):
+    def __init__(self, latent_dim: int, image_size: int, channels: int, width: int, norm: str = "batch",
+                 num_classes: int = 0):
         super().__init__()
         _check_norm(norm, G_NORMS, "generator")
         self.latent_dim = latent_dim
         self.base = BASE_GRID[image_size]
         steps = num_resolution_steps(image_size)
         widths = [width * 2 ** i for i in reversed(range(steps + 1))]
-        self.project = _layer(nn.Linear(latent_dim, widths[0] * self.base ** 2), False)
+        self.input = LatentInput(latent_dim, num_classes)
+        self.project = _layer(nn.Linear(self.input.out_dim, widths[0] * self.base ** 2), False)
         batch_norm = norm == "batch"
         self.blocks = nn.Sequential(*(GeneratorBlock(a, b, batch_norm) for a, b in zip(widths, widths[1:])))
         self.out_norm = nn.BatchNorm2d(widths[-1]) if batch_norm else nn.Identity()
         self.to_image = _layer(nn.Conv2d(widths[-1], channels, 3, 1, 1), False)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.project(z).view(len(z), -1, self.base, self.base)
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.project(self.input(z, labels)).view(len(z), -1, self.base, self.base)
         return torch.tanh(self.to_image(F.relu(self.out_norm(self.blocks(h)))))
 
 
 class ResNetDiscriminator(nn.Module):
     """images -> one unnormalised score per image, shape (N,). norm: "spectral" (SNGAN), "batch" or "none"."""
 
-    def __init__(self, image_size: int, channels: int, width: int, norm: str = "spectral"):
+    def __init__(self, image_size: int, channels: int, width: int, norm: str = "spectral", num_classes: int = 0):
         super().__init__()
         _check_norm(norm, D_NORMS, "discriminator")
         steps = num_resolution_steps(image_size)
@@ -94,7 +97,9 @@ class ResNetDiscriminator(nn.Module):
         blocks.append(DiscriminatorBlock(widths[-1], widths[-1], norm, downsample=False))
         self.blocks = nn.Sequential(*blocks)
         self.score = _layer(nn.Linear(widths[-1], 1), norm == "spectral")
+        self.projection = Projection(num_classes, widths[-1], norm == "spectral") if num_classes else None
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         features = F.relu(self.blocks(images)).sum(dim=(2, 3))
-        return self.score(features).flatten()
+        score = self.score(features).flatten()
+        return score if self.projection is None else score + self.projection(features, labels)

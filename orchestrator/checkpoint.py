@@ -11,7 +11,8 @@ FILENAME = "checkpoint.pt"
 
 
 def build(*, G: nn.Module, G_ema: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
-          opt_d: torch.optim.Optimizer, step: int, images_seen: int, spec: dict[str, Any]) -> dict[str, Any]:
+          opt_d: torch.optim.Optimizer, step: int, images_seen: int, spec: dict[str, Any],
+          num_classes: int = 0) -> dict[str, Any]:
     return {
         "generator": G.state_dict(),
         "generator_ema": G_ema.state_dict(),
@@ -21,6 +22,7 @@ def build(*, G: nn.Module, G_ema: nn.Module, D: nn.Module, opt_g: torch.optim.Op
         "step": step,
         "images_seen": images_seen,
         "spec": spec,
+        "num_classes": num_classes,   # 0: unconditional; else what build_networks(spec, num_classes) needs
     }
 
 

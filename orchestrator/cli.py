@@ -58,8 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         print(dry_run_report(spec))
         return 0
     try:
-        check_models(spec)
-        summary = check_data(spec)
+        summary = check_data_and_models(spec)
     except ValueError as err:
         print(f"ganorch: cannot run {args.job}: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -67,29 +66,28 @@ def main(argv: list[str] | None = None) -> int:
     return run_job(spec)
 
 
-def check_models(spec: JobSpec) -> None:
-    """Build G and D once on the CPU and run them on two samples: a network that cannot be imported or has
-    the wrong interface stops the job before it starts."""
+def check_data_and_models(spec: JobSpec) -> str:
+    """Open the dataset once, and build G and D and run them on two samples, so a wrong path, an empty
+    folder or a network that cannot be imported or has the wrong interface stops the job before it starts.
+    The data is not opened for a remote cluster (RAY_ADDRESS), whose workers may see paths this machine does not."""
     from gan_models.registry import check_interface
+    from orchestrator.data import check_conditional, describe, load_dataset
     from orchestrator.worker import build_networks
 
-    G, D = build_networks(spec)
-    check_interface(G, D, spec.model.latent_dim, spec.model.image_size, spec.model.channels)
-
-
-def check_data(spec: JobSpec) -> str:
-    """Open the dataset once on the driver, so a wrong path or an empty folder stops the job before it
-    starts. Skipped for a remote cluster (RAY_ADDRESS), whose workers may see paths this machine does not."""
     if os.environ.get("RAY_ADDRESS"):
-        return "opened by the workers"
-    from orchestrator.data import describe, load_dataset
-
-    dataset = load_dataset(spec.data, spec.model)
-    per_worker = len(dataset) // spec.resources.num_workers
-    if per_worker < spec.batch_per_worker:
-        raise ValueError(f"train.batch_size: each worker's share of the {len(dataset)} images is {per_worker}, "
-                         f"fewer than its batch of {spec.batch_per_worker}")
-    return describe(dataset)
+        summary, classes = "opened by the workers", 0
+    else:
+        dataset = load_dataset(spec.data, spec.model)
+        per_worker = len(dataset) // spec.resources.num_workers
+        if per_worker < spec.batch_per_worker:
+            raise ValueError(f"train.batch_size: each worker's share of the {len(dataset)} images is {per_worker}, "
+                             f"fewer than its batch of {spec.batch_per_worker}")
+        summary, classes = describe(dataset), check_conditional(dataset, spec.model.conditional)
+    if spec.model.conditional and not classes:
+        classes = 2  # interface check only: the workers count the real classes
+    G, D = build_networks(spec, classes)
+    check_interface(G, D, spec.model.latent_dim, spec.model.image_size, spec.model.channels, classes)
+    return summary
 
 
 def run_job(spec: JobSpec) -> int:

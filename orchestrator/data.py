@@ -135,6 +135,30 @@ def load_dataset(data: DataSpec, model: ModelSpec) -> Dataset:
     return open_torchvision(data, transform)
 
 
+def num_classes(dataset: Dataset) -> int:
+    """How many classes the dataset's labels span (1 for a folder without class subfolders)."""
+    if isinstance(dataset, TensorDataset):
+        return int(dataset.tensors[1].max()) + 1
+    classes = getattr(dataset, "classes", None)
+    if classes:
+        return len(classes)
+    labels = getattr(dataset, "labels", None)
+    if labels is None:
+        labels = getattr(dataset, "targets", None)
+    return int(max(labels)) + 1 if labels is not None and len(labels) else 1
+
+
+def check_conditional(dataset: Dataset, conditional: bool) -> int:
+    """The number of classes a conditional model is built for (0 when unconditional)."""
+    if not conditional:
+        return 0
+    count = num_classes(dataset)
+    if count < 2:
+        raise ValueError("model.conditional: the data has a single class (a folder without class subfolders?); "
+                         "a class-conditional model needs labelled data")
+    return count
+
+
 def describe(dataset: Dataset) -> str:
     text = f"{len(dataset):,} images"
     classes = getattr(dataset, "classes", None)

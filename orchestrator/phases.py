@@ -14,7 +14,19 @@ from gan_models.regularizers import Regularizer
 from orchestrator.precision import Precision
 
 Stats = dict[str, torch.Tensor]
-Objective = Callable[[torch.Tensor | None, torch.Tensor, int, Callable[[], float]], tuple[torch.Tensor, Stats]]
+
+
+@dataclass
+class StepInputs:
+    real: torch.Tensor | None           # a fresh real batch, for phases that use one
+    real_labels: torch.Tensor | None
+    z: torch.Tensor
+    fake_labels: torch.Tensor | None    # the classes G is asked for (None when unconditional)
+    index: int                          # how many steps this phase has taken before
+    loss_scale: Callable[[], float]     # fp16's current loss scale (1 otherwise)
+
+
+Objective = Callable[[StepInputs], tuple[torch.Tensor, Stats]]
 
 
 @dataclass
@@ -25,68 +37,77 @@ class Phase:
     optimizer: torch.optim.Optimizer
     repeats: int             # steps per iteration (n_critic for D)
     uses_real: bool          # whether each step takes a fresh real batch
-    objective: Objective     # (real or None, z, index of this phase's step, loss scale getter) -> (loss, stats)
+    objective: Objective
     autocast: Callable[[], ContextManager] = contextlib.nullcontext
     scaler: torch.amp.GradScaler | None = None   # fp16 only
     steps_taken: int = 0
 
 
-def discriminator_objective(loss: GANLoss, regularizers: list[Regularizer], D: nn.Module, G: nn.Module,
-                            real: torch.Tensor, z: torch.Tensor, step: int,
-                            loss_scale: Callable[[], float]) -> tuple[torch.Tensor, Stats]:
+def conditioned(net: nn.Module, conditional: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """net(x, labels) for a class-conditional model, net(x) otherwise."""
+    return (lambda x, labels: net(x, labels)) if conditional else (lambda x, labels: net(x))
+
+
+def discriminator_objective(loss: GANLoss, regularizers: list[Regularizer], conditional: bool, D: nn.Module,
+                            G: nn.Module, step: StepInputs) -> tuple[torch.Tensor, Stats]:
+    D_, G_ = conditioned(D, conditional), conditioned(G, conditional)
     with torch.no_grad():
-        fake = G(z)
-    due = [r for r in regularizers if step % r.every == 0]
-    real = real.detach().requires_grad_(any(r.needs_real_grad for r in due))
+        fake = G_(step.z, step.fake_labels)
+    due = [r for r in regularizers if step.index % r.every == 0]
+    real = step.real.detach().requires_grad_(any(r.needs_real_grad for r in due))
     # Separate forwards, as in DCGAN: a BatchNorm D normalises real and fake batches each by their
     # own statistics, exactly as it will see fakes in the G phase. D's DDP wrapper does not broadcast
     # buffers, so the second forward cannot overwrite statistics the first one's backward needs.
-    real_scores, fake_scores = D(real).float(), D(fake).float()  # losses in fp32 under autocast
+    real_scores = D_(real, step.real_labels).float()  # losses in fp32 under autocast
+    fake_scores = D_(fake, step.fake_labels).float()
     value = loss.discriminator(real_scores, fake_scores)
     threshold = loss.threshold(real_scores.detach(), fake_scores.detach())
     stats = {"loss_d": value, "d_real": loss.output(real_scores), "d_fake": loss.output(fake_scores),
              "d_accuracy_real": (real_scores > threshold).float(), "d_accuracy_fake": (fake_scores <= threshold).float()}
-    for regularizer in due:
-        penalty = regularizer.penalty(D, real, real_scores, fake, loss_scale())
+    for regularizer in due:  # penalties judge images under the real batch's labels
+        penalty = regularizer.penalty(lambda x: D_(x, step.real_labels), real, real_scores, fake, step.loss_scale())
         stats[regularizer.name] = penalty
         value = value + penalty
     return value, stats
 
 
-def generator_objective(loss: GANLoss, D: nn.Module, G: nn.Module, real: torch.Tensor | None,
-                        z: torch.Tensor, step: int, loss_scale: Callable[[], float]) -> tuple[torch.Tensor, Stats]:
-    value = loss.generator(D(G(z)).float())
+def generator_objective(loss: GANLoss, conditional: bool, D: nn.Module, G: nn.Module,
+                        step: StepInputs) -> tuple[torch.Tensor, Stats]:
+    D_, G_ = conditioned(D, conditional), conditioned(G, conditional)
+    value = loss.generator(D_(G_(step.z, step.fake_labels), step.fake_labels).float())
     return value, {"loss_g": value}
 
 
 def build_phases(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
                  loss: GANLoss, n_critic: int, regularizers: list[Regularizer] = (),
-                 precision: Precision | None = None) -> list[Phase]:
+                 precision: Precision | None = None, conditional: bool = False) -> list[Phase]:
     """G and D are the DDP wrappers; each phase calls the other network's bare module."""
     precision = precision or Precision("fp32", torch.device("cpu"))
     return [
         Phase("D", trains=D, frozen=G.module, optimizer=opt_d, repeats=n_critic, uses_real=True,
-              objective=partial(discriminator_objective, loss, list(regularizers), D, G.module),
+              objective=partial(discriminator_objective, loss, list(regularizers), conditional, D, G.module),
               autocast=precision.autocast, scaler=precision.new_scaler()),
         Phase("G", trains=G, frozen=D.module, optimizer=opt_g, repeats=1, uses_real=False,
-              objective=partial(generator_objective, loss, D.module, G),
+              objective=partial(generator_objective, loss, conditional, D.module, G),
               autocast=precision.autocast, scaler=precision.new_scaler()),
     ]
 
 
 def run_phase(phase: Phase, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
-              draw_z: Callable[[], torch.Tensor]) -> list[Stats]:
+              draw_latent: Callable[[], tuple[torch.Tensor, torch.Tensor | None]]) -> list[Stats]:
     """`repeats` optimizer steps of the trained network; returns each step's stats."""
     phase.frozen.requires_grad_(False)
     phase.trains.requires_grad_(True)
     stats = []
     for _ in range(phase.repeats):
-        real = next(batches)[0] if phase.uses_real else None
-        phase.optimizer.zero_grad(set_to_none=True)
+        real, real_labels = next(batches) if phase.uses_real else (None, None)
+        z, fake_labels = draw_latent()
         scaler = phase.scaler
+        inputs = StepInputs(real, real_labels, z, fake_labels, phase.steps_taken,
+                            scaler.get_scale if scaler else lambda: 1.0)
+        phase.optimizer.zero_grad(set_to_none=True)
         with phase.autocast():
-            value, step_stats = phase.objective(real, draw_z(), phase.steps_taken,
-                                                scaler.get_scale if scaler else lambda: 1.0)
+            value, step_stats = phase.objective(inputs)
         if scaler is None:
             value.backward()
             step_stats[f"grad_norm_{phase.name.lower()}"] = grad_norm(phase.trains)

@@ -31,6 +31,7 @@ class ModelSpec:
     g_width: int = setting(64, ge=1, help="Channels of G's last hidden layer; doubled towards its first.")
     d_width: int = setting(64, ge=1, help="Channels of D's first layer; doubled towards its last.")
     g_norm: Literal["batch", "none"] = setting("batch", help="Normalisation in G: `batch` (BatchNorm) or `none`.")
+    conditional: bool = setting(False, help="Class-conditional G (label embedding joined to z) and projection D; needs labelled data (classes: mnist5k, digits, torchvision, a folder with class subfolders). Sample grids get one row per class.")
     generator: str | None = setting(None, help="Your own G by import path, `package.module:ClassName`, built as cls(latent_dim=, image_size=, channels=, width=g_width); null means the family's.")
     discriminator: str | None = setting(None, help="Your own D by import path, built as cls(image_size=, channels=, width=d_width); it returns one score per image; null means the family's.")
     d_norm: Literal["batch", "spectral", "none"] = setting("batch", help="Normalisation in D: `batch` (BatchNorm; D sees real and fake in separate forwards), `spectral` (spectral normalisation of every layer) or `none`.")

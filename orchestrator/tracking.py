@@ -85,9 +85,8 @@ class RunLogger:
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
-    def log_samples(self, step: int, images: "torch.Tensor") -> None:
-        nrow = int(len(images) ** 0.5 + 0.5)
-        self.client.log_image(self.run_id, image_grid(images, nrow), artifact_file=f"samples/step_{step:06d}.png")
+    def log_samples(self, step: int, images: "torch.Tensor", columns: int) -> None:
+        self.client.log_image(self.run_id, image_grid(images, columns), artifact_file=f"samples/step_{step:06d}.png")
 
     def log_checkpoint(self, step: int, path: Path) -> str:
         artifact_dir = f"checkpoints/step_{step:06d}"

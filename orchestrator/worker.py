@@ -9,7 +9,7 @@ import torch
 
 from gan_models import GeneratorEMA, GradientPenalty, R1Penalty, Regularizer, build_loss, build_models, sample_latent
 from orchestrator import checkpoint, distributed
-from orchestrator.data import ShardedBatches, load_dataset
+from orchestrator.data import ShardedBatches, check_conditional, load_dataset
 from orchestrator.phases import build_phases, run_phase
 from orchestrator.precision import Precision
 from orchestrator.spec import JobSpec, parse
@@ -50,30 +50,36 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # tiny activations of a saturated D can be denormals, slow on CPU
 
+    dataset = load_dataset(spec.data, spec.model)
+    classes = check_conditional(dataset, spec.model.conditional)
+
     # Networks, optimizers, the alternation.
     torch.manual_seed(spec.seed)
-    G, D = build_networks(spec)
+    G, D = build_networks(spec, classes)
     memory_format = torch.channels_last if spec.train.channels_last else torch.contiguous_format
     G_ddp = distributed.wrap_ddp(G.to(device, memory_format=memory_format), device)
     D_ddp = distributed.wrap_ddp(D.to(device, memory_format=memory_format), device)
     opt_g = torch.optim.Adam(G.parameters(), lr=spec.optim.g.lr, betas=spec.optim.g.betas)
     opt_d = torch.optim.Adam(D.parameters(), lr=spec.optim.d.lr, betas=spec.optim.d.betas)
     phases = build_phases(G_ddp, D_ddp, opt_g, opt_d, build_loss(spec.train.loss), spec.train.n_critic,
-                          build_regularizers(spec), Precision(spec.train.precision, device))
+                          build_regularizers(spec), Precision(spec.train.precision, device), classes > 0)
     ema = GeneratorEMA(G, spec.train.ema_decay, spec.train.ema_rampup)  # on every rank: samples and evaluation
 
-    # Data and noise. Every rank draws the same global z batch and keeps its own slice, so N workers
-    # x batch B see exactly the noise (and data) that 1 worker x batch N*B sees.
-    batches = iter(ShardedBatches(load_dataset(spec.data, spec.model), batch_size=batch, rank=rank,
-                                  world_size=world_size, seed=spec.seed, device=device, memory_format=memory_format))
+    # Data and noise. Every rank draws the same global z (and class) batch and keeps its own slice, so
+    # N workers x batch B see exactly the noise (and data) that 1 worker x batch N*B sees.
+    batches = iter(ShardedBatches(dataset, batch_size=batch, rank=rank, world_size=world_size, seed=spec.seed,
+                                  device=device, memory_format=memory_format))
     noise = torch.Generator(device=device).manual_seed(spec.seed + 1)
 
-    def draw_z() -> torch.Tensor:
+    def draw_latent() -> tuple[torch.Tensor, torch.Tensor | None]:
+        mine = slice(rank * batch, (rank + 1) * batch)
         z = sample_latent(spec.train.batch_size, spec.model.latent_dim, generator=noise, device=device)
-        return z[rank * batch:(rank + 1) * batch]
+        if not classes:
+            return z[mine], None
+        labels = torch.randint(classes, (spec.train.batch_size,), generator=noise, device=device)
+        return z[mine], labels[mine]
 
-    fixed_z = sample_latent(spec.tracking.num_samples, spec.model.latent_dim,
-                            generator=torch.Generator().manual_seed(spec.seed), device=device)
+    fixed_z, fixed_labels, grid_columns = fixed_samples(spec, classes, device)
     stats = distributed.StatsAccumulator(device)
     images_per_step = spec.train.batch_size * spec.train.n_critic
     track = spec.tracking
@@ -81,12 +87,12 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
     digests: dict[str, list[str]] = {}
 
     if logger:
-        logger.log_samples(0, sample(ema.module, fixed_z))
+        logger.log_samples(0, sample(ema.module, fixed_z, fixed_labels), grid_columns)
     speed = Throughput(images_per_step)
     last_post = 0.0
     for step in range(1, spec.train.steps + 1):
         for phase in phases:
-            for step_stats in run_phase(phase, batches, draw_z):
+            for step_stats in run_phase(phase, batches, draw_latent):
                 stats.add(step_stats)
         ema.update(G, step)
 
@@ -106,13 +112,14 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
             if is_rank0 and context.progress:
                 context.progress.post.remote({"step": step, "metrics_step": step, **metrics})
         if logger and (step % track.samples_every == 0 or last):
-            logger.log_samples(step, sample(ema.module, fixed_z))
+            logger.log_samples(step, sample(ema.module, fixed_z, fixed_labels), grid_columns)
         if save_checkpoint:
             digests = distributed.check_consistency({"generator": G, "generator_ema": ema.module, "discriminator": D})
             state = None
             if is_rank0:
                 state = checkpoint.build(G=G, G_ema=ema.module, D=D, opt_g=opt_g, opt_d=opt_d, step=step,
-                                         images_seen=step * images_per_step, spec=spec.to_dict())
+                                         images_seen=step * images_per_step, spec=spec.to_dict(),
+                                         num_classes=classes)
             save_and_report(report, step, metrics, state, logger)
 
     # Parameters alone, without the buffer alignment a snapshot does: proof that DDP kept ranks in step.
@@ -121,11 +128,26 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
     return {"step": spec.train.steps, "metrics": metrics, "snapshot_digests": digests, "parameter_digests": parameters}
 
 
-def build_networks(spec: JobSpec) -> tuple[torch.nn.Module, torch.nn.Module]:
+def build_networks(spec: JobSpec, num_classes: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The spec's G and D; class-conditional over `num_classes` classes when that is > 0."""
     m = spec.model
     return build_models(m.family, latent_dim=m.latent_dim, image_size=m.image_size, channels=m.channels,
                         g_width=m.g_width, d_width=m.d_width, g_norm=m.g_norm, d_norm=m.d_norm,
-                        generator=m.generator, discriminator=m.discriminator)
+                        num_classes=num_classes, generator=m.generator, discriminator=m.discriminator)
+
+
+def fixed_samples(spec: JobSpec, classes: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """The noise (and, when conditional, labels: one grid row per class) every sample grid is drawn from,
+    and the grid's number of columns."""
+    count = spec.tracking.num_samples
+    if classes:
+        columns = max(count // classes, 1)
+        labels = torch.arange(classes, device=device).repeat_interleave(columns)
+        count = len(labels)
+    else:
+        columns, labels = round(count ** 0.5), None
+    z = sample_latent(count, spec.model.latent_dim, generator=torch.Generator().manual_seed(spec.seed), device=device)
+    return z, labels, columns
 
 
 def build_regularizers(spec: JobSpec) -> list[Regularizer]:
@@ -152,10 +174,10 @@ class Throughput:
 
 
 @torch.no_grad()
-def sample(G: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
+def sample(G: torch.nn.Module, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
     was_training = G.training
     G.eval()
-    images = G(z)
+    images = G(z) if labels is None else G(z, labels)
     G.train(was_training)
     return images
 

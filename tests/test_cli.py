@@ -111,3 +111,17 @@ def test_generator_from_the_working_directory_is_checked(tmp_path):
     out = ganorch("run", str(job), cwd=tmp_path)
     assert out.returncode == 2
     assert "model.generator: G(z) gave shape (2, 784); expected (2, 1, 28, 28)" in out.stderr
+
+
+def test_conditional_model_on_unlabelled_folder_exits_2(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "imgs").mkdir()
+    for i in range(8):
+        Image.new("L", (28, 28)).save(tmp_path / "imgs" / f"{i}.png")
+    job = tmp_path / "job.yaml"
+    job.write_text(f"model: {{conditional: true}}\ndata: {{source: folder, path: {tmp_path / 'imgs'}}}\n"
+                   "train: {batch_size: 4}\n")
+    out = ganorch("run", str(job), cwd=tmp_path)
+    assert out.returncode == 2
+    assert "model.conditional: the data has a single class" in out.stderr

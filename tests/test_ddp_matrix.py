@@ -79,9 +79,10 @@ def test_loss_regularizer_n_critic_matrix_on_two_workers(ray_session, tmp_path):
     specs.append(load(REPO / "jobs/debug_resnet.yaml", ["train.steps=2"]).to_dict())
     mixed = ["train.loss=wgan-gp", "model.d_norm=none", "train.r1_gamma=1", "train.r1_every=1", "train.channels_last=true"]
     specs += [debug_spec(f"train.precision={p}", *mixed).to_dict() for p in ("bf16", "fp16")]
+    specs += [debug_spec("model.conditional=true", "train.loss=hinge", "train.r1_gamma=1", "train.r1_every=1").to_dict()]
     results = fit(train_each, {"specs": specs}, tmp_path)
-    assert len(results) == len(MATRIX) + 4 == 26
-    failures = [(case, r) for case, r in zip([*MATRIX, "user networks", "resnet", "bf16", "fp16"], results) if not all(r.values())]
+    assert len(results) == len(MATRIX) + 5 == 27
+    failures = [(case, r) for case, r in zip([*MATRIX, "user networks", "resnet", "bf16", "fp16", "conditional"], results) if not all(r.values())]
     assert not failures, f"ranks diverged: {failures}"
 
 

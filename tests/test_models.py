@@ -101,3 +101,24 @@ def test_decision_threshold(name, threshold):
     """Where D's accuracy splits real from fake: the WGAN critic's is the middle of the two mean scores."""
     real, fake = torch.tensor([3.0, 2.0]), torch.tensor([1.0, 0.0])
     assert float(build_loss(name).threshold(real, fake)) == pytest.approx(threshold)
+
+
+@pytest.mark.parametrize("family", ["dcgan", "resnet"])
+@pytest.mark.parametrize("d_norm", ["batch", "spectral"])
+def test_class_conditional_networks(family, d_norm):
+    torch.manual_seed(0)
+    G, D = build_models(family, latent_dim=8, image_size=28, channels=1, g_width=4, d_width=4, d_norm=d_norm,
+                        num_classes=10)
+    G.eval(), D.eval()
+    z = torch.randn(4, 8).repeat(2, 1)
+    labels = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7])
+    with torch.no_grad():
+        images = G(z, labels)
+        assert images.shape == (8, 1, 28, 28)
+        assert not torch.allclose(images[:4], images[4:]), "the same z with other classes gives other images"
+        same_images = images[:4].repeat(2, 1, 1, 1)
+        scores = D(same_images, labels)
+        assert scores.shape == (8,)
+        assert not torch.allclose(scores[:4], scores[4:]), "the projection makes D's score depend on the class"
+    with pytest.raises(AssertionError, match="needs labels"):
+        G(z)

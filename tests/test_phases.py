@@ -18,8 +18,8 @@ def make(process_group, n_critic=2):
     opt_g = torch.optim.Adam(G.parameters(), lr=1e-2)
     opt_d = torch.optim.Adam(D.parameters(), lr=1e-2)
     phases = build_phases(G_ddp, D_ddp, opt_g, opt_d, build_loss("nonsaturating"), n_critic)
-    real = iter(lambda: (torch.rand(6, 1, 28, 28) * 2 - 1, torch.zeros(6)), None)
-    return G, D, phases, real, lambda: torch.randn(6, 8)
+    real = iter(lambda: (torch.rand(6, 1, 28, 28) * 2 - 1, torch.zeros(6, dtype=torch.long)), None)
+    return G, D, phases, real, lambda: (torch.randn(6, 8), None)
 
 
 def params(module):

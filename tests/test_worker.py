@@ -73,3 +73,48 @@ def test_precision_is_autocast_only_for_mixed_modes():
         assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
     with Precision("fp32", cpu).autocast():
         assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_conditional_grid_has_one_row_per_class():
+    from orchestrator.worker import fixed_samples
+
+    spec = load(REPO / "jobs/debug_dcgan.yaml", ["tracking.num_samples=64"])
+    z, labels, columns = fixed_samples(spec, 10, torch.device("cpu"))
+    assert columns == 6 and z.shape == (60, spec.model.latent_dim)
+    assert labels.tolist() == [c for c in range(10) for _ in range(6)]
+    z, labels, columns = fixed_samples(spec, 0, torch.device("cpu"))
+    assert labels is None and columns == 8 and len(z) == 64
+
+
+def test_conditional_training_logs_a_grid_per_class(process_group, mlflow_store, tmp_path):
+    from PIL import Image
+
+    from orchestrator import tracking
+
+    spec = load(REPO / "jobs/debug_dcgan.yaml", ["resources.num_workers=1", "train.steps=2", "model.conditional=true",
+                                                 "tracking.num_samples=20"])
+    run_id, _ = tracking.start_run(spec, mlflow_store)
+    summary = train(spec, WorkerContext(device=torch.device("cpu"), tracking_uri=mlflow_store, run_id=run_id))
+    assert summary["metrics"]["grad_norm_g"] > 0
+    client = tracking.client(mlflow_store)
+    grid = Image.open(client.download_artifacts(run_id, "samples/step_000002.png", str(tmp_path)))
+    assert grid.size == (2 * 30 + 2, 10 * 30 + 2), "10 classes x 2 samples: one row per class"
+    from orchestrator import checkpoint
+    from orchestrator.spec import parse
+    from orchestrator.worker import build_networks
+
+    state = checkpoint.load(client.download_artifacts(run_id, "checkpoints/step_000002/checkpoint.pt", str(tmp_path)))
+    assert state["num_classes"] == 10
+    G, _ = build_networks(parse(state["spec"]), state["num_classes"])
+    G.load_state_dict(state["generator_ema"])
+
+
+def test_conditional_needs_classes(process_group, tmp_path):
+    from PIL import Image
+
+    for i in range(20):
+        Image.new("L", (28, 28)).save(tmp_path / f"{i}.png")
+    spec = load(REPO / "jobs/debug_dcgan.yaml", ["resources.num_workers=1", "model.conditional=true",
+                                                 "data.source=folder", f"data.path={tmp_path}"])
+    with pytest.raises(ValueError, match="model.conditional: the data has a single class"):
+        train(spec, WorkerContext(device=torch.device("cpu")))
