@@ -55,7 +55,6 @@ def init_ray() -> None:
 
 def run(spec: JobSpec, loop: Callable[[dict], Any] | None = None, show_progress: bool = True) -> RunOutcome:
     """Train `spec` on Ray Train and record it in MLflow. `loop` replaces the per-worker function (tests wrap it)."""
-    import ray
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 

@@ -3,7 +3,6 @@ it and draws one line, so the user never needs Ray's forwarded worker logs."""
 
 import sys
 import threading
-import time
 from typing import Any
 
 import ray

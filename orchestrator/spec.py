@@ -45,6 +45,11 @@ class DataSpec:
     download: bool = setting(False, help="`torchvision` only: download the dataset into `path` if it is not there.")
 
     def problems(self) -> Iterator[Problem]:
+        unused = {"path": self.path is not None and self.source not in ("folder", "torchvision"),
+                  "dataset": self.dataset is not None and self.source != "torchvision",
+                  "download": self.download and self.source != "torchvision"}
+        for key in (k for k, is_unused in unused.items() if is_unused):
+            yield (key, "source"), f"is not used with data.source {self.source!r}; remove it or change data.source"
         if self.source in ("folder", "torchvision") and not self.path:
             yield ("path",), f"missing; data.source {self.source!r} reads from a directory"
         if self.source == "torchvision":

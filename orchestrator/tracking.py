@@ -3,12 +3,15 @@
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from orchestrator.schema import flatten
 from orchestrator.spec import JobSpec
+
+if TYPE_CHECKING:
+    import torch
 
 # A run's tags that ganorch sets.
 TAG_JOB = "ganorch.job"

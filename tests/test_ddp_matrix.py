@@ -4,7 +4,6 @@ DDP errors and keeps ranks identical, and N workers x batch B equals 1 worker x 
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 from orchestrator.spec import load

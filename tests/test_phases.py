@@ -2,7 +2,6 @@
 
 import copy
 
-import pytest
 import torch
 
 from gan_models import build_loss, build_models

@@ -39,6 +39,8 @@ CASES = [
     ("data", "source", "imagenet", ["data.source", "'imagenet'", "allowed: 'mnist5k', 'digits', 'folder', 'torchvision'"]),
     ("data", "source", "folder", ["data.path", "missing; data.source 'folder' reads from a directory"]),
     ("data", "download", "yes", ["data.download", "expected true or false"]),
+    ("data", "path", "/data/imgs", ["data.path", "is not used with data.source 'mnist5k'"]),
+    ("data", "dataset", "MNIST", ["data.dataset", "is not used with data.source 'mnist5k'"]),
     ("tracking", "metrics_every", 0, ["tracking.metrics_every", "must be >= 1"]),
     ("tracking", "num_samples", 5000, ["tracking.num_samples", "must be <= 1024"]),
     ("optim", "g", {"lr": -0.1}, ["optim.g.lr", "got -0.1", "must be > 0"]),

@@ -1,6 +1,5 @@
 """Networks a user might name by import path in a job spec (model.generator: user_networks:MLPGenerator)."""
 
-import torch
 from torch import nn
 
 
