@@ -71,23 +71,33 @@ def check_data_and_models(spec: JobSpec) -> str:
     folder or a network that cannot be imported or has the wrong interface stops the job before it starts.
     The data is not opened for a remote cluster (RAY_ADDRESS), whose workers may see paths this machine does not."""
     from gan_models.registry import check_interface
-    from orchestrator.data import check_conditional, describe, load_dataset
+    from orchestrator.data import check_conditional, describe, load_dataset, num_classes
     from orchestrator.worker import build_networks
 
     if os.environ.get("RAY_ADDRESS"):
         summary, classes = "opened by the workers", 0
+    elif spec.data.source == "ray-data":  # listed, not decoded: the data may be larger than this machine
+        from orchestrator.ray_images import survey
+
+        found = survey(spec.data.path)
+        check_enough_images(spec, found.images)
+        summary, classes = found.describe(), check_conditional(len(found.classes), spec.model.conditional)
     else:
         dataset = load_dataset(spec.data, spec.model)
-        per_worker = len(dataset) // spec.resources.num_workers
-        if per_worker < spec.batch_per_worker:
-            raise ValueError(f"train.batch_size: each worker's share of the {len(dataset)} images is {per_worker}, "
-                             f"fewer than its batch of {spec.batch_per_worker}")
-        summary, classes = describe(dataset), check_conditional(dataset, spec.model.conditional)
+        check_enough_images(spec, len(dataset))
+        summary, classes = describe(dataset), check_conditional(num_classes(dataset), spec.model.conditional)
     if spec.model.conditional and not classes:
         classes = 2  # interface check only: the workers count the real classes
     G, D = build_networks(spec, classes)
     check_interface(G, D, spec.model.latent_dim, spec.model.image_size, spec.model.channels, classes)
     return summary
+
+
+def check_enough_images(spec: JobSpec, count: int) -> None:
+    per_worker = count // spec.resources.num_workers
+    if per_worker < spec.batch_per_worker:
+        raise ValueError(f"train.batch_size: each worker's share of the {count} images is {per_worker}, "
+                         f"fewer than its batch of {spec.batch_per_worker}")
 
 
 def run_job(spec: JobSpec) -> int:
@@ -98,6 +108,9 @@ def run_job(spec: JobSpec) -> int:
     except KeyboardInterrupt:
         print("\nganorch: interrupted; the MLflow run is marked KILLED", file=sys.stderr)
         return 130
+    except ValueError as err:  # found before training starts (data the cluster cannot read, too few CPUs)
+        print(f"ganorch: cannot run {spec.name}: {err}", file=sys.stderr)
+        return EXIT_USAGE
     except Exception as err:  # a failed run: say what failed, without Ray's wrapper traceback
         print(f"ganorch: training failed: {err}", file=sys.stderr)
         return 1
@@ -109,6 +122,10 @@ def run_job(spec: JobSpec) -> int:
     print(f"MLflow run {outcome.run_id}; {ui_hint(outcome.tracking_uri)}")
     if outcome.checkpoint_path:
         print(f"final checkpoint: {outcome.checkpoint_path}")
+    if outcome.skipped_files:
+        shown = ", ".join(outcome.skipped_files[:5]) + (" ..." if len(outcome.skipped_files) > 5 else "")
+        print(f"skipped {len(outcome.skipped_files)} images that could not be decoded (listed in the run's "
+              f"data/skipped_files.txt): {shown}")
     return 0
 
 

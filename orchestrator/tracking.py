@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 TAG_JOB = "ganorch.job"
 TAG_CHECKPOINT = "ganorch.checkpoint"            # artifact path of the latest checkpoint in the run
 TAG_RAY_CHECKPOINT = "ganorch.ray_checkpoint"    # the same checkpoint in Ray Train's storage
+TAG_DATA_SKIPPED = "ganorch.data_skipped"        # how many images could not be decoded (listed in data/)
 
 
 def tracking_uri() -> str:
@@ -65,6 +66,13 @@ def end_run(uri: str, run_id: str, status: str, tags: dict[str, str] | None = No
     for key, value in (tags or {}).items():
         c.set_tag(run_id, key, value)
     c.set_terminated(run_id, status)
+
+
+def log_skipped_files(uri: str, run_id: str, paths: list[str]) -> None:
+    """Record the training images that could not be decoded: a count tag and `data/skipped_files.txt`."""
+    c = client(uri)
+    c.set_tag(run_id, TAG_DATA_SKIPPED, str(len(paths)))
+    c.log_text(run_id, "".join(f"{p}\n" for p in paths), "data/skipped_files.txt")
 
 
 def image_grid(images: "torch.Tensor", nrow: int) -> np.ndarray:

@@ -9,7 +9,7 @@ import torch
 
 from gan_models import GeneratorEMA, GradientPenalty, R1Penalty, Regularizer, build_loss, build_models, sample_latent
 from orchestrator import checkpoint, distributed
-from orchestrator.data import ShardedBatches, check_conditional, load_dataset
+from orchestrator.data import ShardedBatches, check_conditional, load_dataset, num_classes
 from orchestrator.phases import build_phases, run_phase
 from orchestrator.precision import Precision
 from orchestrator.spec import JobSpec, parse
@@ -25,15 +25,18 @@ class WorkerContext:
     tracking_uri: str | None = None
     run_id: str | None = None
     progress: Any = None    # a ProgressBoard handle
+    data_shard: Any = None  # this worker's share of a Ray Data stream (data.source 'ray-data')
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     import ray.train
     import ray.train.torch
 
+    spec = parse(config["spec"])
+    shard = ray.train.get_dataset_shard("train") if spec.data.source == "ray-data" else None
     context = WorkerContext(device=ray.train.torch.get_device(), tracking_uri=config["tracking_uri"],
-                            run_id=config["run_id"], progress=config.get("progress"))
-    return train(parse(config["spec"]), context, report=ray.train.report)
+                            run_id=config["run_id"], progress=config.get("progress"), data_shard=shard)
+    return train(spec, context, report=ray.train.report)
 
 
 def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
@@ -50,8 +53,12 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # tiny activations of a saturated D can be denormals, slow on CPU
 
-    dataset = load_dataset(spec.data, spec.model)
-    classes = check_conditional(dataset, spec.model.conditional)
+    if context.data_shard is None:
+        dataset = load_dataset(spec.data, spec.model)
+        classes = check_conditional(num_classes(dataset), spec.model.conditional)
+    else:  # streamed by Ray Data: only the class folders are looked at here
+        from orchestrator import ray_images
+        classes = check_conditional(len(ray_images.list_classes(spec.data.path)), spec.model.conditional)
 
     # Networks, optimizers, the alternation.
     torch.manual_seed(spec.seed)
@@ -67,8 +74,12 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
 
     # Data and noise. Every rank draws the same global z (and class) batch and keeps its own slice, so
     # N workers x batch B see exactly the noise (and data) that 1 worker x batch N*B sees.
-    batches = iter(ShardedBatches(dataset, batch_size=batch, rank=rank, world_size=world_size, seed=spec.seed,
-                                  device=device, memory_format=memory_format))
+    if context.data_shard is None:
+        batches = iter(ShardedBatches(dataset, batch_size=batch, rank=rank, world_size=world_size, seed=spec.seed,
+                                      device=device, memory_format=memory_format))
+    else:
+        batches = iter(ray_images.StreamedBatches(context.data_shard, batch_size=batch, seed=spec.seed + rank,
+                                                  device=device, memory_format=memory_format))
     noise = torch.Generator(device=device).manual_seed(spec.seed + 1)
 
     def draw_latent() -> tuple[torch.Tensor, torch.Tensor | None]:

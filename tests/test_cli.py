@@ -81,6 +81,18 @@ def test_bad_data_folder_exits_2_before_anything_starts(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml"]
 
 
+def test_ray_data_folder_without_images_exits_2_before_ray_starts(tmp_path):
+    (tmp_path / "imgs" / "cats").mkdir(parents=True)
+    (tmp_path / "imgs" / "cats" / "notes.txt").write_text("x")
+    job = tmp_path / "job.yaml"
+    job.write_text("data: {source: ray-data, path: imgs}\nresources: {num_workers: 1}\n")
+    out = ganorch("run", str(job), cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"cannot run {job}: data.path: no image files under imgs in its class folders (cats)" in out.stderr
+    assert "IMPORTED []" in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs", "job.yaml"]
+
+
 def test_too_small_dataset_for_the_batch_exits_2(tmp_path):
     from PIL import Image
 

@@ -132,3 +132,16 @@ def test_torchvision_mnist_from_files_on_disk(tmp_path):
 def test_torchvision_missing_without_download(tmp_path):
     with pytest.raises(ValueError, match="torchvision FashionMNIST not found under .*set data.download: true"):
         load_dataset(DataSpec("torchvision", path=str(tmp_path), dataset="FashionMNIST"), ModelSpec())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned host memory and batches on a GPU need CUDA")
+def test_batches_arrive_on_the_gpu(class_folder):
+    """Folder images go through pinned memory; in-memory tensors are moved to the GPU once and indexed there."""
+    cuda = torch.device("cuda")
+    in_memory = ShardedBatches(id_dataset(16), batch_size=4, rank=0, world_size=1, seed=0, device=cuda)
+    assert in_memory.dataset.tensors[0].is_cuda
+    folder = ShardedBatches(ImageFolderDataset(class_folder, ToModelImage(32, 1)), batch_size=3, rank=0,
+                            world_size=1, seed=0, device=cuda)
+    for batches in (in_memory, folder):
+        images, labels = next(iter(batches))
+        assert images.is_cuda and labels.is_cuda

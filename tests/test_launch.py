@@ -1,15 +1,22 @@
 """Launch helpers that need no cluster."""
 
-from orchestrator.launch import resources_line, storage_path
+from orchestrator.launch import for_workers, resources_line
 from orchestrator.spec import parse
 
 
-def test_storage_path_is_made_absolute_unless_a_uri(tmp_path, monkeypatch):
+def test_local_paths_are_made_absolute_for_workers_unless_a_uri(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    spec = lambda path: parse({"name": "t", "tracking": {"storage_path": path}})  # noqa: E731
-    assert storage_path(spec("runs")) == str(tmp_path / "runs")
-    assert storage_path(spec("s3://bucket/runs")) == "s3://bucket/runs"
-    assert storage_path(spec(None)) is None
+
+    def spec(path):
+        return parse({"name": "t", "tracking": {"storage_path": path}, "data": {"source": "ray-data", "path": path}})
+
+    local = for_workers(spec("runs"))
+    assert local.tracking.storage_path == local.data.path == str(tmp_path / "runs")
+    assert spec("runs").data.path == "runs", "the spec given is left as it was"
+    remote = for_workers(spec("s3://bucket/runs"))
+    assert remote.tracking.storage_path == remote.data.path == "s3://bucket/runs"
+    unset = for_workers(parse({"name": "t"}))
+    assert unset.tracking.storage_path is None and unset.data.path is None
 
 
 def test_resources_line_counts_gpus_only_with_use_gpu():
@@ -17,3 +24,5 @@ def test_resources_line_counts_gpus_only_with_use_gpu():
     gpu = parse({"name": "t", "resources": {"num_workers": 4, "use_gpu": True, "gpus_per_worker": 0.5}})
     assert resources_line(cpu).startswith("4 worker(s) x (1 CPU, 0 GPU) = 4 CPU, 0 GPU; backend gloo")
     assert resources_line(gpu).startswith("4 worker(s) x (1 CPU, 0.5 GPU) = 4 CPU, 2 GPU; backend nccl")
+    streamed = parse({"name": "t", "data": {"source": "ray-data", "path": "images"}})
+    assert "Ray Data decodes on the cluster's other CPUs" in resources_line(streamed)

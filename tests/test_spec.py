@@ -36,8 +36,10 @@ CASES = [
     ("resources", "num_workers", 0, ["resources.num_workers", "must be >= 1"]),
     ("resources", "num_workers", 3, ["train.batch_size", "multiple of resources.num_workers (3)"]),
     ("resources", "cpus_per_worker", -1, ["resources.cpus_per_worker", "must be > 0"]),
-    ("data", "source", "imagenet", ["data.source", "'imagenet'", "allowed: 'mnist5k', 'digits', 'folder', 'torchvision'"]),
+    ("data", "source", "imagenet", ["data.source", "'imagenet'", "allowed: 'mnist5k', 'digits', 'folder', 'torchvision', 'ray-data'"]),
     ("data", "source", "folder", ["data.path", "missing; data.source 'folder' reads from a directory"]),
+    ("data", "source", "ray-data", ["data.path", "missing; data.source 'ray-data' reads from a directory"]),
+    ("data", "source", "raydata", ["data.source", "did you mean 'ray-data'"]),
     ("data", "download", "yes", ["data.download", "expected true or false"]),
     ("data", "path", "/data/imgs", ["data.path", "is not used with data.source 'mnist5k'"]),
     ("data", "dataset", "MNIST", ["data.dataset", "is not used with data.source 'mnist5k'"]),
@@ -157,3 +159,16 @@ def test_torchvision_source_needs_a_known_dataset():
                                    "CIFAR100, SVHN; did you mean 'CIFAR10'?"]
     spec = parse({"name": "t", "model": {"channels": 3}, "data": {"source": "folder", "path": "/imgs"}})
     assert spec.data.path == "/imgs", "folder images are converted to model.channels"
+
+
+@pytest.mark.parametrize("source", ["folder", "torchvision"])
+def test_a_uri_needs_the_ray_data_source(source):
+    data = {"name": "t", "data": {"source": source, "path": "s3://bucket/images", "dataset": "MNIST"}}
+    if source == "folder":
+        del data["data"]["dataset"]
+    with pytest.raises(SpecError) as info:
+        parse(data)
+    assert info.value.problems == [f"data.path: got 's3://bucket/images'; data.source {source!r} reads a local "
+                                   "directory: use data.source 'ray-data' for s3:// and gs:// URIs"]
+    assert parse({"name": "t", "data": {"source": "ray-data", "path": "gs://bucket/images"}}).data.path == \
+        "gs://bucket/images"
