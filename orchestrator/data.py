@@ -75,6 +75,7 @@ class ImageFolderDataset(Dataset):
             raise ValueError(f"data.path: no such directory: {root}")
         if not root.is_dir():
             raise ValueError(f"data.path: {root} is a file; expected a folder of images")
+        self.root = root
         self.transform = transform
         self.skipped: list[str] = []
         subfolders = sorted(p for p in root.iterdir() if p.is_dir())

@@ -1,0 +1,83 @@
+"""A small classifier of the training domain: the feature extractor of FID, KID and IS where Inception's
+ImageNet features know nothing of the domain (digits, say) or cannot be downloaded.
+
+Its penultimate layer gives the features for FID and KID, its logits the Inception Score and the class histogram.
+It takes images as the GAN sees them: in [-1, 1], at the model's size and channels.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU())
+
+
+class DomainClassifier(nn.Module):
+    def __init__(self, channels: int, num_classes: int, width: int = 16, num_features: int = 128):
+        super().__init__()
+        self.num_classes = num_classes
+        self.num_features = num_features
+        self.body = nn.Sequential(
+            conv_block(channels, width), nn.MaxPool2d(2),
+            conv_block(width, 2 * width), nn.MaxPool2d(2),
+            conv_block(2 * width, 4 * width), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+            nn.Linear(16 * width, num_features), nn.ReLU())
+        self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(num_features, num_classes))
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.body(images)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(images))
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, logits) in fp32, in eval mode."""
+        assert not self.training, "call .eval() first: BatchNorm must use its running statistics"
+        features = self.body(images.float())
+        return features, self.head(features)
+
+
+def split_held_out(num_images: int, held_out: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, held-out indices): a seeded random split."""
+    order = torch.randperm(num_images, generator=torch.Generator().manual_seed(seed))
+    count = max(1, round(num_images * held_out))
+    return order[count:], order[:count]
+
+
+def fit_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, *, epochs: int = 8,
+                   batch_size: int = 64, lr: float = 3e-3, held_out: float = 0.1,
+                   seed: int = 0) -> tuple[DomainClassifier, float]:
+    """Train on all but a held-out share of the images; returns the classifier (in eval mode) and its accuracy
+    on the held-out share. Random shifts of up to 2 pixels keep it from memorising pixel positions."""
+    train_index, test_index = split_held_out(len(images), held_out, seed)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = DomainClassifier(images.shape[1], num_classes)
+    steps_per_epoch = -(-len(train_index) // batch_size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=epochs * steps_per_epoch)
+    model.train()
+    for _ in range(epochs):
+        order = train_index[torch.randperm(len(train_index), generator=generator)]
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            shift = torch.randint(-2, 3, (2,), generator=generator).tolist()
+            x = torch.roll(images[batch], shift, dims=(2, 3))
+            loss = F.cross_entropy(model(x), labels[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    model.eval()
+    return model, accuracy(model, images[test_index], labels[test_index])
+
+
+@torch.no_grad()
+def accuracy(model: DomainClassifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> float:
+    correct = sum((model(images[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]).sum().item()
+                  for i in range(0, len(images), batch_size))
+    return correct / len(images)

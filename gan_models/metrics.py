@@ -1,0 +1,80 @@
+"""Sample-quality metrics on a domain classifier's features and logits.
+
+FID, KID and IS are torchmetrics' (fed features computed once, through an identity "feature extractor"), precision,
+recall, density and coverage are prdc's (Kynkäänniemi et al. 2019; Naeem et al. 2020); mode coverage and the class
+histogram's KL divergence are defined here.
+"""
+
+import contextlib
+import io
+import warnings
+
+import torch
+from torch import nn
+
+# prdc's k for its k-nearest-neighbour manifolds, as in its paper.
+NEAREST_K = 5
+
+
+class Precomputed(nn.Module):
+    """torchmetrics' custom feature extractor, for features computed already: the identity."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+def class_histogram(logits: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Share of samples the classifier puts in each class."""
+    return torch.bincount(logits.argmax(1), minlength=num_classes).double() / len(logits)
+
+
+def mode_coverage(histogram: torch.Tensor) -> float:
+    """Share of the K classes that hold at least 1/(2K) of the samples: 1 when every class is made, 1/K when one is."""
+    count = len(histogram)
+    return (histogram >= 1 / (2 * count)).double().mean().item()
+
+
+def class_kl(fake_histogram: torch.Tensor, real_histogram: torch.Tensor, eps: float = 1e-6) -> float:
+    """KL(generated || real) of the class histograms: 0 when G draws classes as the data does, log K when it
+    draws one class of K balanced ones."""
+    fake, real = fake_histogram.clamp_min(eps), real_histogram.clamp_min(eps)
+    fake, real = fake / fake.sum(), real / real.sum()
+    return (fake * (fake / real).log()).sum().item()
+
+
+def quality(real_features: torch.Tensor, real_logits: torch.Tensor, fake_features: torch.Tensor,
+            fake_logits: torch.Tensor, seed: int = 0) -> dict[str, float]:
+    """Every metric of generated samples against real ones, from the classifier's features and logits.
+    Seeded (KID's subsets, IS's splits) without touching the caller's random state."""
+    from prdc import compute_prdc
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.inception import InceptionScore
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    real_features, fake_features = real_features.float().cpu(), fake_features.float().cpu()
+    real_logits, fake_logits = real_logits.float().cpu(), fake_logits.float().cpu()
+    num_features, num_classes = real_features.shape[1], real_logits.shape[1]
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*will save all extracted features in buffer.*")
+        torch.manual_seed(seed)
+        fid = FrechetInceptionDistance(feature=Precomputed(num_features), sync_on_compute=False)
+        kid = KernelInceptionDistance(feature=Precomputed(num_features), sync_on_compute=False,
+                                      subset_size=min(1000, len(real_features), len(fake_features)))
+        inception = InceptionScore(feature=Precomputed(num_classes), sync_on_compute=False)
+        for metric in (fid, kid):
+            metric.update(real_features, real=True)
+            metric.update(fake_features, real=False)
+        inception.update(fake_logits)
+        scores = {"fid": fid.compute().item(), "kid": kid.compute()[0].item(), "is": inception.compute()[0].item()}
+    with contextlib.redirect_stdout(io.StringIO()):  # prdc prints the sample counts
+        manifold = compute_prdc(real_features.numpy(), fake_features.numpy(), nearest_k=NEAREST_K)
+    scores.update({name: float(manifold[name]) for name in ("precision", "recall", "density")})
+    scores["manifold_coverage"] = float(manifold["coverage"])
+    fake_histogram = class_histogram(fake_logits, num_classes)
+    scores["mode_coverage"] = mode_coverage(fake_histogram)
+    scores["class_kl"] = class_kl(fake_histogram, class_histogram(real_logits, num_classes))
+    return scores

@@ -1,0 +1,107 @@
+"""The domain classifier and the metrics on its features, checked on real MNIST digits (mnist5k)."""
+
+import math
+
+import pytest
+import torch
+
+from gan_models.classifier import split_held_out
+from gan_models.metrics import class_kl, mode_coverage, quality
+from orchestrator.data import ImageFolderDataset, ToModelImage, load_dataset
+from orchestrator.evaluation import domain_classifier, fingerprint
+from orchestrator.spec import DataSpec, ModelSpec
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    dataset = load_dataset(DataSpec("mnist5k"), ModelSpec())
+    images, labels = dataset.tensors
+    train_index, held_out_index = split_held_out(len(images), 0.1, seed=0)  # the classifier's own split
+    return dataset, images, labels, train_index, held_out_index
+
+
+@pytest.fixture(scope="module")
+def classifier(mnist, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    return domain_classifier(mnist[0], 10, image_size=28, channels=1, cache_dir=cache), cache
+
+
+@pytest.fixture(scope="module")
+def reference(mnist, classifier):
+    _, images, _, train_index, _ = mnist
+    return classifier[0].model.embed(images[train_index])
+
+
+def evaluate(classifier, reference, images, seed=0):
+    return quality(*reference, *classifier[0].model.embed(images), seed=seed)
+
+
+def test_classifier_is_accurate_on_held_out_digits_and_cached(mnist, classifier):
+    first, cache = classifier
+    assert first.trained_now and first.accuracy >= 0.95, first.accuracy
+    assert first.path.parent == cache / "classifiers" and first.path.exists()
+    again = domain_classifier(mnist[0], 10, image_size=28, channels=1, cache_dir=cache)
+    assert not again.trained_now and again.accuracy == first.accuracy and again.path == first.path
+    assert all(torch.equal(a, b) for a, b in zip(first.model.state_dict().values(), again.model.state_dict().values()))
+    _, images, labels, _, held_out = mnist
+    predicted = again.model(images[held_out]).argmax(1)
+    assert (predicted == labels[held_out]).float().mean().item() == pytest.approx(first.accuracy)
+
+
+def test_fid_is_small_for_held_out_digits_and_large_for_noise_or_one_class(mnist, classifier, reference):
+    _, images, labels, train_index, held_out = mnist
+    real = evaluate(classifier, reference, images[held_out])
+    noise = evaluate(classifier, reference, torch.rand(500, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+    threes = images[train_index][labels[train_index] == 3]
+    one_class = evaluate(classifier, reference, threes)
+    assert real["fid"] < 10, real
+    assert noise["fid"] > 100 * real["fid"] and one_class["fid"] > 20 * real["fid"], (noise, one_class)
+    assert real["kid"] < one_class["kid"] < noise["kid"]
+    assert real["mode_coverage"] == 1.0 and one_class["mode_coverage"] == pytest.approx(0.1)
+    assert real["class_kl"] < 0.1 and one_class["class_kl"] > 2.0
+    assert real["is"] > 8 and one_class["is"] < 1.5, "IS counts the classes made confidently"
+    assert real["precision"] > 0.9 and real["recall"] > 0.9
+    assert one_class["precision"] > 0.9 and one_class["recall"] < 0.3, "real threes, but only threes"
+
+
+def test_repeated_evaluation_with_another_seed_varies_by_less_than_5_percent(mnist, classifier, reference):
+    """An imperfect sampler (real digits with noise) drawn and evaluated under two seeds."""
+    _, images, _, train_index, _ = mnist
+
+    def sampler(seed):
+        g = torch.Generator().manual_seed(seed)
+        chosen = images[train_index[torch.randperm(len(train_index), generator=g)[:2000]]]
+        return (chosen + 0.25 * torch.randn(chosen.shape, generator=g)).clamp(-1, 1)
+
+    first, second = (evaluate(classifier, reference, sampler(seed), seed=seed) for seed in (1, 2))
+    assert first["fid"] > 10, "an imperfect sampler, so that 5% is a meaningful bound"
+    for name in ("fid", "kid", "is"):
+        assert abs(first[name] - second[name]) < 0.05 * max(first[name], second[name]), (name, first, second)
+
+
+def test_mode_coverage_and_class_kl():
+    assert mode_coverage(torch.tensor([0.5, 0.5, 0.0, 0.0])) == 0.5
+    assert mode_coverage(torch.tensor([0.13, 0.13, 0.13, 0.61])) == 1.0
+    assert mode_coverage(torch.tensor([0.12, 0.13, 0.13, 0.62])) == 0.75, "below 1/(2K) = 0.125 is not covered"
+    balanced = torch.full((10,), 0.1)
+    assert class_kl(balanced, balanced) == pytest.approx(0)
+    assert class_kl(torch.eye(10)[3], balanced) == pytest.approx(math.log(10), rel=1e-4)
+
+
+def test_single_class_data_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="eval: the data has a single class"):
+        domain_classifier(None, 1, image_size=28, channels=1, cache_dir=tmp_path)
+
+
+def test_folder_fingerprint_follows_the_files(tmp_path):
+    from PIL import Image
+
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        Image.new("L", (8, 8), 10).save(tmp_path / label / "x.png")
+    dataset = ImageFolderDataset(tmp_path, ToModelImage(28, 1))
+    before = fingerprint(dataset, 28, 1)
+    assert fingerprint(ImageFolderDataset(tmp_path, ToModelImage(28, 1)), 28, 1) == before
+    assert fingerprint(dataset, 32, 1) != before, "the image size is part of it"
+    Image.new("L", (9, 9), 200).save(tmp_path / "b" / "x.png")
+    assert fingerprint(ImageFolderDataset(tmp_path, ToModelImage(28, 1)), 28, 1) != before
