@@ -85,6 +85,9 @@ def check_data_and_models(spec: JobSpec) -> str:
     else:
         dataset = load_dataset(spec.data, spec.model)
         check_enough_images(spec, len(dataset))
+        if spec.eval.every:
+            from orchestrator.evaluation import check_labelled
+            check_labelled(num_classes(dataset))
         summary, classes = describe(dataset), check_conditional(num_classes(dataset), spec.model.conditional)
     if spec.model.conditional and not classes:
         classes = 2  # interface check only: the workers count the real classes

@@ -126,6 +126,13 @@ class TrackingSpec:
 
 
 @dataclass
+class EvalSpec:
+    every: int = setting(0, ge=0, help="Steps between evaluations of G_ema (fid, kid, is, precision, recall, mode_coverage, class_kl on a domain classifier's features), also at the end; 0 turns evaluation off. Needs labelled data.")
+    num_samples: int = setting(2000, ge=10, help="Generated images per evaluation, and real images in the reference set; shared across the workers.")
+    cache_dir: str | None = setting(None, help="Where domain classifiers are cached, one per dataset; null means ~/.cache/ganorch (or $XDG_CACHE_HOME/ganorch).")
+
+
+@dataclass
 class JobSpec:
     name: str = setting(help="Job name: names the MLflow run (with the start time) and the default experiment.")
     seed: int = setting(0, ge=0, help="Seed for weights, data order, noise and the fixed sample batch.")
@@ -135,6 +142,7 @@ class JobSpec:
     optim: OptimSpec = setting(default_factory=OptimSpec, help="Optimizers, one per network.")
     resources: ResourcesSpec = setting(default_factory=ResourcesSpec, help="What Ray reserves for the run.")
     tracking: TrackingSpec = setting(default_factory=TrackingSpec, help="What goes to MLflow, and how often.")
+    eval: EvalSpec = setting(default_factory=EvalSpec, help="Sample-quality evaluation during training.")
 
     def problems(self) -> Iterator[Problem]:
         workers = self.resources.num_workers
@@ -148,6 +156,10 @@ class JobSpec:
                    f"got {self.model.channels}; data.source {self.data.source!r} has {source_channels} channel(s)")
         if not self.name.strip():
             yield ("name",), "must not be empty"
+        if self.eval.every and self.data.source == "ray-data":
+            yield (("eval.every", "data.source"),
+                   "got a number > 0; evaluation reads its reference images and trains its classifier from an "
+                   "in-memory dataset, which data.source 'ray-data' is not: set eval.every: 0")
         if self.train.loss == "wgan-gp" and self.model.d_norm == "batch":
             yield (("model.d_norm", "train.loss"),
                    "got 'batch'; train.loss 'wgan-gp' penalises each image's gradient, which BatchNorm couples "

@@ -13,7 +13,7 @@ from orchestrator.data import ShardedBatches, check_conditional, load_dataset, n
 from orchestrator.phases import build_phases, run_phase
 from orchestrator.precision import Precision
 from orchestrator.spec import JobSpec, parse
-from orchestrator.tracking import TAG_CHECKPOINT
+from orchestrator.tracking import TAG_CHECKPOINT, TAG_CLASSIFIER, TAG_CLASSIFIER_ACCURACY
 
 PROGRESS_EVERY_S = 1.0
 
@@ -91,6 +91,17 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
         return z[mine], labels[mine]
 
     fixed_z, fixed_labels, grid_columns = fixed_samples(spec, classes, device)
+    evaluator = None
+    if spec.eval.every:
+        from orchestrator.evaluation import Evaluator
+        m = spec.model
+        evaluator = Evaluator(dataset, num_classes(dataset), classes, num_samples=spec.eval.num_samples,
+                              latent_dim=m.latent_dim, image_size=m.image_size, channels=m.channels,
+                              cache_dir=spec.eval.cache_dir, seed=spec.seed, device=device)
+        if logger:
+            logger.set_tag(TAG_CLASSIFIER, evaluator.classifier_path)
+            logger.set_tag(TAG_CLASSIFIER_ACCURACY, f"{evaluator.classifier_accuracy:.4f}")
+    scores: dict[str, float] = {}
     stats = distributed.StatsAccumulator(device)
     images_per_step = spec.train.batch_size * spec.train.n_critic
     track = spec.tracking
@@ -124,6 +135,10 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
                 context.progress.post.remote({"step": step, "metrics_step": step, **metrics})
         if logger and (step % track.samples_every == 0 or last):
             logger.log_samples(step, sample(ema.module, fixed_z, fixed_labels), grid_columns)
+        if evaluator and (step % spec.eval.every == 0 or last):
+            scores = evaluator.evaluate(ema.module)
+            if logger:
+                logger.log_metrics(step, scores)
         if save_checkpoint:
             digests = distributed.check_consistency({"generator": G, "generator_ema": ema.module, "discriminator": D})
             state = None
@@ -131,12 +146,13 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
                 state = checkpoint.build(G=G, G_ema=ema.module, D=D, opt_g=opt_g, opt_d=opt_d, step=step,
                                          images_seen=step * images_per_step, spec=spec.to_dict(),
                                          num_classes=classes)
-            save_and_report(report, step, metrics, state, logger)
+            save_and_report(report, step, {**metrics, **scores}, state, logger)
 
     # Parameters alone, without the buffer alignment a snapshot does: proof that DDP kept ranks in step.
     parameters = distributed.gather_digests({"generator": G, "generator_ema": ema.module, "discriminator": D},
                                             parameters_only=True)
-    return {"step": spec.train.steps, "metrics": metrics, "snapshot_digests": digests, "parameter_digests": parameters}
+    return {"step": spec.train.steps, "metrics": metrics, "eval": scores, "snapshot_digests": digests,
+            "parameter_digests": parameters}
 
 
 def build_networks(spec: JobSpec, num_classes: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:

@@ -89,7 +89,7 @@ def test_mode_coverage_and_class_kl():
 
 
 def test_single_class_data_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="eval: the data has a single class"):
+    with pytest.raises(ValueError, match="eval.every: the data has a single class"):
         domain_classifier(None, 1, image_size=28, channels=1, cache_dir=tmp_path)
 
 

@@ -47,7 +47,9 @@ def debug_run(ray_session, tmp_path_factory):
     os.chdir(workdir)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
     try:
-        spec = load(REPO / "jobs/debug_dcgan.yaml", [f"tracking.storage_path={workdir / 'ray_storage'}"])
+        spec = load(REPO / "jobs/debug_dcgan.yaml", [f"tracking.storage_path={workdir / 'ray_storage'}",
+                                                     "eval.every=3", "eval.num_samples=301",
+                                                     f"eval.cache_dir={workdir / 'cache'}"])
         outcome = launch.run(spec, loop=compare_ranks_after_every_phase)
     finally:
         os.chdir(old_cwd)
@@ -88,6 +90,22 @@ def test_run_records_params_metrics_samples(debug_run):
     assert samples == ["samples/step_000000.png", "samples/step_000003.png", "samples/step_000006.png"]
     artifacts = {f.path for f in client.list_artifacts(outcome.run_id)}
     assert "spec.yaml" in artifacts
+
+
+def test_sample_quality_is_evaluated_across_both_workers(debug_run):
+    """301 samples: shares of 151 and 150 generated on the two ranks, gathered, scored the same on both."""
+    spec, outcome, client, workdir = debug_run
+    run = client.get_run(outcome.run_id)
+    assert float(run.data.tags[tracking.TAG_CLASSIFIER_ACCURACY]) >= 0.95
+    assert Path(run.data.tags[tracking.TAG_CLASSIFIER]).parent == workdir / "cache" / "classifiers"
+    for key in ("fid", "kid", "is", "precision", "recall", "density", "manifold_coverage", "mode_coverage",
+                "class_kl"):
+        history = client.get_metric_history(outcome.run_id, key)
+        assert [m.step for m in history] == [3, 6], key
+        assert all(m.value == m.value for m in history), f"{key} has NaN"
+    final = outcome.summary["eval"]
+    assert final["fid"] == client.get_metric_history(outcome.run_id, "fid")[-1].value
+    assert 0 < final["mode_coverage"] <= 1 and final["fid"] > 0 and final["is"] >= 1
 
 
 def test_sample_grid_is_a_png_of_the_fixed_batch(debug_run):
