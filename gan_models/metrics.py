@@ -7,6 +7,7 @@ histogram's KL divergence are defined here.
 
 import contextlib
 import io
+import math
 import warnings
 
 import torch
@@ -14,6 +15,7 @@ from torch import nn
 
 # prdc's k for its k-nearest-neighbour manifolds, as in its paper.
 NEAREST_K = 5
+NAMES = ("fid", "kid", "is", "precision", "recall", "density", "manifold_coverage", "mode_coverage", "class_kl")
 
 
 class Precomputed(nn.Module):
@@ -46,35 +48,50 @@ def class_kl(fake_histogram: torch.Tensor, real_histogram: torch.Tensor, eps: fl
     return (fake * (fake / real).log()).sum().item()
 
 
-def quality(real_features: torch.Tensor, real_logits: torch.Tensor, fake_features: torch.Tensor,
-            fake_logits: torch.Tensor, seed: int = 0) -> dict[str, float]:
-    """Every metric of generated samples against real ones, from the classifier's features and logits.
-    Seeded (KID's subsets, IS's splits) without touching the caller's random state."""
-    from prdc import compute_prdc
+def distances(real_features: torch.Tensor, fake_features: torch.Tensor, fake_logits: torch.Tensor,
+              seed: int = 0) -> dict[str, float]:
+    """torchmetrics' FID and KID of the two feature sets, and the Inception Score of the fake logits. Seeded (KID's
+    subsets, IS's splits) without touching the caller's random state."""
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.inception import InceptionScore
     from torchmetrics.image.kid import KernelInceptionDistance
 
     real_features, fake_features = real_features.float().cpu(), fake_features.float().cpu()
-    real_logits, fake_logits = real_logits.float().cpu(), fake_logits.float().cpu()
-    num_features, num_classes = real_features.shape[1], real_logits.shape[1]
+    fake_logits = fake_logits.float().cpu()
+    if not (fake_features.isfinite().all() and fake_logits.isfinite().all()):  # a diverged G: nothing to measure
+        return dict.fromkeys(("fid", "kid", "is"), math.nan)
+    num_features = real_features.shape[1]
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*will save all extracted features in buffer.*")
         torch.manual_seed(seed)
         fid = FrechetInceptionDistance(feature=Precomputed(num_features), sync_on_compute=False)
         kid = KernelInceptionDistance(feature=Precomputed(num_features), sync_on_compute=False,
                                       subset_size=min(1000, len(real_features), len(fake_features)))
-        inception = InceptionScore(feature=Precomputed(num_classes), sync_on_compute=False)
+        inception = InceptionScore(feature=Precomputed(fake_logits.shape[1]), sync_on_compute=False)
         for metric in (fid, kid):
             metric.update(real_features, real=True)
             metric.update(fake_features, real=False)
         inception.update(fake_logits)
-        scores = {"fid": fid.compute().item(), "kid": kid.compute()[0].item(), "is": inception.compute()[0].item()}
+        return {"fid": fid.compute().item(), "kid": kid.compute()[0].item(), "is": inception.compute()[0].item()}
+
+
+def quality(real_features: torch.Tensor, real_logits: torch.Tensor, fake_features: torch.Tensor,
+            fake_logits: torch.Tensor, seed: int = 0) -> dict[str, float]:
+    """Every metric of generated samples against real ones, from the domain classifier's features and logits."""
+    from prdc import compute_prdc
+
+    real_features, fake_features = real_features.float().cpu(), fake_features.float().cpu()
+    real_logits, fake_logits = real_logits.float().cpu(), fake_logits.float().cpu()
+    if not (fake_features.isfinite().all() and fake_logits.isfinite().all()):  # a diverged G: nothing to measure
+        return dict.fromkeys(NAMES, math.nan)
+    scores = distances(real_features, fake_features, fake_logits, seed)
     with contextlib.redirect_stdout(io.StringIO()):  # prdc prints the sample counts
         manifold = compute_prdc(real_features.numpy(), fake_features.numpy(), nearest_k=NEAREST_K)
     scores.update({name: float(manifold[name]) for name in ("precision", "recall", "density")})
     scores["manifold_coverage"] = float(manifold["coverage"])
+    num_classes = real_logits.shape[1]
     fake_histogram = class_histogram(fake_logits, num_classes)
     scores["mode_coverage"] = mode_coverage(fake_histogram)
     scores["class_kl"] = class_kl(fake_histogram, class_histogram(real_logits, num_classes))
+    assert tuple(scores) == NAMES, tuple(scores)
     return scores

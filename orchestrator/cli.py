@@ -3,10 +3,12 @@
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from orchestrator.spec import JobSpec, SpecError, load
 
 EXIT_USAGE = 2
+EXIT_STOPPED = 3  # the run ended early on a train.stop_on flag
 
 
 def add_job_args(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +25,15 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="train a job on Ray Train (local Ray, or the cluster at RAY_ADDRESS)")
     add_job_args(run)
     run.add_argument("--dry-run", action="store_true", help="print the resolved spec and the resources it would take, then exit")
+    evaluate = commands.add_parser("eval", help="score a checkpoint's G_ema (fid, kid, is, coverage, ...) and log it to MLflow")
+    evaluate.add_argument("target", metavar="CHECKPOINT|RUN_ID",
+                          help="a checkpoint file (or a directory holding checkpoint.pt), or an MLflow run id")
+    evaluate.add_argument("--best", action="store_true", help="with a run id: its best checkpoint by FID, not its latest")
+    evaluate.add_argument("--samples", type=int, default=0, metavar="N", help="also write a grid of N samples")
+    evaluate.add_argument("--output", metavar="PNG", help="where the grid goes (default: eval_step_NNNNNN.png here)")
+    evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                          help="override a key of the checkpoint's spec, e.g. --set eval.num_samples=5000 or "
+                               "--set data.path=/data/here (repeatable)")
     return parser
 
 
@@ -45,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     # Like `python -m`: modules in the working directory (model.generator: mynets:G) can be imported.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    if args.command == "eval":
+        return evaluate_checkpoint(args)
     try:
         spec = load(args.job, args.overrides)
     except SpecError as err:
@@ -64,6 +77,34 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     print(f"data: {summary}")
     return run_job(spec)
+
+
+def evaluate_checkpoint(args: argparse.Namespace) -> int:
+    from orchestrator import offline_eval
+    from orchestrator.tracking import tracking_uri, ui_hint
+
+    if args.samples < 0:
+        print("ganorch: --samples: must be >= 0", file=sys.stderr)
+        return EXIT_USAGE
+    uri = tracking_uri()
+    try:
+        source = offline_eval.resolve(args.target, args.best, uri)
+        spec = offline_eval.checkpoint_spec(source.state, args.overrides, source.description)
+        result = offline_eval.evaluate(source, spec, uri, args.samples, Path(args.output) if args.output else None)
+    except SpecError as err:
+        print(f"ganorch: invalid spec in checkpoint {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as err:
+        print(f"ganorch: cannot evaluate {args.target}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"{source.description}: step {result.step}, {spec.eval.num_samples} samples "
+          f"(classifier accuracy {result.classifier_accuracy:.3f}; Inception features {result.inception})")
+    for name, value in result.scores.items():
+        print(f"  {name:18s} {value:.4f}")
+    if result.grid_path:
+        print(f"sample grid: {result.grid_path}")
+    print(f"MLflow run {result.run_id}; {ui_hint(uri)}")
+    return 0
 
 
 def check_data_and_models(spec: JobSpec) -> str:
@@ -88,12 +129,27 @@ def check_data_and_models(spec: JobSpec) -> str:
         if spec.eval.every:
             from orchestrator.evaluation import check_labelled
             check_labelled(num_classes(dataset))
+            print(f"Inception features: {check_inception(spec)}")
         summary, classes = describe(dataset), check_conditional(num_classes(dataset), spec.model.conditional)
     if spec.model.conditional and not classes:
         classes = 2  # interface check only: the workers count the real classes
     G, D = build_networks(spec, classes)
     check_interface(G, D, spec.model.latent_dim, spec.model.image_size, spec.model.channels, classes)
     return summary
+
+
+def check_inception(spec: JobSpec) -> str:
+    """Whether evaluation will use Inception features; a named weights file is read once here."""
+    from gan_models.inception import check_weights
+    from orchestrator.evaluation import inception_weights
+
+    path, line = inception_weights(spec.eval)
+    if path is not None:
+        try:
+            check_weights(path)
+        except ValueError as err:
+            raise ValueError(f"eval.inception_weights: {err}") from None
+    return line
 
 
 def check_enough_images(spec: JobSpec, count: int) -> None:
@@ -129,6 +185,13 @@ def run_job(spec: JobSpec) -> int:
         shown = ", ".join(outcome.skipped_files[:5]) + (" ..." if len(outcome.skipped_files) > 5 else "")
         print(f"skipped {len(outcome.skipped_files)} images that could not be decoded (listed in the run's "
               f"data/skipped_files.txt): {shown}")
+    if outcome.summary.get("best_fid") is not None:
+        print(f"best checkpoint: fid {outcome.summary['best_fid']:.2f}, artifact checkpoints/best/ of the run")
+    for flag in outcome.summary.get("flags", []):
+        print(f"unstable: {flag}")
+    if outcome.summary.get("stopped"):
+        print(f"stopped early (train.stop_on): {outcome.summary['stopped']}")
+        return EXIT_STOPPED
     return 0
 
 

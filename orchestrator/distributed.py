@@ -41,6 +41,15 @@ def broadcast_buffers(module: nn.Module) -> None:
         dist.broadcast(buffer, src=0)
 
 
+def agree(value: int, device: torch.device) -> int:
+    """Rank 0's `value` on every rank: decisions that lead to collectives (save, stop) must be taken together."""
+    if world_size() == 1:
+        return value
+    tensor = torch.tensor(value, dtype=torch.long, device=device)
+    dist.broadcast(tensor, src=0)
+    return int(tensor.item())
+
+
 class StatsAccumulator:
     """Sums per-step scalars locally; `reduce()` averages them over steps and ranks with one all-reduce."""
 

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from gan_models.classifier import DomainClassifier, fit_classifier
 from orchestrator.data import ImageFolderDataset
+from orchestrator.spec import EvalSpec
 
 # Bump when DomainClassifier or fit_classifier change: cached classifiers of the old recipe stop matching.
 RECIPE = 1
@@ -109,16 +110,41 @@ def gather_rows(local: torch.Tensor, share: int) -> torch.Tensor:
     return torch.cat([part[:count] for part, count in zip(parts, counts)])
 
 
+def inception_weights(spec: EvalSpec) -> tuple[Path | None, str]:
+    """The Inception weights file evaluation will use (None: Inception features off) and a line saying why.
+    Downloads only with eval.inception 'download'. Raises ValueError for a named file that is missing."""
+    from gan_models.inception import WEIGHTS_URL, download_weights, hub_file
+
+    if spec.inception == "off":
+        return None, "off (eval.inception: off)"
+    if spec.inception_weights:
+        path = Path(spec.inception_weights).expanduser()
+        if not path.is_file():
+            raise ValueError(f"eval.inception_weights: no file at {path}")
+        return path, f"on: {path}"
+    if hub_file().is_file():
+        return hub_file(), f"on: {hub_file()}"
+    if spec.inception == "download":
+        try:
+            return download_weights(), f"on: {hub_file()} (downloaded)"
+        except OSError as err:  # no network, refused, disk full
+            raise ValueError(f"eval.inception: 'download' could not fetch {WEIGHTS_URL}: {err}") from None
+    return None, (f"off: no Inception weights in torch.hub's cache ({hub_file()}); name a local copy of "
+                  f"{WEIGHTS_URL.rsplit('/', 1)[1]} in eval.inception_weights, or set eval.inception: download "
+                  "to fetch it (needs internet)")
+
+
 class Evaluator:
     """Sample quality of G_ema during training, on every rank at once: each rank embeds its share of the real
     reference images (once) and of the generated samples (each evaluation), and every rank computes the
-    metrics from all of them. Rank 0 trains or loads the classifier and hands it to the others."""
+    metrics from all of them. Rank 0 trains or loads the classifier and hands it to the others. With Inception
+    weights, the same images are embedded by Inception too, for fid_inception, kid_inception and is_inception."""
 
-    BATCH = 500
+    BATCH = {"": 500, "_inception": 50}   # images per forward, by metric suffix (Inception runs at 299 px)
 
     def __init__(self, dataset: Dataset, data_classes: int, generator_classes: int, *, num_samples: int,
                  latent_dim: int, image_size: int, channels: int, cache_dir: str | None, seed: int,
-                 device: torch.device):
+                 device: torch.device, inception: Path | None = None):
         import torch.distributed as dist
 
         from orchestrator import distributed
@@ -133,9 +159,12 @@ class Evaluator:
         if self.world_size > 1:
             dist.broadcast_object_list(shared, src=0, device=device if device.type == "cuda" else None)
         state, self.classifier_accuracy, self.classifier_path, self.trained_now = shared[0]
-        self.model = DomainClassifier(channels, data_classes)
-        self.model.load_state_dict(state)
-        self.model.to(device).eval()
+        model = DomainClassifier(channels, data_classes)
+        model.load_state_dict(state)
+        self.extractors: dict[str, torch.nn.Module] = {"": model.to(device).eval()}
+        if inception is not None:
+            from gan_models.inception import InceptionFeatures
+            self.extractors["_inception"] = InceptionFeatures(inception).to(device).eval()
         self.device, self.seed = device, seed
         self.num_samples, self.latent_dim, self.generator_classes = num_samples, latent_dim, generator_classes
         self.share = -(-num_samples // self.world_size)
@@ -145,37 +174,49 @@ class Evaluator:
         chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count]
         mine = chosen[self.rank::self.world_size].tolist()
         local_share = -(-count // self.world_size)
-        images = [torch.stack([dataset[i][0] for i in mine[k:k + self.BATCH]]) for k in range(0, len(mine), self.BATCH)]
-        features, logits = self.embed(images)
-        self.reference = gather_rows(features, local_share), gather_rows(logits, local_share)
-        assert len(self.reference[0]) == count, (len(self.reference[0]), count)
+        images = torch.stack([dataset[i][0] for i in mine]) if mine else torch.zeros(0, channels, image_size, image_size)
+        self.reference = {}
+        for suffix in self.extractors:
+            features, logits = self.embed(suffix, images)
+            self.reference[suffix] = gather_rows(features, local_share), gather_rows(logits, local_share)
+            assert len(self.reference[suffix][0]) == count, (len(self.reference[suffix][0]), count)
 
-    def embed(self, batches: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        outputs = [self.model.embed(batch.to(self.device)) for batch in batches]
+    def embed(self, suffix: str, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        extractor, batch = self.extractors[suffix], self.BATCH[suffix]
+        outputs = [extractor.embed(images[k:k + batch].to(self.device)) for k in range(0, len(images), batch)]
         if not outputs:
-            return torch.zeros(0, self.model.num_features, device=self.device), \
-                torch.zeros(0, self.model.num_classes, device=self.device)
+            return torch.zeros(0, extractor.num_features, device=self.device), \
+                torch.zeros(0, extractor.num_classes, device=self.device)
         return torch.cat([f for f, _ in outputs]), torch.cat([lg for _, lg in outputs])
 
     @torch.no_grad()
     def evaluate(self, G: torch.nn.Module) -> dict[str, float]:
         """The metrics of `G`'s samples; the same z (and classes) at every evaluation, so steps compare."""
         from gan_models import sample_latent
-        from gan_models.metrics import quality
+        from gan_models.metrics import distances, quality
 
         noise = torch.Generator(device=self.device).manual_seed(self.seed + 7919)
         z = sample_latent(self.num_samples, self.latent_dim, generator=noise, device=self.device)
         labels = (torch.randint(self.generator_classes, (self.num_samples,), generator=noise, device=self.device)
                   if self.generator_classes else None)
         mine = slice(self.rank * self.share, (self.rank + 1) * self.share)
+        z, labels = z[mine], labels[mine] if labels is not None else None
         was_training = G.training
         G.eval()
-        batches = []
-        for start in range(0, len(z[mine]), self.BATCH):
-            chunk = slice(start, start + self.BATCH)
-            batches.append(G(z[mine][chunk]) if labels is None else G(z[mine][chunk], labels[mine][chunk]))
+        batch = self.BATCH[""]
+        images = [G(z[k:k + batch]) if labels is None else G(z[k:k + batch], labels[k:k + batch])
+                  for k in range(0, len(z), batch)]
         G.train(was_training)
-        features, logits = self.embed([b.float() for b in batches])
-        features, logits = gather_rows(features, self.share), gather_rows(logits, self.share)
-        assert len(features) == self.num_samples, (len(features), self.num_samples)
-        return quality(*self.reference, features, logits, seed=self.seed)
+        images = torch.cat(images).float() if images else torch.zeros(0)
+        scores: dict[str, float] = {}
+        for suffix in self.extractors:
+            features, logits = self.embed(suffix, images)
+            features, logits = gather_rows(features, self.share), gather_rows(logits, self.share)
+            assert len(features) == self.num_samples, (len(features), self.num_samples)
+            real_features, real_logits = self.reference[suffix]
+            if suffix == "":
+                scores.update(quality(real_features, real_logits, features, logits, seed=self.seed))
+            else:
+                found = distances(real_features, features, logits, seed=self.seed)
+                scores.update({f"{name}{suffix}": value for name, value in found.items()})
+        return scores

@@ -70,7 +70,9 @@ def for_workers(spec: JobSpec) -> JobSpec:
     """The spec with its local paths absolute; this is the spec the run records and the workers receive."""
     return dataclasses.replace(
         spec, data=dataclasses.replace(spec.data, path=absolute(spec.data.path)),
-        tracking=dataclasses.replace(spec.tracking, storage_path=absolute(spec.tracking.storage_path)))
+        tracking=dataclasses.replace(spec.tracking, storage_path=absolute(spec.tracking.storage_path)),
+        eval=dataclasses.replace(spec.eval, cache_dir=absolute(spec.eval.cache_dir),
+                                 inception_weights=absolute(spec.eval.inception_weights)))
 
 
 def init_ray() -> None:
@@ -129,6 +131,8 @@ def run(spec: JobSpec, loop: Callable[[dict], Any] | None = None, show_progress:
         if checkpoint_path:
             tags[tracking.TAG_RAY_CHECKPOINT] = checkpoint_path
         outcome = RunOutcome(run_id, uri, result.return_value or {}, checkpoint_path)
+        stopped = outcome.summary.get("stopped")
+        tags[tracking.TAG_OUTCOME] = f"stopped: {stopped}" if stopped else "completed"
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"

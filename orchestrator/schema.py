@@ -30,6 +30,8 @@ def describe_type(tp: Any) -> str:
     if origin in (Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
         return " or ".join(describe_type(a) for a in inner) + " or null"
+    if origin is list:
+        return f"a list, each {describe_type(args[0])}"
     if origin is tuple:
         kinds = {describe_type(a) for a in args}
         if kinds == {"a number"}:
@@ -101,8 +103,18 @@ class Parser:
                 return value
             close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
+            if isinstance(value, bool) and any(isinstance(a, str) for a in args):
+                hint = "; YAML reads a bare off/on/no/yes as false/true: quote the word, e.g. \"off\""
             self.fail(path, f"got {_given(value)}; allowed: {', '.join(repr(a) for a in args)}{hint}")
             return args[0]
+        if origin is list:
+            if not isinstance(value, list):
+                self.fail(path, f"got {_given(value)}; expected {describe_type(tp)}")
+                return []
+            items = [self.value(args[0], v, f"{path}[{i}]", metadata) for i, v in enumerate(value)]
+            if any(f"{path}[{i}]" in self.failed for i in range(len(value))):
+                self.failed.add(path)
+            return items
         if origin is tuple:
             if not isinstance(value, (list, tuple)) or len(value) != len(args):
                 self.fail(path, f"got {_given(value)}; expected {describe_type(tp)}")

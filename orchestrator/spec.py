@@ -1,5 +1,6 @@
 """The job spec: one typed tree per job, loaded from `jobs/*.yaml`, validated once before anything starts."""
 
+import copy
 import dataclasses
 import difflib
 import typing
@@ -12,6 +13,7 @@ import yaml
 from orchestrator.schema import Parser, describe_type, setting, to_plain
 
 Problem = tuple[tuple[str, ...], str]
+StabilityFlag = Literal["diverged", "d_overpowering", "mode_collapse", "oscillation"]  # orchestrator.stability.FLAGS
 
 # Channels of the sources whose images come as fixed tensors; `folder` and `torchvision` images are
 # converted to model.channels.
@@ -80,6 +82,8 @@ class TrainSpec:
     channels_last: bool = setting(False, help="Keep networks and batches in channels-last memory format (faster convolutions on recent GPUs).")
     ema_decay: float = setting(0.999, ge=0, help="Decay of the generator EMA (G_ema), which makes the sample grids; in [0, 1), 0 makes G_ema a copy of G.")
     ema_rampup: bool = setting(True, help="Ramp the EMA decay up from 0 as min(ema_decay, (1 + step) / (10 + step)).")
+    stop_on: list[StabilityFlag] = setting(default_factory=list, help="Stability flags that end the run early (final checkpoint kept, the flag recorded as its outcome): `diverged`, `d_overpowering`, `mode_collapse` (needs eval.every), `oscillation`. Every flag is logged either way.")
+    stability_window: int = setting(5, ge=1, help="Metrics intervals in a row D must overpower G before `d_overpowering` is flagged; `oscillation` looks at the last 4x this many.")
 
     def __post_init__(self) -> None:
         if self.n_critic is None and self.loss in DEFAULT_N_CRITIC:
@@ -130,6 +134,12 @@ class EvalSpec:
     every: int = setting(0, ge=0, help="Steps between evaluations of G_ema (fid, kid, is, precision, recall, mode_coverage, class_kl on a domain classifier's features), also at the end; 0 turns evaluation off. Needs labelled data.")
     num_samples: int = setting(2000, ge=10, help="Generated images per evaluation, and real images in the reference set; shared across the workers.")
     cache_dir: str | None = setting(None, help="Where domain classifiers are cached, one per dataset; null means ~/.cache/ganorch (or $XDG_CACHE_HOME/ganorch).")
+    inception: Literal["auto", "download", "off"] = setting("auto", help="Also score on FID's Inception-v3 features (fid_inception, kid_inception, is_inception): `auto` when its weights are at eval.inception_weights or in torch.hub's cache (a message says how to get them otherwise), `download` fetches them into that cache first (needs internet), `off`. Slow on CPU: about 10 images/s.")
+    inception_weights: str | None = setting(None, help="A local copy of torch-fidelity's weights-inception-2015-12-05-6726825d.pth; null looks in torch.hub's cache ($TORCH_HOME/hub/checkpoints).")
+
+    def problems(self) -> Iterator[Problem]:
+        if self.inception == "off" and self.inception_weights:
+            yield ("inception_weights", "inception"), "is not used with eval.inception 'off'; remove it or set 'auto'"
 
 
 @dataclass
@@ -160,6 +170,9 @@ class JobSpec:
             yield (("eval.every", "data.source"),
                    "got a number > 0; evaluation reads its reference images and trains its classifier from an "
                    "in-memory dataset, which data.source 'ray-data' is not: set eval.every: 0")
+        if "mode_collapse" in self.train.stop_on and not self.eval.every:
+            yield (("train.stop_on", "eval.every"),
+                   "lists 'mode_collapse', which is seen in evaluations: set eval.every > 0 or remove it")
         if self.train.loss == "wgan-gp" and self.model.d_norm == "batch":
             yield (("model.d_norm", "train.loss"),
                    "got 'batch'; train.loss 'wgan-gp' penalises each image's gradient, which BatchNorm couples "
@@ -226,6 +239,12 @@ def load(path: str | Path, overrides: list[str] = ()) -> JobSpec:
         raise SpecError(source, [f"top level is a {type(data).__name__}; expected a mapping of sections (name, model, data, ...)"])
     data = dict(data)
     data.setdefault("name", path.stem)
+    return parse_with_overrides(data, overrides, source)
+
+
+def parse_with_overrides(data: dict, overrides: list[str], source: str) -> JobSpec:
+    """`data` (left as it is) with `--set` overrides applied, validated; every problem of both in one SpecError."""
+    data = copy.deepcopy(data)
     problems = apply_overrides(data, overrides)
     try:
         spec = parse(data, source)
@@ -275,7 +294,8 @@ def field_reference() -> list[tuple[str, str, str, str]]:
             if dataclasses.is_dataclass(hints[f.name]):
                 walk(hints[f.name], key + ".")
                 continue
-            default = f.default if f.default is not dataclasses.MISSING else "(file name)"
+            default = (f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                       if f.default_factory is not dataclasses.MISSING else "(file name)")
             bounds = [f"{symbol} {f.metadata[k]:g}" for k, symbol in (("ge", ">="), ("gt", ">"), ("le", "<="))
                       if f.metadata.get(k) is not None]
             type_text = " ".join([describe_type(hints[f.name]), ", ".join(bounds)]).strip()

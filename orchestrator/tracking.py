@@ -13,6 +13,8 @@ from orchestrator.spec import JobSpec
 if TYPE_CHECKING:
     import torch
 
+    from orchestrator.stability import Flag
+
 # A run's tags that ganorch sets.
 TAG_JOB = "ganorch.job"
 TAG_CHECKPOINT = "ganorch.checkpoint"            # artifact path of the latest checkpoint in the run
@@ -20,6 +22,14 @@ TAG_RAY_CHECKPOINT = "ganorch.ray_checkpoint"    # the same checkpoint in Ray Tr
 TAG_DATA_SKIPPED = "ganorch.data_skipped"        # how many images could not be decoded (listed in data/)
 TAG_CLASSIFIER = "ganorch.classifier"            # the cached domain classifier behind the eval metrics
 TAG_CLASSIFIER_ACCURACY = "ganorch.classifier_accuracy"  # its accuracy on its held-out share of the data
+TAG_INCEPTION = "ganorch.inception"              # whether Inception features are used: "on: <weights>" or "off: <why>"
+TAG_BEST_CHECKPOINT = "ganorch.best_checkpoint"  # artifact path of the checkpoint with the lowest FID so far
+TAG_BEST_FID = "ganorch.best_fid"                # that FID, and the step it was reached at:
+TAG_BEST_STEP = "ganorch.best_step"
+TAG_UNSTABLE = "ganorch.unstable."               # + flag name: "<flag> at step N: <reason>"
+TAG_OUTCOME = "ganorch.outcome"                  # "completed", or "stopped: <flag> at step N: <reason>"
+TAG_EVALUATED = "ganorch.evaluated"              # an eval run: the checkpoint it scored
+BEST_CHECKPOINT_DIR = "checkpoints/best"
 
 
 def tracking_uri() -> str:
@@ -105,6 +115,18 @@ class RunLogger:
         artifact_dir = f"checkpoints/step_{step:06d}"
         self.client.log_artifact(self.run_id, str(path), artifact_dir)
         return f"{artifact_dir}/{path.name}"
+
+    def log_best_checkpoint(self, step: int, path: Path, fid: float) -> None:
+        """Replace the run's best checkpoint (`checkpoints/best/`) and say which step and FID it holds."""
+        self.client.log_artifact(self.run_id, str(path), BEST_CHECKPOINT_DIR)
+        for key, value in ((TAG_BEST_CHECKPOINT, f"{BEST_CHECKPOINT_DIR}/{path.name}"), (TAG_BEST_FID, f"{fid:.4f}"),
+                           (TAG_BEST_STEP, step)):
+            self.set_tag(key, value)
+
+    def log_flag(self, flag: "Flag") -> None:
+        """A stability flag: metric `unstable.<flag>` = 1 at its step, and a tag with the reason."""
+        self.log_metrics(flag.step, {f"unstable.{flag.name}": 1.0})
+        self.set_tag(TAG_UNSTABLE + flag.name, flag.describe())
 
     def set_tag(self, key: str, value: Any) -> None:
         self.client.set_tag(self.run_id, key, str(value))

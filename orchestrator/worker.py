@@ -1,5 +1,6 @@
 """The per-worker training loop, top to bottom. Ray Train runs `train_loop_per_worker` on every worker."""
 
+import math
 import tempfile
 import time
 from dataclasses import dataclass
@@ -13,7 +14,8 @@ from orchestrator.data import ShardedBatches, check_conditional, load_dataset, n
 from orchestrator.phases import build_phases, run_phase
 from orchestrator.precision import Precision
 from orchestrator.spec import JobSpec, parse
-from orchestrator.tracking import TAG_CHECKPOINT, TAG_CLASSIFIER, TAG_CLASSIFIER_ACCURACY
+from orchestrator.stability import FLAGS, Flag, StabilityMonitor
+from orchestrator.tracking import TAG_CHECKPOINT, TAG_CLASSIFIER, TAG_CLASSIFIER_ACCURACY, TAG_INCEPTION
 
 PROGRESS_EVERY_S = 1.0
 
@@ -93,14 +95,16 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
     fixed_z, fixed_labels, grid_columns = fixed_samples(spec, classes, device)
     evaluator = None
     if spec.eval.every:
-        from orchestrator.evaluation import Evaluator
+        from orchestrator.evaluation import Evaluator, inception_weights
         m = spec.model
+        inception, inception_line = inception_weights(spec.eval)
         evaluator = Evaluator(dataset, num_classes(dataset), classes, num_samples=spec.eval.num_samples,
                               latent_dim=m.latent_dim, image_size=m.image_size, channels=m.channels,
-                              cache_dir=spec.eval.cache_dir, seed=spec.seed, device=device)
+                              cache_dir=spec.eval.cache_dir, seed=spec.seed, device=device, inception=inception)
         if logger:
             logger.set_tag(TAG_CLASSIFIER, evaluator.classifier_path)
             logger.set_tag(TAG_CLASSIFIER_ACCURACY, f"{evaluator.classifier_accuracy:.4f}")
+            logger.set_tag(TAG_INCEPTION, inception_line)
     scores: dict[str, float] = {}
     stats = distributed.StatsAccumulator(device)
     images_per_step = spec.train.batch_size * spec.train.n_critic
@@ -110,25 +114,31 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
 
     if logger:
         logger.log_samples(0, sample(ema.module, fixed_z, fixed_labels), grid_columns)
+    monitor = StabilityMonitor(spec.train.stability_window, spec.train.loss)
+    stop_on = [name for name in FLAGS if name in spec.train.stop_on]
+    stopped: Flag | None = None
+    best_fid = math.inf
     speed = Throughput(images_per_step)
     last_post = 0.0
-    for step in range(1, spec.train.steps + 1):
+    step = 0
+    while step < spec.train.steps and stopped is None:
+        step += 1
         for phase in phases:
             for step_stats in run_phase(phase, batches, draw_latent):
                 stats.add(step_stats)
         ema.update(G, step)
 
-        last = step == spec.train.steps
         if is_rank0 and context.progress and time.perf_counter() - last_post > PROGRESS_EVERY_S:
             context.progress.post.remote({"step": step, "images_per_sec": speed.rate(step)})
             last_post = time.perf_counter()
 
-        log_metrics = step % track.metrics_every == 0 or last
-        save_checkpoint = step % track.checkpoint_every == 0 or last
-        if log_metrics:
+        last = step == spec.train.steps
+        flags: list[Flag] = []
+        if step % track.metrics_every == 0 or last:
             metrics = {**stats.reduce(), "images_per_sec": speed.rate(step), "images_seen": step * images_per_step,
                        "lr_g": opt_g.param_groups[0]["lr"], "lr_d": opt_d.param_groups[0]["lr"]}
             speed.restart(step)
+            flags += monitor.observe(step, metrics)
             if logger:
                 logger.log_metrics(step, metrics)
             if is_rank0 and context.progress:
@@ -137,22 +147,45 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
             logger.log_samples(step, sample(ema.module, fixed_z, fixed_labels), grid_columns)
         if evaluator and (step % spec.eval.every == 0 or last):
             scores = evaluator.evaluate(ema.module)
+            flags += monitor.observe_eval(step, scores)
             if logger:
                 logger.log_metrics(step, scores)
-        if save_checkpoint:
+            if distributed.agree(int(scores["fid"] < best_fid), device):  # NaN (a diverged G) is never best
+                best_fid = scores["fid"]
+                state = snapshot(G, ema.module, D, opt_g, opt_d, step, images_per_step, spec, classes)
+                if logger:
+                    with tempfile.TemporaryDirectory(prefix="ganorch-best-") as tmp:
+                        logger.log_best_checkpoint(step, checkpoint.save(state, tmp), best_fid)
+        if logger:
+            for flag in flags:
+                logger.log_flag(flag)
+        first_stop = next((i for i, name in enumerate(stop_on) if name in monitor.raised), -1)
+        if distributed.agree(first_stop, device) >= 0:
+            stopped = monitor.raised[stop_on[first_stop]]
+        if step % track.checkpoint_every == 0 or last or stopped is not None:
             digests = distributed.check_consistency({"generator": G, "generator_ema": ema.module, "discriminator": D})
-            state = None
-            if is_rank0:
-                state = checkpoint.build(G=G, G_ema=ema.module, D=D, opt_g=opt_g, opt_d=opt_d, step=step,
-                                         images_seen=step * images_per_step, spec=spec.to_dict(),
-                                         num_classes=classes)
+            state = snapshot(G, ema.module, D, opt_g, opt_d, step, images_per_step, spec, classes, checked=True)
             save_and_report(report, step, {**metrics, **scores}, state, logger)
 
     # Parameters alone, without the buffer alignment a snapshot does: proof that DDP kept ranks in step.
     parameters = distributed.gather_digests({"generator": G, "generator_ema": ema.module, "discriminator": D},
                                             parameters_only=True)
-    return {"step": spec.train.steps, "metrics": metrics, "eval": scores, "snapshot_digests": digests,
-            "parameter_digests": parameters}
+    return {"step": step, "metrics": metrics, "eval": scores, "snapshot_digests": digests,
+            "parameter_digests": parameters, "flags": [f.describe() for f in monitor.raised.values()],
+            "stopped": stopped.describe() if stopped else None, "best_fid": best_fid if math.isfinite(best_fid) else None}
+
+
+def snapshot(G: torch.nn.Module, G_ema: torch.nn.Module, D: torch.nn.Module, opt_g: torch.optim.Optimizer,
+             opt_d: torch.optim.Optimizer, step: int, images_per_step: int, spec: JobSpec, classes: int,
+             checked: bool = False) -> dict[str, Any] | None:
+    """The checkpoint state on rank 0 (None elsewhere), after every rank proved it holds the same networks.
+    Every rank calls it; `checked` when the caller ran the consistency check already."""
+    if not checked:
+        distributed.check_consistency({"generator": G, "generator_ema": G_ema, "discriminator": D})
+    if distributed.rank() != 0:
+        return None
+    return checkpoint.build(G=G, G_ema=G_ema, D=D, opt_g=opt_g, opt_d=opt_d, step=step,
+                            images_seen=step * images_per_step, spec=spec.to_dict(), num_classes=classes)
 
 
 def build_networks(spec: JobSpec, num_classes: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -163,10 +196,11 @@ def build_networks(spec: JobSpec, num_classes: int = 0) -> tuple[torch.nn.Module
                         num_classes=num_classes, generator=m.generator, discriminator=m.discriminator)
 
 
-def fixed_samples(spec: JobSpec, classes: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+def fixed_samples(spec: JobSpec, classes: int, device: torch.device,
+                  count: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """The noise (and, when conditional, labels: one grid row per class) every sample grid is drawn from,
-    and the grid's number of columns."""
-    count = spec.tracking.num_samples
+    and the grid's number of columns. `count` images, by default tracking.num_samples."""
+    count = count or spec.tracking.num_samples
     if classes:
         columns = max(count // classes, 1)
         labels = torch.arange(classes, device=device).repeat_interleave(columns)

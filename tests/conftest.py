@@ -2,11 +2,16 @@
 
 import os
 import socket
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# torch.hub's cache (Inception weights) starts empty in every test session, whatever this machine has cached;
+# set before Ray starts, so its workers see it too.
+os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="ganorch-test-torch-home-")
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +50,20 @@ def process_group():
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     yield
     dist.destroy_process_group()
+
+
+@pytest.fixture(scope="session")
+def inception_weights_file(tmp_path_factory) -> Path:
+    """A file shaped like FID's Inception weights, with random values: the real ones are a download."""
+    from unittest import mock
+
+    import torch
+    import torch_fidelity.feature_extractor_inceptionv3 as fidelity
+
+    with mock.patch.object(fidelity, "load_state_dict_from_url", lambda *args, **kwargs: {}), \
+            mock.patch.object(fidelity.FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None):
+        net = fidelity.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("inception") / "weights-inception-random.pth"
+    torch.save(net.state_dict(), path)
+    return path

@@ -151,3 +151,15 @@ def test_evaluation_on_unlabelled_folder_exits_2(tmp_path):
     out = ganorch("run", str(job), cwd=tmp_path)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "eval.every: the data has a single class" in out.stderr
+
+
+def test_inception_weights_that_are_not_inception_exit_2_before_ray_starts(tmp_path):
+    import torch
+
+    torch.save({"weight": torch.zeros(1)}, tmp_path / "other.pth")
+    job = tmp_path / "job.yaml"
+    job.write_text(f"eval: {{every: 10, inception_weights: {tmp_path / 'other.pth'}}}\n")
+    out = ganorch("run", str(job), cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "eval.inception_weights:" in out.stderr and "not the FID Inception-v3 weights" in out.stderr
+    assert "IMPORTED []" in out.stderr

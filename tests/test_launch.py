@@ -16,7 +16,10 @@ def test_local_paths_are_made_absolute_for_workers_unless_a_uri(tmp_path, monkey
     remote = for_workers(spec("s3://bucket/runs"))
     assert remote.tracking.storage_path == remote.data.path == "s3://bucket/runs"
     unset = for_workers(parse({"name": "t"}))
-    assert unset.tracking.storage_path is None and unset.data.path is None
+    assert unset.tracking.storage_path is None and unset.data.path is None and unset.eval.cache_dir is None
+    evaluated = for_workers(parse({"name": "t", "eval": {"cache_dir": "cache", "inception_weights": "w.pth"}}))
+    assert evaluated.eval.cache_dir == str(tmp_path / "cache")
+    assert evaluated.eval.inception_weights == str(tmp_path / "w.pth")
 
 
 def test_resources_line_counts_gpus_only_with_use_gpu():

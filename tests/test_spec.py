@@ -58,6 +58,11 @@ CASES = [
     ("train", "ema_decay", 1.0, ["train.ema_decay", "got 1.0; must be < 1"]),
     ("train", "ema_rampup", "on", ["train.ema_rampup", "expected true or false"]),
     ("", "seed", "abc", ["seed", "expected an integer"]),
+    ("eval", "inception", False, ["eval.inception", "got False (bool)", "quote the word"]),
+    ("train", "stop_on", "diverged", ["train.stop_on", "expected a list, each one of 'diverged'"]),
+    ("train", "stop_on", ["diverged", "colapse"], ["train.stop_on[1]", "got 'colapse'"]),
+    ("train", "stop_on", ["mode_collapse"], ["train.stop_on", "set eval.every > 0"]),
+    ("train", "stability_window", 0, ["train.stability_window", "must be >= 1"]),
 ]
 
 
@@ -172,3 +177,9 @@ def test_a_uri_needs_the_ray_data_source(source):
                                    "directory: use data.source 'ray-data' for s3:// and gs:// URIs"]
     assert parse({"name": "t", "data": {"source": "ray-data", "path": "gs://bucket/images"}}).data.path == \
         "gs://bucket/images"
+
+
+def test_inception_weights_are_refused_with_inception_off():
+    with pytest.raises(SpecError, match="eval.inception_weights: is not used with eval.inception 'off'"):
+        parse({"name": "t", "eval": {"inception": "off", "inception_weights": "w.pth"}})
+    assert parse({"name": "t", "eval": {"inception_weights": "w.pth"}}).eval.inception == "auto"

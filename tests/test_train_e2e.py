@@ -125,7 +125,7 @@ def test_final_checkpoint_loads_into_fresh_networks(debug_run):
     artifact = run.data.tags[tracking.TAG_CHECKPOINT]
     assert artifact == "checkpoints/step_000006/checkpoint.pt"
     assert [f.path for f in client.list_artifacts(outcome.run_id, "checkpoints")] == [
-        "checkpoints/step_000003", "checkpoints/step_000006"]
+        "checkpoints/best", "checkpoints/step_000003", "checkpoints/step_000006"]
     state = checkpoint.load(client.download_artifacts(outcome.run_id, artifact, str(workdir)))
     assert state["step"] == 6 and state["spec"]["name"] == "debug_dcgan"
     G, D = build_networks(parse(state["spec"]))
@@ -141,6 +141,116 @@ def test_final_checkpoint_loads_into_fresh_networks(debug_run):
     ray_path = Path(run.data.tags[tracking.TAG_RAY_CHECKPOINT])
     assert ray_path == Path(outcome.checkpoint_path) and ray_path.is_relative_to(workdir / "ray_storage")
     assert torch.equal(checkpoint.load(ray_path)["generator"]["net.0.weight"], state["generator"]["net.0.weight"])
+
+
+def test_best_checkpoint_is_kept_by_fid(debug_run):
+    _, outcome, client, workdir = debug_run
+    tags = client.get_run(outcome.run_id).data.tags
+    fids = {m.step: m.value for m in client.get_metric_history(outcome.run_id, "fid")}
+    best_step = min(fids, key=fids.get)
+    assert int(tags[tracking.TAG_BEST_STEP]) == best_step
+    assert float(tags[tracking.TAG_BEST_FID]) == pytest.approx(fids[best_step], abs=1e-4)
+    assert outcome.summary["best_fid"] == pytest.approx(fids[best_step])
+    assert tags[tracking.TAG_BEST_CHECKPOINT] == "checkpoints/best/checkpoint.pt"
+    state = checkpoint.load(client.download_artifacts(outcome.run_id, "checkpoints/best/checkpoint.pt",
+                                                      str(workdir / "best")))
+    assert state["step"] == best_step
+    periodic = checkpoint.load(client.download_artifacts(
+        outcome.run_id, f"checkpoints/step_{best_step:06d}/checkpoint.pt", str(workdir / "periodic")))
+    assert all(torch.equal(state["generator_ema"][k], periodic["generator_ema"][k]) for k in state["generator_ema"])
+
+
+def test_a_run_that_was_not_stopped_is_recorded_as_completed(debug_run):
+    _, outcome, client, _ = debug_run
+    assert client.get_run(outcome.run_id).data.tags[tracking.TAG_OUTCOME] == "completed"
+    assert outcome.summary["stopped"] is None
+
+
+def test_eval_command_scores_a_run_as_training_did(debug_run, capsys, monkeypatch):
+    """`ganorch eval RUN_ID`: the final checkpoint's G_ema on the same reference and z gives the FID training
+    logged, in a run nested under the training run, with a grid of --samples images."""
+    from PIL import Image
+
+    from orchestrator.cli import main
+
+    spec, outcome, client, workdir = debug_run
+    monkeypatch.chdir(workdir)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", outcome.tracking_uri)
+    assert main(["eval", outcome.run_id, "--samples", "9"]) == 0
+    out = capsys.readouterr().out
+    assert "step 6, 301 samples" in out and "eval_step_000006.png" in out
+    assert Image.open(workdir / "eval_step_000006.png").size == (3 * 30 + 2, 3 * 30 + 2)
+    (run,) = client.search_runs([client.get_run(outcome.run_id).info.experiment_id],
+                                filter_string=f"tags.mlflow.parentRunId = '{outcome.run_id}'")
+    assert run.data.tags[tracking.TAG_EVALUATED].endswith("checkpoints/step_000006/checkpoint.pt")
+    assert run.data.metrics["fid"] == pytest.approx(outcome.summary["eval"]["fid"], rel=1e-3)
+    assert run.data.metrics["mode_coverage"] == outcome.summary["eval"]["mode_coverage"]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "fid")] == [6]
+    assert [f.path for f in client.list_artifacts(run.info.run_id, "samples")] == ["samples/step_000006.png"]
+
+    # the best checkpoint by run id, and a checkpoint file given by path
+    assert main(["eval", outcome.run_id, "--best", "--set", "eval.num_samples=50"]) == 0
+    best_step = client.get_run(outcome.run_id).data.tags[tracking.TAG_BEST_STEP]
+    assert f"checkpoints/best/checkpoint.pt: step {best_step}, 50 samples" in capsys.readouterr().out
+    assert main(["eval", outcome.checkpoint_path, "--set", "eval.num_samples=50"]) == 0
+    out = capsys.readouterr().out
+    assert f"{Path(outcome.checkpoint_path) / 'checkpoint.pt'}: step 6" in out
+    assert "Inception features off: no Inception weights" in out and "fid_inception" not in out
+
+
+def test_eval_command_adds_inception_metrics_from_a_weights_file(debug_run, inception_weights_file, capsys,
+                                                                  monkeypatch):
+    from orchestrator.cli import main
+
+    _, outcome, client, workdir = debug_run
+    monkeypatch.chdir(workdir)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", outcome.tracking_uri)
+    assert main(["eval", outcome.checkpoint_path, "--set", "eval.num_samples=12",
+                 "--set", f"eval.inception_weights={inception_weights_file}"]) == 0
+    out = capsys.readouterr().out
+    assert f"Inception features on: {inception_weights_file}" in out
+    run_id = out.split("MLflow run ")[1].split(";")[0]
+    metrics = client.get_run(run_id).data.metrics
+    assert {"fid_inception", "kid_inception", "is_inception", "fid"} <= set(metrics)
+    assert all(v == v for v in metrics.values())
+
+
+@pytest.mark.parametrize("target, message", [
+    ("no/such/file.pt", "no such checkpoint file, and not an MLflow run id"),
+    ("0123456789abcdef0123456789abcdef", "no MLflow run with this id"),
+    ("not-a-checkpoint.pt", "not a readable ganorch checkpoint"),
+])
+def test_eval_command_refuses_what_is_not_a_checkpoint(mlflow_store, tmp_path, capsys, target, message):
+    from orchestrator.cli import main
+
+    (tmp_path / "not-a-checkpoint.pt").write_text("hello")
+    assert main(["eval", target]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_stop_on_ends_the_run_early_with_its_reason(ray_session, mlflow_store, tmp_path, capsys):
+    """D trained 10,000x faster than G wins within a few steps: with stop_on [d_overpowering] both workers stop at
+    the same step, keep a final checkpoint, and the run records why."""
+    from orchestrator.cli import EXIT_STOPPED, run_job
+
+    spec = load(REPO / "jobs/debug_dcgan.yaml", [
+        f"tracking.storage_path={tmp_path / 'ray_storage'}", "train.steps=200", "tracking.metrics_every=1",
+        "train.stop_on=[d_overpowering]", "train.stability_window=3", "optim.d.lr=0.01", "optim.g.lr=1.0e-6"])
+    assert run_job(spec) == EXIT_STOPPED
+    out = capsys.readouterr().out
+    assert "stopped early (train.stop_on): d_overpowering at step" in out
+    client = tracking.client(mlflow_store)
+    (run,) = client.search_runs([client.get_experiment_by_name("debug_dcgan").experiment_id])
+    assert run.info.status == "FINISHED"
+    outcome = run.data.tags[tracking.TAG_OUTCOME]
+    assert outcome.startswith("stopped: d_overpowering at step ")
+    step = int(outcome.removeprefix("stopped: d_overpowering at step ").split(":")[0])
+    assert 3 <= step < 200
+    assert run.data.tags[tracking.TAG_UNSTABLE + "d_overpowering"] == outcome.removeprefix("stopped: ")
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "unstable.d_overpowering")] == [step]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss_d")] == list(range(1, step + 1))
+    assert run.data.tags[tracking.TAG_CHECKPOINT] == f"checkpoints/step_{step:06d}/checkpoint.pt"
 
 
 def diverge_rank_one(config):

@@ -1,0 +1,79 @@
+"""The stability monitor on metric streams: each flag raised when its condition holds, once, and not before."""
+
+import math
+
+from orchestrator.stability import StabilityMonitor
+
+HEALTHY = {"loss_d": 1.2, "loss_g": 0.9, "d_real": 0.6, "d_fake": 0.4, "d_accuracy_real": 0.7,
+           "d_accuracy_fake": 0.7, "grad_norm_d": 2.0, "grad_norm_g": 1.5}
+
+
+def feed(monitor: StabilityMonitor, stream: list[dict[str, float]], start: int = 1) -> list[tuple[int, str]]:
+    raised = []
+    for step, metrics in enumerate(stream, start=start):
+        raised += [(flag.step, flag.name) for flag in monitor.observe(step, {**HEALTHY, **metrics})]
+    return raised
+
+
+def test_healthy_stream_raises_nothing():
+    monitor = StabilityMonitor(window=3, loss="nonsaturating")
+    noisy = [{"loss_g": 0.9 + 0.3 * (-1) ** i, "d_accuracy_fake": 0.6 + 0.2 * (-1) ** i} for i in range(40)]
+    assert feed(monitor, noisy) == []
+    assert monitor.observe_eval(40, {"mode_coverage": 0.8}) == []
+    assert monitor.observe_eval(80, {"mode_coverage": 0.9}) == []
+    assert monitor.raised == {}
+
+
+def test_non_finite_loss_or_gradient_is_divergence():
+    for name in ("loss_d", "loss_g", "grad_norm_d", "grad_norm_g"):
+        monitor = StabilityMonitor(window=3, loss="hinge")
+        assert feed(monitor, [{}, {}, {name: math.nan}, {name: math.inf}]) == [(3, "diverged")]
+        assert name in monitor.raised["diverged"].reason
+
+
+def test_exploding_loss_is_divergence_but_a_steady_rise_is_not():
+    monitor = StabilityMonitor(window=3, loss="wgan-gp")
+    rising = [{"loss_d": -2.0 * i, "loss_g": 3.0 * i} for i in range(1, 30)]  # a WGAN critic's growing loss
+    assert feed(monitor, rising) == []
+    assert feed(monitor, [{"loss_g": 30_000.0}], start=30) == [(30, "diverged")]
+    assert "loss_g" in monitor.raised["diverged"].reason
+
+
+def test_overpowering_needs_a_full_window_in_a_row():
+    monitor = StabilityMonitor(window=3, loss="hinge")
+    winning = {"d_accuracy_fake": 0.995, "d_accuracy_real": 0.99}
+    stream = [winning, winning, {}, winning, winning, winning, winning]
+    assert feed(monitor, stream) == [(6, "d_overpowering")]
+    assert "steps 4-6" in monitor.raised["d_overpowering"].reason
+
+
+def test_overpowering_by_mean_fake_output_only_for_bounded_outputs():
+    crushed = [{"d_fake": 0.002, "d_accuracy_fake": 0.9, "d_accuracy_real": 0.95}] * 4
+    assert feed(StabilityMonitor(window=2, loss="nonsaturating"), crushed) == [(2, "d_overpowering")]
+    assert feed(StabilityMonitor(window=2, loss="hinge"), crushed) == []  # a raw score of 0 is D undecided
+
+
+def test_a_discriminator_that_rejects_everything_is_not_overpowering():
+    rejects_all = [{"d_accuracy_fake": 1.0, "d_accuracy_real": 0.1, "d_fake": 0.005}] * 6
+    assert feed(StabilityMonitor(window=2, loss="nonsaturating"), rejects_all) == []
+
+
+def test_mode_collapse_is_a_coverage_drop_from_the_best():
+    monitor = StabilityMonitor(window=3, loss="nonsaturating")
+    assert monitor.observe_eval(100, {"mode_coverage": 0.3}) == []   # low early on: G still learning
+    assert monitor.observe_eval(200, {"mode_coverage": 1.0}) == []
+    assert monitor.observe_eval(300, {"mode_coverage": 0.6}) == []
+    flags = monitor.observe_eval(400, {"mode_coverage": 0.5})
+    assert [(f.step, f.name) for f in flags] == [(400, "mode_collapse")]
+    assert "0.50" in flags[0].reason and "1.00" in flags[0].reason
+    assert monitor.observe_eval(500, {"mode_coverage": 0.1}) == []  # raised once
+    assert monitor.observe_eval(600, {"mode_coverage": math.nan}) == []
+
+
+def test_oscillation_is_repeated_swings_of_the_balance():
+    monitor = StabilityMonitor(window=2, loss="nonsaturating")
+    swings = [{"d_accuracy_fake": a} for a in (0.95, 0.5, 0.05, 0.95, 0.05, 0.97)]
+    assert feed(monitor, swings) == [(5, "oscillation")]
+    # two swings, then calm: not oscillating
+    monitor = StabilityMonitor(window=2, loss="nonsaturating")
+    assert feed(monitor, [{"d_accuracy_fake": a} for a in (0.95, 0.05, 0.95, 0.6, 0.7, 0.6, 0.7, 0.6)]) == []
