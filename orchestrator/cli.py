@@ -122,14 +122,14 @@ def check_data_and_models(spec: JobSpec) -> str:
 
         found = survey(spec.data.path)
         check_enough_images(spec, found.images)
+        if spec.eval.every:
+            check_evaluation(spec, max(len(found.classes), 1))
         summary, classes = found.describe(), check_conditional(len(found.classes), spec.model.conditional)
     else:
         dataset = load_dataset(spec.data, spec.model)
         check_enough_images(spec, len(dataset))
         if spec.eval.every:
-            from orchestrator.evaluation import check_labelled
-            check_labelled(num_classes(dataset))
-            print(f"Inception features: {check_inception(spec)}")
+            check_evaluation(spec, num_classes(dataset))
         summary, classes = describe(dataset), check_conditional(num_classes(dataset), spec.model.conditional)
     if spec.model.conditional and not classes:
         classes = 2  # interface check only: the workers count the real classes
@@ -138,18 +138,20 @@ def check_data_and_models(spec: JobSpec) -> str:
     return summary
 
 
-def check_inception(spec: JobSpec) -> str:
-    """Whether evaluation will use Inception features; a named weights file is read once here."""
+def check_evaluation(spec: JobSpec, data_classes: int) -> None:
+    """Evaluation needs labelled data; say whether it will use Inception features (a named weights file is read
+    once here)."""
     from gan_models.inception import check_weights
-    from orchestrator.evaluation import inception_weights
+    from orchestrator.evaluation import check_labelled, inception_weights
 
+    check_labelled(data_classes)
     path, line = inception_weights(spec.eval)
     if path is not None:
         try:
             check_weights(path)
         except ValueError as err:
             raise ValueError(f"eval.inception_weights: {err}") from None
-    return line
+    print(f"Inception features: {line}")
 
 
 def check_enough_images(spec: JobSpec, count: int) -> None:

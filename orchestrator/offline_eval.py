@@ -91,16 +91,21 @@ def evaluate(source: Source, spec: JobSpec, uri: str, samples: int = 0, grid_pat
     from orchestrator.evaluation import Evaluator, inception_weights
     from orchestrator.worker import sample
 
-    if spec.data.source == "ray-data":
-        raise ValueError("data.source: 'ray-data' checkpoints cannot be evaluated yet; evaluate it on a copy of "
-                         "the data with --set data.source=folder --set data.path=DIR")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dataset = load_dataset(spec.data, spec.model)
+    m = spec.model
+    if spec.data.source == "ray-data":
+        from orchestrator import ray_images
+
+        dataset = ray_images.eval_sample(spec.data.path, num_samples=spec.eval.num_samples, image_size=m.image_size,
+                                         channels=m.channels, seed=spec.seed)
+        data_classes = max(len(ray_images.list_classes(spec.data.path)), 1)
+    else:
+        dataset = load_dataset(spec.data, spec.model)
+        data_classes = num_classes(dataset)
     G = generator(spec, source.state, device)
     classes = source.state.get("num_classes", 0)
-    m = spec.model
     inception, inception_line = inception_weights(spec.eval)
-    evaluator = Evaluator(dataset, num_classes(dataset), classes, num_samples=spec.eval.num_samples,
+    evaluator = Evaluator(dataset, data_classes, classes, num_samples=spec.eval.num_samples,
                           latent_dim=m.latent_dim, image_size=m.image_size, channels=m.channels,
                           cache_dir=spec.eval.cache_dir, seed=spec.seed, device=device, inception=inception)
     scores = evaluator.evaluate(G)

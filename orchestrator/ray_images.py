@@ -19,6 +19,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+from torch.utils.data import TensorDataset
 
 from orchestrator.data import IMAGE_SUFFIXES, ToModelImage, to_unit_range
 from orchestrator.spec import JobSpec
@@ -26,6 +27,10 @@ from orchestrator.spec import JobSpec
 # Rows each worker shuffles locally, in batches: Ray Data reshuffles the file order every epoch, and this
 # buffer mixes the images of neighbouring files.
 SHUFFLE_BUFFER_BATCHES = 8
+# Evaluation reads a seeded sample of this many images (or eval.num_samples, if more) into memory: the domain
+# classifier trains on it and the real reference is drawn from it.
+EVAL_SAMPLE_IMAGES = 5000
+READ_THREADS = 16  # files read at once for that sample (object stores answer each read slowly)
 
 
 def open_root(path: str) -> tuple[Any, str]:
@@ -89,6 +94,49 @@ def survey(path: str) -> Survey:
         where = f" in its class folders ({', '.join(classes)})" if classes else ""
         raise ValueError(f"data.path: no image files under {path}{where}")
     return Survey(images, other, classes)
+
+
+def list_images(path: str) -> tuple[Any, list[str], list[int], list[str]]:
+    """(filesystem, image file paths sorted, their labels, class names) of the source."""
+    import pyarrow.fs
+
+    filesystem, root = open_root(path)
+    classes = list_classes(path)
+    files, labels = [], []
+    for label, folder in enumerate([f"{root}/{c}" for c in classes] or [root]):
+        entries = filesystem.get_file_info(pyarrow.fs.FileSelector(folder, recursive=True))
+        found = sorted(e.path for e in entries if e.type == pyarrow.fs.FileType.File
+                       and Path(e.base_name).suffix.lower() in IMAGE_SUFFIXES)
+        files += found
+        labels += [label] * len(found)
+    return filesystem, files, labels, classes
+
+
+def eval_sample(path: str, *, num_samples: int, image_size: int, channels: int, seed: int) -> TensorDataset:
+    """A seeded random sample of the source's images, decoded into memory for evaluation: the same images on
+    every rank and in every run over the same files. Images that cannot be decoded are left out."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image, UnidentifiedImageError
+
+    filesystem, files, labels, _ = list_images(path)
+    count = min(len(files), max(num_samples, EVAL_SAMPLE_IMAGES))
+    chosen = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))[:count].sort().values.tolist()
+    transform = ToModelImage(image_size, channels)
+
+    def decode(index: int) -> torch.Tensor | None:
+        try:
+            with filesystem.open_input_file(files[index]) as stream, Image.open(io.BytesIO(stream.read())) as image:
+                return transform(image)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            return None
+
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        images = list(pool.map(decode, chosen))
+    kept = [i for i, image in enumerate(images) if image is not None]
+    if not kept:
+        raise ValueError(f"data.path: none of the {count} images sampled for evaluation under {path} could be decoded")
+    return TensorDataset(torch.stack([images[i] for i in kept]), torch.tensor([labels[chosen[i]] for i in kept]))
 
 
 class SkippedFiles:

@@ -166,10 +166,6 @@ class JobSpec:
                    f"got {self.model.channels}; data.source {self.data.source!r} has {source_channels} channel(s)")
         if not self.name.strip():
             yield ("name",), "must not be empty"
-        if self.eval.every and self.data.source == "ray-data":
-            yield (("eval.every", "data.source"),
-                   "got a number > 0; evaluation reads its reference images and trains its classifier from an "
-                   "in-memory dataset, which data.source 'ray-data' is not: set eval.every: 0")
         if "mode_collapse" in self.train.stop_on and not self.eval.every:
             yield (("train.stop_on", "eval.every"),
                    "lists 'mode_collapse', which is seen in evaluations: set eval.every > 0 or remove it")

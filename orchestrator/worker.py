@@ -57,10 +57,11 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
 
     if context.data_shard is None:
         dataset = load_dataset(spec.data, spec.model)
-        classes = check_conditional(num_classes(dataset), spec.model.conditional)
+        data_classes = num_classes(dataset)
     else:  # streamed by Ray Data: only the class folders are looked at here
         from orchestrator import ray_images
-        classes = check_conditional(len(ray_images.list_classes(spec.data.path)), spec.model.conditional)
+        dataset, data_classes = None, max(len(ray_images.list_classes(spec.data.path)), 1)
+    classes = check_conditional(data_classes, spec.model.conditional)
 
     # Networks, optimizers, the alternation.
     torch.manual_seed(spec.seed)
@@ -98,7 +99,10 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
         from orchestrator.evaluation import Evaluator, inception_weights
         m = spec.model
         inception, inception_line = inception_weights(spec.eval)
-        evaluator = Evaluator(dataset, num_classes(dataset), classes, num_samples=spec.eval.num_samples,
+        if context.data_shard is not None:  # a sample of the stream's files, read into memory
+            dataset = ray_images.eval_sample(spec.data.path, num_samples=spec.eval.num_samples,
+                                             image_size=m.image_size, channels=m.channels, seed=spec.seed)
+        evaluator = Evaluator(dataset, data_classes, classes, num_samples=spec.eval.num_samples,
                               latent_dim=m.latent_dim, image_size=m.image_size, channels=m.channels,
                               cache_dir=spec.eval.cache_dir, seed=spec.seed, device=device, inception=inception)
         if logger:

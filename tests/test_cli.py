@@ -139,14 +139,15 @@ def test_conditional_model_on_unlabelled_folder_exits_2(tmp_path):
     assert "model.conditional: the data has a single class" in out.stderr
 
 
-def test_evaluation_on_unlabelled_folder_exits_2(tmp_path):
+@pytest.mark.parametrize("source", ["folder", "ray-data"])
+def test_evaluation_on_unlabelled_folder_exits_2(tmp_path, source):
     from PIL import Image
 
     (tmp_path / "imgs").mkdir()
     for i in range(4):
         Image.new("L", (28, 28)).save(tmp_path / "imgs" / f"{i}.png")
     job = tmp_path / "job.yaml"
-    job.write_text(f"data: {{source: folder, path: {tmp_path / 'imgs'}}}\ntrain: {{batch_size: 2}}\n"
+    job.write_text(f"data: {{source: {source}, path: {tmp_path / 'imgs'}}}\ntrain: {{batch_size: 2}}\n"
                    "eval: {every: 10}\n")
     out = ganorch("run", str(job), cwd=tmp_path)
     assert out.returncode == 2 and "Traceback" not in out.stderr

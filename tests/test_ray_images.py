@@ -10,7 +10,7 @@ from PIL import Image
 
 from orchestrator import launch, tracking
 from orchestrator.data import ImageFolderDataset, ToModelImage, load_mnist5k
-from orchestrator.ray_images import SkippedFiles, StreamedBatches, build_dataset, list_classes, survey
+from orchestrator.ray_images import SkippedFiles, StreamedBatches, build_dataset, eval_sample, list_classes, survey
 from orchestrator.spec import parse
 
 PER_CLASS = 12
@@ -55,6 +55,21 @@ def test_survey_errors_name_the_key(tmp_path):
         survey(str(tmp_path))
     with pytest.raises(ValueError, match="data.path: cannot open nosuch://bucket/x"):
         survey("nosuch://bucket/x")
+
+
+def test_evaluation_sample_is_seeded_labelled_and_leaves_out_broken_files(digit_folder):
+    sample = eval_sample(str(digit_folder), num_samples=10, image_size=28, channels=1, seed=3)
+    images, labels = sample.tensors
+    assert images.shape == (10 * PER_CLASS, 1, 28, 28), "every class image but broken.png (fewer than 5,000)"
+    assert torch.equal(torch.bincount(labels), torch.full((10,), PER_CLASS))
+    folder = ImageFolderDataset(digit_folder, ToModelImage(28, 1))
+    by_label = {}
+    for path, label in zip(folder.files, folder.labels):
+        by_label.setdefault(label, []).append(as_pixels(ToModelImage(28, 1)(Image.open(path))[None])[0])
+    for image, label in zip(images, labels.tolist()):
+        assert as_pixels(image[None])[0] in by_label[label]
+    again = eval_sample(f"file://{digit_folder}", num_samples=10, image_size=28, channels=1, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(sample.tensors, again.tensors))
 
 
 def as_pixels(images: torch.Tensor) -> list[bytes]:
@@ -114,8 +129,10 @@ def ray_data_spec(digit_folder, tmp_path, *overrides):
 
 
 def test_two_workers_train_on_the_stream(ray_session, mlflow_store, digit_folder, tmp_path):
-    """A conditional DCGAN on 2 DDP workers fed by Ray Data: identical ranks, and the skipped image recorded."""
-    outcome = launch.run(ray_data_spec(digit_folder, tmp_path), show_progress=False)
+    """A conditional DCGAN on 2 DDP workers fed by Ray Data: identical ranks, the skipped image recorded, and
+    sample quality evaluated."""
+    outcome = launch.run(ray_data_spec(digit_folder, tmp_path, "eval.every=4", "eval.num_samples=40",
+                                       f"eval.cache_dir={tmp_path / 'cache'}"), show_progress=False)
     for name, per_rank in outcome.summary["parameter_digests"].items():
         assert len(per_rank) == 2 and len(set(per_rank)) == 1, f"{name} differs across ranks"
     assert outcome.skipped_files == [str(digit_folder / "3" / "broken.png")]
@@ -127,6 +144,10 @@ def test_two_workers_train_on_the_stream(ray_session, mlflow_store, digit_folder
     listed = Path(client.download_artifacts(outcome.run_id, "data/skipped_files.txt", str(tmp_path))).read_text()
     assert listed == f"{digit_folder / '3' / 'broken.png'}\n"
     assert [m.step for m in client.get_metric_history(outcome.run_id, "loss_d")] == [2, 4]
+    # evaluated on a sample of the same files, read into memory
+    assert [m.step for m in client.get_metric_history(outcome.run_id, "fid")] == [4]
+    assert 0 < outcome.summary["eval"]["mode_coverage"] <= 1 and outcome.summary["best_fid"] > 0
+    assert Path(run.data.tags[tracking.TAG_CLASSIFIER]).parent == tmp_path / "cache" / "classifiers"
     # 10 classes: one sample row per class
     grid = Image.open(client.download_artifacts(outcome.run_id, "samples/step_000004.png", str(tmp_path)))
     assert grid.size[1] == 10 * 30 + 2
