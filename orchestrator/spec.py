@@ -228,6 +228,10 @@ class JobSpec:
         tune = self.tune
         if tune.metric in EVAL_METRICS and not self.eval.every:
             yield ("tune.metric", "eval.every"), f"got {tune.metric!r}, an eval metric: set eval.every > 0"
+        elif tune.metric in EVAL_METRICS and self.tracking.checkpoint_every % self.eval.every:
+            yield (("tracking.checkpoint_every", "eval.every", "tune.metric"),
+                   f"got {self.tracking.checkpoint_every}; trials report {tune.metric} at every checkpoint, so it "
+                   f"must be a multiple of eval.every ({self.eval.every})")
         if tune.scheduler == "pbt" and tune.perturbation_interval and \
                 tune.perturbation_interval % self.tracking.checkpoint_every:
             yield (("tune.perturbation_interval", "tracking.checkpoint_every"),
