@@ -120,7 +120,9 @@ def run(spec: JobSpec, export: str | Path | None = None) -> SweepOutcome:
     client.set_tag(parent_run_id, TAG_SWEEP, yaml.safe_dump(t.space, default_flow_style=True).strip())
     keys = list(t.space)
     if t.scheduler == "asha":
-        scheduler = ASHAScheduler(time_attr="step", max_t=spec.train.steps, reduction_factor=t.reduction_factor,
+        # max_t past the last step: ASHA would otherwise stop every trial at its last report, before the trial
+        # closes its MLflow run.
+        scheduler = ASHAScheduler(time_attr="step", max_t=spec.train.steps + 1, reduction_factor=t.reduction_factor,
                                   grace_period=t.grace_period or spec.tracking.checkpoint_every)
     else:
         scheduler = FIFOScheduler()
