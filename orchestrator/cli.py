@@ -206,7 +206,8 @@ def run_sweep(spec: JobSpec, export: str | None) -> int:
     for trial in outcome.trials:
         value = "-" if trial["metric"] is None else f"{trial['metric']:.4g}"
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial["params"].items())
-        print(f"{trial['trial']:<14} {trial['status']:<10} {value:>10}  {params}")
+        reason = f"  ({trial['reason']})" if trial["reason"] else ""
+        print(f"{trial['trial']:<14} {trial['status']:<10} {value:>10}  {params}{reason}")
     if outcome.best:
         print(f"best: {outcome.best['trial']} ({metric} {outcome.best['metric']:.4g}); its job spec is the parent "
               f"run's {sweep.BEST_JOB_ARTIFACT}" + (f" and {export}" if export else ""))

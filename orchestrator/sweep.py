@@ -9,6 +9,7 @@ In MLflow the sweep is one parent run (its spec, the search space, the best tria
 trial, which the trial's rank 0 fills as `ganorch run` would.
 """
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ TAG_SWEEP = "ganorch.sweep"                 # on the parent run: the search spac
 TAG_TRIAL = "ganorch.trial"                 # on a child run: its Tune trial id
 TAG_BEST_TRIAL = "ganorch.best_trial"       # on the parent: the best trial's child run id; on that child: "true"
 BEST_JOB_ARTIFACT = "best_job.yaml"
+TRIAL_STOP_ON = ("diverged", "d_overpowering")   # a trial's train.stop_on when the spec has none
 
 
 @dataclass
@@ -63,7 +65,13 @@ def param_space(spec: JobSpec) -> dict[str, Any]:
 
 
 def trial_spec(base: dict[str, Any], config: dict[str, Any], keys: list[str]) -> JobSpec:
-    return parse(search_space.apply(base, {k: config[k] for k in keys}))
+    """The job spec of one trial. Unless train.stop_on says otherwise, a trial stops when it diverges, when D
+    overpowers G, or (with evaluation) when its modes collapse: it is recorded as unstable, with the reason."""
+    spec = parse(search_space.apply(base, {k: config[k] for k in keys}))
+    if not spec.train.stop_on:
+        stop_on = list(TRIAL_STOP_ON) + (["mode_collapse"] if spec.eval.every else [])
+        spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, stop_on=stop_on))
+    return spec
 
 
 def run_trial(config: dict[str, Any], *, base: dict[str, Any], keys: list[str], tracking_uri: str,
@@ -162,18 +170,31 @@ def summarise(spec: JobSpec, grid: Any, uri: str, parent_run_id: str, keys: list
         trial_id = trial_id or Path(result.path).name
         child = children.get(trial_id)
         value = (result.metrics or {}).get(t.metric)
-        entry = {"trial": trial_id, "run_id": child.info.run_id if child else None,
-                 "params": {k: result.config[k] for k in keys}, "metric": value,
-                 "step": (result.metrics or {}).get("step"),
-                 "status": "ERROR" if result.error else "TERMINATED"}
-        if child is not None and child.info.status == "RUNNING":  # stopped by the scheduler, mid-training
+        params = {k: result.config[k] for k in keys}
+        effective = trial_spec(spec.to_dict(), params, keys)
+        entry = {"trial": trial_id, "run_id": child.info.run_id if child else None, "params": params,
+                 "metric": value, "step": (result.metrics or {}).get("step"), "reason": "",
+                 "status": "ERROR" if result.error else "TERMINATED", "lr_g": effective.optim.g.lr,
+                 "lr_d": effective.optim.d.lr, "n_critic": effective.train.n_critic}
+        flags = {name: (child.data.tags.get(tracking.TAG_UNSTABLE + name) if child else None)
+                 for name in effective.train.stop_on}
+        raised = [reason for reason in flags.values() if reason]
+        if raised:  # its stability monitor stopped it (ASHA may have ended it in the same report)
+            entry["status"], entry["reason"] = "UNSTABLE", min(raised, key=lambda r: int(r.split(" at step ")[1].split(":")[0]))
+            if child.info.status == "RUNNING":
+                client.set_tag(child.info.run_id, tracking.TAG_OUTCOME, f"stopped: {entry['reason']}")
+                client.set_terminated(child.info.run_id, "FINISHED")
+        elif child is not None and child.info.status == "RUNNING":  # stopped by the scheduler, mid-training
             client.set_tag(child.info.run_id, tracking.TAG_OUTCOME, f"stopped by {t.scheduler} at step {entry['step']}")
             client.set_terminated(child.info.run_id, "KILLED")
             entry["status"] = "STOPPED"
+        if result.error:
+            entry["reason"] = str(result.error).splitlines()[0][:200]
         trials.append(entry)
-        if value is not None and value == value and not result.error and (
+        if entry["status"] in ("TERMINATED", "STOPPED") and value is not None and value == value and (
                 best is None or (value < best["metric"] if t.mode == "min" else value > best["metric"])):
             best = entry
+    log_stability_map(client, parent_run_id, trials, spec)
     best_spec = None
     if best is not None:
         best_spec = parse(search_space.apply(spec.to_dict(), best["params"]))
@@ -186,3 +207,15 @@ def summarise(spec: JobSpec, grid: Any, uri: str, parent_run_id: str, keys: list
         if export:
             Path(export).write_text(text)
     return SweepOutcome(parent_run_id, uri, trials, best, best_spec)
+
+
+def log_stability_map(client: Any, parent_run_id: str, trials: list[dict[str, Any]], spec: JobSpec) -> None:
+    from orchestrator import stability_map
+
+    t = spec.tune
+    client.log_text(parent_run_id, stability_map.to_csv(trials, t.metric), "stability_map.csv")
+    figure = stability_map.plot(trials, t.metric, t.mode, f"{spec.name}: {len(trials)} trials")
+    client.log_figure(parent_run_id, figure, "stability_map.png")
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)

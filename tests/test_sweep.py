@@ -99,3 +99,34 @@ def test_asha_sweep_records_parent_and_child_runs_and_exports_the_best_job(
     assert "tune" not in exported or exported["tune"] is None
     assert exported["optim"]["g"]["lr"] == pytest.approx(best["params"]["optim.g.lr"])
     assert parse(exported).optim.d.lr == pytest.approx(best["params"]["optim.g.lr"] * best["params"]["optim.lr_ratio"])
+
+
+def test_unstable_trial_is_stopped_and_marked_while_the_sweep_finishes(ray_session, mlflow_store, tmp_path, capsys):
+    """A grid with one trial whose D learns 50x faster than G (and one 200x slower): the fast one stops on d_overpowering (the default
+    stop_on of trials) and is recorded as unstable, on the stability map too; the others run to the end."""
+    from orchestrator.cli import run_sweep
+
+    spec = load(REPO / "jobs/debug_dcgan.yaml", [
+        "resources.num_workers=1", "resources.cpus_per_worker=0.5", "train.steps=6", "train.batch_size=8",
+        "tracking.checkpoint_every=2", "tracking.metrics_every=1", "train.stability_window=2",
+        f"tracking.storage_path={tmp_path / 'ray'}",
+        "tune={metric: loss_g, space: {optim.d.lr: {grid: [1.0e-2, 1.0e-6]}}, "
+        "num_samples: 1, max_concurrent_trials: 2, scheduler: none}"])
+    assert run_sweep(spec, None) == 0
+    out = capsys.readouterr().out
+    client = tracking.client(mlflow_store)
+    (parent,) = client.search_runs([client.get_experiment_by_name("debug_dcgan").experiment_id],
+                                   filter_string=f"tags.{sweep.TAG_SWEEP} LIKE '%'")
+    rows = (Path(client.download_artifacts(parent.info.run_id, "stability_map.csv", str(tmp_path)))
+            .read_text().splitlines())
+    assert rows[0] == "trial,run_id,lr_g,lr_d,n_critic,status,reason,step,loss_g"
+    by_lr = {float(r.split(",")[3]): r.split(",") for r in rows[1:]}
+    assert set(by_lr) == {1.0e-2, 1.0e-6}
+    unstable, stable = by_lr[1.0e-2], by_lr[1.0e-6]
+    assert stable[5] == "TERMINATED" and stable[6] == "" and stable[7] == "6"
+    assert unstable[5] == "UNSTABLE" and unstable[6].startswith("d_overpowering at step ")
+    assert "UNSTABLE" in out and "d_overpowering at step" in out
+    child = client.get_run(unstable[1])
+    assert child.info.status == "FINISHED"
+    assert child.data.tags[tracking.TAG_OUTCOME] == f"stopped: {unstable[6]}"
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"stability_map.png", "stability_map.csv"}
