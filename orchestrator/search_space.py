@@ -21,8 +21,6 @@ KINDS = ("loguniform", "uniform", "choice", "grid")
 RANGES = ("loguniform", "uniform")
 # Not a spec key: sets optim.d.lr to this multiple of optim.g.lr (the two time-scale update rule, TTUR).
 LR_RATIO = "optim.lr_ratio"
-# What PBT may perturb during training, besides sampling it at the start.
-PERTURBABLE = ("optim.g.lr", "optim.d.lr", LR_RATIO, "train.n_critic")
 
 Problem = tuple[tuple[str, ...], str]
 

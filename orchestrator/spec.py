@@ -157,10 +157,9 @@ class TuneSpec:
     num_samples: int = setting(8, ge=1, help="Trials to sample from the space; with `grid` dimensions, samples of each grid point.")
     max_concurrent_trials: int | None = setting(None, ge=1, help="Trials running at once; null means as many as the cluster's CPUs and GPUs hold (each trial takes resources.num_workers workers).")
     searcher: Literal["random", "grid", "optuna"] = setting("random", help="`random` samples each trial (and runs every `grid` point), `grid` runs every combination of `grid` and `choice` values, `optuna` uses Optuna's TPE (needs the optuna package).")
-    scheduler: Literal["asha", "pbt", "none"] = setting("asha", help="`asha` stops poor trials early, `pbt` copies good trials' checkpoints into poor ones and perturbs their learning rates and n_critic, `none` runs every trial to the end.")
+    scheduler: Literal["asha", "none"] = setting("asha", help="`asha` stops poor trials early (ASHA, on the metric at each checkpoint), `none` runs every trial to the end.")
     grace_period: int | None = setting(None, ge=1, help="ASHA: steps every trial runs before it may be stopped; null means tracking.checkpoint_every.")
     reduction_factor: int = setting(2, ge=2, help="ASHA: 1/reduction_factor of the trials go on at each rung.")
-    perturbation_interval: int | None = setting(None, ge=1, help="PBT: steps between exploits, a multiple of tracking.checkpoint_every (a trial clones a donor's latest checkpoint); null means tracking.checkpoint_every.")
     max_failures: int = setting(1, ge=0, help="Times a failed trial is retried before it is recorded as failed; one failed trial never ends the sweep.")
 
     def problems(self) -> Iterator[Problem]:
@@ -182,9 +181,10 @@ class TuneSpec:
                 yield ("searcher",), "'optuna' needs the optuna package: pip install optuna, or use 'random'"
             if any(d.kind == "grid" for d in dimensions):
                 yield ("searcher", "space"), "'optuna' samples values: use choice instead of grid"
-        if self.scheduler == "pbt" and dimensions and not any(d.key in search_space.PERTURBABLE for d in dimensions):
-            yield ("scheduler", "space"), (f"'pbt' perturbs {', '.join(search_space.PERTURBABLE)}: search at least "
-                                           "one of them")
+            for d in dimensions:
+                if d.kind == "choice" and not all(isinstance(v, (bool, int, float, str)) for v in d.values):
+                    yield (f"space.{d.key}", "searcher"), ("'optuna' chooses among numbers and strings only; got "
+                                                          f"{list(d.values)}: use searcher 'random'")
 
 
 @dataclass
@@ -232,11 +232,6 @@ class JobSpec:
             yield (("tracking.checkpoint_every", "eval.every", "tune.metric"),
                    f"got {self.tracking.checkpoint_every}; trials report {tune.metric} at every checkpoint, so it "
                    f"must be a multiple of eval.every ({self.eval.every})")
-        if tune.scheduler == "pbt" and tune.perturbation_interval and \
-                tune.perturbation_interval % self.tracking.checkpoint_every:
-            yield (("tune.perturbation_interval", "tracking.checkpoint_every"),
-                   f"got {tune.perturbation_interval}; must be a multiple of tracking.checkpoint_every "
-                   f"({self.tracking.checkpoint_every}): an exploit clones the donor's latest checkpoint")
         for keys, message in search_space.problems(self):
             yield tuple(f"tune.{k}" for k in keys), message
 

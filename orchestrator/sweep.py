@@ -64,6 +64,15 @@ def param_space(spec: JobSpec) -> dict[str, Any]:
     return space
 
 
+def search_algorithm(spec: JobSpec) -> Any:
+    """Optuna's TPE for `searcher: optuna`; None for Tune's own random and grid search."""
+    if spec.tune.searcher != "optuna":
+        return None
+    from ray.tune.search.optuna import OptunaSearch
+
+    return OptunaSearch(seed=spec.seed)
+
+
 def trial_spec(base: dict[str, Any], config: dict[str, Any], keys: list[str]) -> JobSpec:
     """The job spec of one trial. Unless train.stop_on says otherwise, a trial stops when it diverges, when D
     overpowers G, or (with evaluation) when its modes collapse: it is recorded as unstable, with the reason."""
@@ -110,13 +119,14 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], keys: list[str], 
         tracking.end_run(tracking_uri, run_id, status, tags)
 
 
-def run(spec: JobSpec, export: str | Path | None = None) -> SweepOutcome:
+def run(spec: JobSpec, export: str | Path | None = None, show_progress: bool = True) -> SweepOutcome:
     """Run the sweep `spec.tune` describes; returns every trial and the best one."""
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from orchestrator.launch import for_workers, init_ray
+    from orchestrator.sweep_view import TrialTable
 
     init_ray()
     spec = for_workers(spec)
@@ -142,10 +152,12 @@ def run(spec: JobSpec, export: str | Path | None = None) -> SweepOutcome:
     tuner = tune.Tuner(
         trainable, param_space=param_space(spec),
         tune_config=tune.TuneConfig(metric=t.metric, mode=t.mode, num_samples=t.num_samples, scheduler=scheduler,
+                                    search_alg=search_algorithm(spec),
                                     max_concurrent_trials=concurrent_trials(spec, resources.get("CPU", 0),
                                                                             resources.get("GPU", 0))),
         run_config=tune.RunConfig(name=sweep_name, storage_path=spec.tracking.storage_path,
-                                  failure_config=tune.FailureConfig(max_failures=t.max_failures), verbose=0))
+                                  failure_config=tune.FailureConfig(max_failures=t.max_failures), verbose=0,
+                                  callbacks=[TrialTable(keys, t.metric, sweep_name)] if show_progress else None))
     status = "FAILED"
     try:
         grid = tuner.fit()

@@ -1,5 +1,6 @@
 """Ray Tune sweeps on real Ray and a real MLflow store: trials are Ray Train runs, tracked as nested runs."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -126,7 +127,27 @@ def test_unstable_trial_is_stopped_and_marked_while_the_sweep_finishes(ray_sessi
     assert stable[5] == "TERMINATED" and stable[6] == "" and stable[7] == "6"
     assert unstable[5] == "UNSTABLE" and unstable[6].startswith("d_overpowering at step ")
     assert "UNSTABLE" in out and "d_overpowering at step" in out
+    # the live lines (not a terminal here): one per trial event, with its step, metric and parameters
+    assert re.search(r": trial \w+ RUNNING step 2 loss_g [0-9.]+  optim.d.lr=1e-06", out)
+    assert re.search(r": trial \w+ DONE step 6 loss_g [0-9.]+  optim.d.lr=1e-06", out)
     child = client.get_run(unstable[1])
     assert child.info.status == "FINISHED"
     assert child.data.tags[tracking.TAG_OUTCOME] == f"stopped: {unstable[6]}"
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"stability_map.png", "stability_map.csv"}
+
+
+def test_optuna_searcher_suggests_valid_trial_specs():
+    pytest.importorskip("optuna")
+    spec = parse({"name": "t", "eval": {"every": 10}, "tracking": {"checkpoint_every": 10},
+                  "tune": {"searcher": "optuna", "space": {"optim.g.lr": {"loguniform": [1.0e-5, 1.0e-3]},
+                                                           "optim.lr_ratio": {"choice": [1, 4]}}}})
+    searcher = sweep.search_algorithm(spec)
+    searcher.set_search_properties(spec.tune.metric, spec.tune.mode, sweep.param_space(spec))
+    for trial in ("a", "b", "c"):
+        config = searcher.suggest(trial)
+        trial_spec = sweep.trial_spec(spec.to_dict(), config, list(spec.tune.space))
+        assert 1.0e-5 <= trial_spec.optim.g.lr <= 1.0e-3
+        assert trial_spec.optim.d.lr / trial_spec.optim.g.lr in (pytest.approx(1), pytest.approx(4))
+    with pytest.raises(Exception, match="chooses among numbers and strings only"):
+        parse({"name": "t", "eval": {"every": 10}, "tracking": {"checkpoint_every": 10},
+               "tune": {"searcher": "optuna", "space": {"optim.g.betas": {"choice": [[0.5, 0.9], [0.0, 0.9]]}}}})
