@@ -25,6 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="train a job on Ray Train (local Ray, or the cluster at RAY_ADDRESS)")
     add_job_args(run)
     run.add_argument("--dry-run", action="store_true", help="print the resolved spec and the resources it would take, then exit")
+    sweep = commands.add_parser("tune", help="run the job's Ray Tune sweep (its `tune` section)")
+    add_job_args(sweep)
+    sweep.add_argument("--dry-run", action="store_true", help="print the resolved spec, the search space and how many trials run at once, then exit")
+    sweep.add_argument("--export", metavar="YAML", help="also write the best trial's job spec here")
     evaluate = commands.add_parser("eval", help="score a checkpoint's G_ema (fid, kid, is, coverage, ...) and log it to MLflow")
     evaluate.add_argument("target", metavar="CHECKPOINT|RUN_ID",
                           help="a checkpoint file (or a directory holding checkpoint.pt), or an MLflow run id")
@@ -41,14 +45,39 @@ def dry_run_report(spec: JobSpec) -> str:
     from orchestrator.launch import ray_target, resources_line
     from orchestrator.tracking import tracking_uri
 
-    return "\n".join([
+    lines = [
         "# resolved job spec",
         spec.to_yaml().rstrip(),
         "",
         f"# would run on {ray_target()}",
-        f"# resources: {resources_line(spec)}",
+        f"# resources: {resources_line(spec)}" + (" per trial" if spec.tune else ""),
         f"# MLflow: experiment {spec.experiment!r} at {tracking_uri()}",
-    ])
+    ]
+    if spec.tune:
+        lines.append(f"# sweep: {sweep_line(spec)}")
+    return "\n".join(lines)
+
+
+def sweep_line(spec: JobSpec) -> str:
+    """How many trials the sweep runs, and how many at once on the cluster this machine sees."""
+    from orchestrator import search_space, sweep
+
+    if os.environ.get("RAY_ADDRESS"):
+        import ray
+
+        ray.init(logging_level="ERROR", log_to_driver=False)
+        resources = ray.cluster_resources()
+        cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
+    else:  # what a local Ray instance would have
+        import torch
+
+        cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
+    dimensions, _ = search_space.parse_dimensions(spec.tune.space)
+    grid = search_space.num_grid_points(dimensions) if spec.tune.searcher != "grid" else \
+        search_space.num_grid_points([d if d.kind == "grid" else search_space.Dimension(d.key, "grid", d.values)
+                                      for d in dimensions])
+    return (f"{grid * spec.tune.num_samples} trials ({spec.tune.searcher} search, {spec.tune.scheduler} scheduler); "
+            f"{sweep.concurrent_trials(spec, cpus, gpus)} at once on {cpus:g} CPUs, {gpus:g} GPUs")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.job}: valid")
         print(spec.to_yaml(), end="")
         return 0
+    if args.command == "tune" and spec.tune is None:
+        print(f"ganorch: {args.job} has no tune section; see README's Tune section, or use ganorch run",
+              file=sys.stderr)
+        return EXIT_USAGE
     if args.dry_run:
         print(dry_run_report(spec))
         return 0
@@ -76,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ganorch: cannot run {args.job}: {err}", file=sys.stderr)
         return EXIT_USAGE
     print(f"data: {summary}")
+    if spec.tune is not None:
+        return run_sweep(spec, getattr(args, "export", None))
     return run_job(spec)
 
 
@@ -152,6 +187,32 @@ def check_evaluation(spec: JobSpec, data_classes: int) -> None:
         except ValueError as err:
             raise ValueError(f"eval.inception_weights: {err}") from None
     print(f"Inception features: {line}")
+
+
+def run_sweep(spec: JobSpec, export: str | None) -> int:
+    from orchestrator import sweep
+    from orchestrator.tracking import ui_hint
+
+    try:
+        outcome = sweep.run(spec, export)
+    except KeyboardInterrupt:
+        print("\nganorch: interrupted; the sweep's MLflow run is marked FAILED", file=sys.stderr)
+        return 130
+    except Exception as err:
+        print(f"ganorch: sweep failed: {err}", file=sys.stderr)
+        return 1
+    metric = spec.tune.metric
+    print(f"{'trial':<14} {'status':<10} {metric:>10}  params")
+    for trial in outcome.trials:
+        value = "-" if trial["metric"] is None else f"{trial['metric']:.4g}"
+        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial["params"].items())
+        reason = f"  ({trial['reason']})" if trial["reason"] else ""
+        print(f"{trial['trial']:<14} {trial['status']:<10} {value:>10}  {params}{reason}")
+    if outcome.best:
+        print(f"best: {outcome.best['trial']} ({metric} {outcome.best['metric']:.4g}); its job spec is the parent "
+              f"run's {sweep.BEST_JOB_ARTIFACT}" + (f" and {export}" if export else ""))
+    print(f"MLflow parent run {outcome.parent_run_id}; {ui_hint(outcome.tracking_uri)}")
+    return 0
 
 
 def check_enough_images(spec: JobSpec, count: int) -> None:

@@ -32,6 +32,8 @@ def describe_type(tp: Any) -> str:
         return " or ".join(describe_type(a) for a in inner) + " or null"
     if origin is list:
         return f"a list, each {describe_type(args[0])}"
+    if origin is dict:
+        return "a mapping"
     if origin is tuple:
         kinds = {describe_type(a) for a in args}
         if kinds == {"a number"}:
@@ -107,6 +109,11 @@ class Parser:
                 hint = "; YAML reads a bare off/on/no/yes as false/true: quote the word, e.g. \"off\""
             self.fail(path, f"got {_given(value)}; allowed: {', '.join(repr(a) for a in args)}{hint}")
             return args[0]
+        if origin is dict:  # free-form below this key: the owning dataclass's problems() checks it
+            if not isinstance(value, dict):
+                self.fail(path, f"got {_given(value)}; expected {describe_type(tp)}")
+                return {}
+            return dict(value)
         if origin is list:
             if not isinstance(value, list):
                 self.fail(path, f"got {_given(value)}; expected {describe_type(tp)}")

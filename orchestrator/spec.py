@@ -142,6 +142,51 @@ class EvalSpec:
             yield ("inception_weights", "inception"), "is not used with eval.inception 'off'; remove it or set 'auto'"
 
 
+# What a sweep can optimise: the eval metrics (gan_models.metrics.NAMES and their Inception variants) and the
+# per-interval training metrics.
+EVAL_METRICS = ("fid", "kid", "is", "precision", "recall", "density", "manifold_coverage", "mode_coverage",
+                "class_kl", "fid_inception", "kid_inception", "is_inception")
+TRAIN_METRICS = ("loss_d", "loss_g", "d_real", "d_fake", "d_accuracy_real", "d_accuracy_fake")
+
+
+@dataclass
+class TuneSpec:
+    space: dict[str, Any] = setting(default_factory=dict, help="Search space: a dotted spec key -> one of `{loguniform: [low, high]}`, `{uniform: [low, high]}`, `{choice: [a, b, ...]}`, `{grid: [a, b, ...]}`; `optim.lr_ratio` sets optim.d.lr = ratio x optim.g.lr (TTUR).")
+    metric: str = setting("fid", help=f"What the sweep optimises, reported at every checkpoint: an eval metric ({', '.join(EVAL_METRICS)}; needs eval.every) or a training metric ({', '.join(TRAIN_METRICS)}).")
+    mode: Literal["min", "max"] = setting("min", help="Whether lower (`min`) or higher (`max`) metric values are better.")
+    num_samples: int = setting(8, ge=1, help="Trials to sample from the space; with `grid` dimensions, samples of each grid point.")
+    max_concurrent_trials: int | None = setting(None, ge=1, help="Trials running at once; null means as many as the cluster's CPUs and GPUs hold (each trial takes resources.num_workers workers).")
+    searcher: Literal["random", "grid", "optuna"] = setting("random", help="`random` samples each trial (and runs every `grid` point), `grid` runs every combination of `grid` and `choice` values, `optuna` uses Optuna's TPE (needs the optuna package).")
+    scheduler: Literal["asha", "none"] = setting("asha", help="`asha` stops poor trials early (ASHA, on the metric at each checkpoint), `none` runs every trial to the end.")
+    grace_period: int | None = setting(None, ge=1, help="ASHA: steps every trial runs before it may be stopped; null means tracking.checkpoint_every.")
+    reduction_factor: int = setting(2, ge=2, help="ASHA: 1/reduction_factor of the trials go on at each rung.")
+    max_failures: int = setting(1, ge=0, help="Times a failed trial is retried before it is recorded as failed; one failed trial never ends the sweep.")
+
+    def problems(self) -> Iterator[Problem]:
+        from orchestrator import search_space
+
+        if not self.space:
+            yield ("space",), "is empty; name at least one spec key to search, e.g. optim.g.lr: {loguniform: [1.0e-5, 1.0e-3]}"
+        if self.metric not in EVAL_METRICS + TRAIN_METRICS:
+            close = difflib.get_close_matches(self.metric, EVAL_METRICS + TRAIN_METRICS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            yield ("metric",), f"got {self.metric!r}; allowed: {', '.join(EVAL_METRICS + TRAIN_METRICS)}{hint}"
+        dimensions, _ = search_space.parse_dimensions(self.space)
+        if self.searcher == "grid" and any(d.kind in search_space.RANGES for d in dimensions):
+            yield ("searcher", "space"), "'grid' enumerates values: give every dimension as grid or choice"
+        if self.searcher == "optuna":
+            import importlib.util
+
+            if importlib.util.find_spec("optuna") is None:
+                yield ("searcher",), "'optuna' needs the optuna package: pip install optuna, or use 'random'"
+            if any(d.kind == "grid" for d in dimensions):
+                yield ("searcher", "space"), "'optuna' samples values: use choice instead of grid"
+            for d in dimensions:
+                if d.kind == "choice" and not all(isinstance(v, (bool, int, float, str)) for v in d.values):
+                    yield (f"space.{d.key}", "searcher"), ("'optuna' chooses among numbers and strings only; got "
+                                                          f"{list(d.values)}: use searcher 'random'")
+
+
 @dataclass
 class JobSpec:
     name: str = setting(help="Job name: names the MLflow run (with the start time) and the default experiment.")
@@ -153,6 +198,7 @@ class JobSpec:
     resources: ResourcesSpec = setting(default_factory=ResourcesSpec, help="What Ray reserves for the run.")
     tracking: TrackingSpec = setting(default_factory=TrackingSpec, help="What goes to MLflow, and how often.")
     eval: EvalSpec = setting(default_factory=EvalSpec, help="Sample-quality evaluation during training.")
+    tune: TuneSpec | None = setting(None, help="A Ray Tune sweep over this job (`ganorch tune`); null trains once.")
 
     def problems(self) -> Iterator[Problem]:
         workers = self.resources.num_workers
@@ -169,10 +215,25 @@ class JobSpec:
         if "mode_collapse" in self.train.stop_on and not self.eval.every:
             yield (("train.stop_on", "eval.every"),
                    "lists 'mode_collapse', which is seen in evaluations: set eval.every > 0 or remove it")
+        if self.tune is not None:
+            yield from self.tune_problems()
         if self.train.loss == "wgan-gp" and self.model.d_norm == "batch":
             yield (("model.d_norm", "train.loss"),
                    "got 'batch'; train.loss 'wgan-gp' penalises each image's gradient, which BatchNorm couples "
                    "across the batch: use 'none' or 'spectral'")
+
+    def tune_problems(self) -> Iterator[Problem]:
+        from orchestrator import search_space
+
+        tune = self.tune
+        if tune.metric in EVAL_METRICS and not self.eval.every:
+            yield ("tune.metric", "eval.every"), f"got {tune.metric!r}, an eval metric: set eval.every > 0"
+        elif tune.metric in EVAL_METRICS and self.tracking.checkpoint_every % self.eval.every:
+            yield (("tracking.checkpoint_every", "eval.every", "tune.metric"),
+                   f"got {self.tracking.checkpoint_every}; trials report {tune.metric} at every checkpoint, so it "
+                   f"must be a multiple of eval.every ({self.eval.every})")
+        for keys, message in search_space.problems(self):
+            yield tuple(f"tune.{k}" for k in keys), message
 
     @property
     def experiment(self) -> str:
@@ -287,8 +348,9 @@ def field_reference() -> list[tuple[str, str, str, str]]:
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             key = f"{prefix}{f.name}"
-            if dataclasses.is_dataclass(hints[f.name]):
-                walk(hints[f.name], key + ".")
+            nested = [t for t in (hints[f.name], *typing.get_args(hints[f.name])) if dataclasses.is_dataclass(t)]
+            if nested:
+                walk(nested[0], key + ".")
                 continue
             default = (f.default if f.default is not dataclasses.MISSING else f.default_factory()
                        if f.default_factory is not dataclasses.MISSING else "(file name)")

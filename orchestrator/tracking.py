@@ -52,18 +52,27 @@ def client(uri: str):
 def start_run(spec: JobSpec, uri: str) -> tuple[str, str]:
     """Create the job's run (experiment made if missing) with the resolved spec as params and as `spec.yaml`.
     Returns the run's id and name."""
-    from mlflow.entities import Param
-
     c = client(uri)
     experiment = c.get_experiment_by_name(spec.experiment)
     experiment_id = experiment.experiment_id if experiment else c.create_experiment(spec.experiment)
     run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run = c.create_run(experiment_id, run_name=run_name, tags={TAG_JOB: spec.name})
-    params = [Param(k, str(v)) for k, v in flatten(spec.to_dict()).items()]
-    for start in range(0, len(params), 100):
-        c.log_batch(run.info.run_id, params=params[start:start + 100])
+    return create_run(spec, uri, experiment_id, run_name), run_name
+
+
+def create_run(spec: JobSpec, uri: str, experiment_id: str, run_name: str, tags: dict[str, str] | None = None,
+               params: dict[str, Any] | None = None) -> str:
+    """A run holding the spec's keys (and `params`) as params and the spec as `spec.yaml`; returns its id.
+    A tag `mlflow.parentRunId` nests it under that run."""
+    from mlflow.entities import Param
+
+    c = client(uri)
+    run = c.create_run(experiment_id, run_name=run_name, tags={TAG_JOB: spec.name, **(tags or {})})
+    values = {**flatten(spec.to_dict()), **(params or {})}
+    items = [Param(k, str(v)) for k, v in values.items()]
+    for start in range(0, len(items), 100):
+        c.log_batch(run.info.run_id, params=items[start:start + 100])
     c.log_text(run.info.run_id, spec.to_yaml(), "spec.yaml")
-    return run.info.run_id, run_name
+    return run.info.run_id
 
 
 def ui_hint(uri: str) -> str:

@@ -20,7 +20,10 @@ def ray_session():
 
     # Workers import tests/user_networks.py by name, as a user's workers import their own networks.
     pythonpath = os.pathsep.join(p for p in (str(REPO / "tests"), os.environ.get("PYTHONPATH")) if p)
-    ray.init(num_cpus=2, log_to_driver=False, include_dashboard=False, logging_level="WARNING",
+    # With the dashboard: Ray Train's placement-group cleaner asks its state API whether a trial's controller
+    # died (a Tune trial stopped by ASHA), and without it leaks the trial's workers' CPUs.
+    ray.init(num_cpus=2, log_to_driver=False, include_dashboard=True, dashboard_port=free_port(),
+             logging_level="WARNING",
              runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
     yield ray
     ray.shutdown()

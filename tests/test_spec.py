@@ -183,3 +183,38 @@ def test_inception_weights_are_refused_with_inception_off():
     with pytest.raises(SpecError, match="eval.inception_weights: is not used with eval.inception 'off'"):
         parse({"name": "t", "eval": {"inception": "off", "inception_weights": "w.pth"}})
     assert parse({"name": "t", "eval": {"inception_weights": "w.pth"}}).eval.inception == "auto"
+
+
+TUNE_BASE = {"name": "t", "eval": {"every": 10}, "tracking": {"checkpoint_every": 10}}
+LR = {"optim.g.lr": {"loguniform": [1.0e-5, 1.0e-3]}}
+TUNE_CASES = [
+    ({"space": {}}, "tune.space: is empty"),
+    ({"space": {"optim.g.lr": {"loguniform": [0, 1.0e-3]}}}, "tune.space.optim.g.lr: loguniform: got low 0"),
+    ({"space": {"optim.g.lr": {"uniform": [1.0e-3, 1.0e-5]}}}, "low must be below high"),
+    ({"space": {"optim.g.lr": {"loguniform": [1.0e-5, 2.0]}}}, "loguniform value 2.0: optim.g.lr: got 2.0; must be <= 1"),
+    ({"space": {"optim.g.lrr": {"choice": [1.0e-4]}}}, "tune.space.optim.g.lrr: unknown spec key"),
+    ({"space": {"train.n_critic": {"choice": [0, 1]}}}, "choice value 0: train.n_critic: got 0; must be >= 1"),
+    ({"space": {"optim.g.lr": [1, 2]}}, "expected one of {loguniform: [...]}"),
+    ({"space": {"optim.lr_ratio": {"choice": [1]}, "optim.d.lr": {"choice": [1.0e-4]}}}, "do not search optim.d.lr as well"),
+    ({"space": {"optim.lr_ratio": {"choice": [0, 1]}}}, "ratios must be numbers > 0"),
+    ({"space": LR, "searcher": "grid"}, "tune.searcher: 'grid' enumerates values"),
+    ({"space": {"optim.g.lr": {"grid": [1.0e-4]}}, "searcher": "optuna"}, "use choice instead of grid"),
+    ({"space": LR, "metric": "fdi"}, "tune.metric: got 'fdi'; allowed: fid,"),
+    ({"space": LR, "scheduler": "pbt"}, "tune.scheduler: got 'pbt'"),
+]
+
+
+@pytest.mark.parametrize("tune, fragment", TUNE_CASES, ids=[c[1][:40] for c in TUNE_CASES])
+def test_tune_section_problems_name_their_key(tune, fragment):
+    with pytest.raises(SpecError) as info:
+        parse({**TUNE_BASE, "tune": tune})
+    assert len(info.value.problems) == 1, info.value.problems
+    assert fragment in info.value.problems[0]
+
+
+def test_tune_eval_metric_needs_evaluation_at_every_checkpoint():
+    with pytest.raises(SpecError, match="tune.metric: got 'fid', an eval metric: set eval.every > 0"):
+        parse({"name": "t", "tune": {"space": LR}})
+    with pytest.raises(SpecError, match="tracking.checkpoint_every: got 15; trials report fid at every checkpoint"):
+        parse({"name": "t", "eval": {"every": 10}, "tracking": {"checkpoint_every": 15}, "tune": {"space": LR}})
+    assert parse({"name": "t", "tune": {"space": LR, "metric": "loss_g"}}).tune.metric == "loss_g"

@@ -1,0 +1,112 @@
+"""The `tune.space` of a job spec: which spec keys a sweep varies, and how.
+
+In YAML each entry maps a dotted spec key to one search dimension:
+
+    tune:
+      space:
+        optim.g.lr: {loguniform: [1.0e-5, 1.0e-3]}
+        optim.lr_ratio: {choice: [1, 2, 4]}      # optim.d.lr = ratio x optim.g.lr (TTUR)
+        train.n_critic: {grid: [1, 2]}
+
+Every value a dimension can take is checked by building the job spec with it, so a bad bound or choice is
+reported with the same message the key itself would give, under `tune.space.<key>`.
+"""
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+KINDS = ("loguniform", "uniform", "choice", "grid")
+RANGES = ("loguniform", "uniform")
+# Not a spec key: sets optim.d.lr to this multiple of optim.g.lr (the two time-scale update rule, TTUR).
+LR_RATIO = "optim.lr_ratio"
+
+Problem = tuple[tuple[str, ...], str]
+
+
+@dataclass(frozen=True)
+class Dimension:
+    key: str            # a dotted spec key, or LR_RATIO
+    kind: str           # one of KINDS
+    values: tuple       # (low, high) for ranges; the options for choice and grid
+
+
+def parse_dimensions(space: dict[str, Any]) -> tuple[list[Dimension], list[Problem]]:
+    """The dimensions of `space`, and the problems of its entries' shape (keys are checked by `problems`)."""
+    dimensions, found = [], []
+    for key, entry in space.items():
+        where = (f"space.{key}",)
+        if not isinstance(entry, dict) or len(entry) != 1 or next(iter(entry)) not in KINDS:
+            found.append((where, f"got {entry!r}; expected one of " + ", ".join(f"{{{k}: [...]}}" for k in KINDS)))
+            continue
+        kind, values = next(iter(entry.items()))
+        if not isinstance(values, list) or not values:
+            found.append((where, f"{kind}: got {values!r}; expected a non-empty list"))
+            continue
+        if kind in RANGES:
+            if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                found.append((where, f"{kind}: got {values!r}; expected [low, high], two numbers"))
+                continue
+            low, high = values
+            if not low < high:
+                found.append((where, f"{kind}: got [{low}, {high}]; low must be below high"))
+                continue
+            if kind == "loguniform" and low <= 0:
+                found.append((where, f"loguniform: got low {low}; must be > 0 (use uniform for ranges through 0)"))
+                continue
+        dimensions.append(Dimension(str(key), kind, tuple(values)))
+    return dimensions, found
+
+
+def assign(data: dict, key: str, value: Any) -> None:
+    """Set dotted `key` in the plain spec `data`; LR_RATIO sets optim.d.lr from optim.g.lr."""
+    if key == LR_RATIO:
+        data.setdefault("optim", {}).setdefault("d", {})["lr"] = value * float(data["optim"]["g"]["lr"])
+        return
+    *sections, last = key.split(".")
+    node = data
+    for section in sections:
+        node = node.setdefault(section, {})
+    node[last] = value
+
+
+def apply(spec_data: dict, sample: dict[str, Any]) -> dict:
+    """A copy of the plain spec with one sample of the space applied (the ratio after optim.g.lr is set)."""
+    data = copy.deepcopy(spec_data)
+    data.pop("tune", None)
+    for key in sorted(sample, key=lambda k: k == LR_RATIO):
+        assign(data, key, sample[key])
+    return data
+
+
+def problems(spec: Any) -> Iterator[Problem]:
+    """Everything wrong with `spec.tune.space`, as (keys under `tune`, message)."""
+    from orchestrator.spec import SpecError, field_reference, parse
+
+    dimensions, shape_problems = parse_dimensions(spec.tune.space)
+    yield from shape_problems
+    known = {row[0] for row in field_reference() if not row[0].startswith("tune.")}
+    keys = {d.key for d in dimensions}
+    if LR_RATIO in keys and "optim.d.lr" in keys:
+        yield (f"space.{LR_RATIO}",), "sets optim.d.lr from optim.g.lr: do not search optim.d.lr as well"
+    base = spec.to_dict()
+    for dimension in dimensions:
+        where = (f"space.{dimension.key}",)
+        if dimension.key not in known | {LR_RATIO}:
+            yield where, f"unknown spec key; a dotted key of the job spec (e.g. optim.g.lr) or {LR_RATIO}"
+            continue
+        if dimension.key == LR_RATIO and not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                                                for v in dimension.values):
+            yield where, f"{dimension.kind}: got {list(dimension.values)}; ratios must be numbers > 0"
+            continue
+        for value in dimension.values:  # a range is checked at both ends
+            try:
+                parse(apply(base, {dimension.key: value}))
+            except SpecError as err:
+                yield where, f"{dimension.kind} value {value!r}: " + "; ".join(err.problems)
+                break
+
+
+def num_grid_points(dimensions: list[Dimension]) -> int:
+    return math.prod(len(d.values) for d in dimensions if d.kind == "grid")

@@ -1,0 +1,153 @@
+"""Ray Tune sweeps on real Ray and a real MLflow store: trials are Ray Train runs, tracked as nested runs."""
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator import search_space, sweep, tracking
+from orchestrator.spec import load, parse
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_param_space_maps_every_kind_to_tune():
+    from ray import tune
+    from ray.tune.search.sample import Categorical, Float
+
+    spec = parse({"name": "t", "eval": {"every": 10}, "tracking": {"checkpoint_every": 10},
+                  "tune": {"space": {"optim.g.lr": {"loguniform": [1.0e-5, 1.0e-3]},
+                                     "optim.g.betas": {"choice": [[0.5, 0.999], [0.0, 0.9]]},
+                                     "train.n_critic": {"grid": [1, 2]},
+                                     "optim.lr_ratio": {"uniform": [1, 4]}}}})
+    space = sweep.param_space(spec)
+    assert isinstance(space["optim.g.lr"], Float) and space["optim.g.lr"].lower == 1.0e-5
+    assert isinstance(space["optim.g.betas"], Categorical)
+    assert space["train.n_critic"] == tune.grid_search([1, 2])
+    assert isinstance(space["optim.lr_ratio"], Float)
+
+
+def test_a_sample_becomes_a_job_spec_with_ttur_ratio():
+    base = parse({"name": "t", "optim": {"g": {"lr": 1.0e-4}}, "eval": {"every": 10},
+                  "tracking": {"checkpoint_every": 10},
+                  "tune": {"space": {"optim.g.lr": {"choice": [3.0e-4]}, "optim.lr_ratio": {"choice": [4]}}}})
+    spec = parse(search_space.apply(base.to_dict(), {"optim.lr_ratio": 4, "optim.g.lr": 3.0e-4}))
+    assert spec.tune is None
+    assert spec.optim.g.lr == 3.0e-4 and spec.optim.d.lr == pytest.approx(1.2e-3)
+
+
+def test_concurrent_trials_counts_workers_and_the_limit():
+    spec = parse({"name": "t", "resources": {"num_workers": 2, "cpus_per_worker": 1}, "eval": {"every": 10},
+                  "tracking": {"checkpoint_every": 10}, "tune": {"space": {"optim.g.lr": {"choice": [1.0e-4]}}}})
+    assert sweep.concurrent_trials(spec, cpus=8, gpus=0) == 3   # 2.01 CPUs a trial
+    gpu = parse({**spec.to_dict(), "resources": {"num_workers": 1, "use_gpu": True, "gpus_per_worker": 0.25},
+                 "tune": {"space": {"optim.g.lr": {"choice": [1.0e-4]}}, "max_concurrent_trials": 6}})
+    assert sweep.concurrent_trials(gpu, cpus=16, gpus=1) == 4   # four quarter-GPU trials share one GPU
+    assert sweep.concurrent_trials(gpu, cpus=16, gpus=2) == 6   # the limit
+
+
+@pytest.fixture(scope="module")
+def classifier_cache(tmp_path_factory):
+    """The mnist5k classifier, trained once here so the trials load it instead of each training it."""
+    from orchestrator.data import load_dataset
+    from orchestrator.evaluation import domain_classifier
+    from orchestrator.spec import DataSpec, ModelSpec
+
+    cache = tmp_path_factory.mktemp("classifiers")
+    domain_classifier(load_dataset(DataSpec("mnist5k"), ModelSpec()), 10, image_size=28, channels=1,
+                      cache_dir=cache)
+    return cache
+
+
+def test_asha_sweep_records_parent_and_child_runs_and_exports_the_best_job(
+        ray_session, mlflow_store, tmp_path, classifier_cache):
+    spec = load(REPO / "jobs/debug_dcgan.yaml", [
+        "resources.num_workers=1", "resources.cpus_per_worker=0.5", "train.steps=6", "train.batch_size=8",
+        "tracking.checkpoint_every=2", "tracking.metrics_every=2", "eval.every=2", "eval.num_samples=50",
+        f"eval.cache_dir={classifier_cache}", f"tracking.storage_path={tmp_path / 'ray'}",
+        "tune={space: {optim.g.lr: {loguniform: [1.0e-4, 1.0e-3]}, optim.lr_ratio: {choice: [1, 2]}}, "
+        "num_samples: 4, max_concurrent_trials: 2, scheduler: asha, grace_period: 2}"])
+    export = tmp_path / "best.yaml"
+    outcome = sweep.run(spec, export)
+
+    client = tracking.client(mlflow_store)
+    parent = client.get_run(outcome.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert "optim.lr_ratio" in parent.data.tags[sweep.TAG_SWEEP]
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{outcome.parent_run_id}'")
+    assert len(children) == len(outcome.trials) == 4
+    assert {c.info.status for c in children} <= {"FINISHED", "KILLED"}
+    by_id = {c.info.run_id: c for c in children}
+    for trial in outcome.trials:
+        child = by_id[trial["run_id"]]
+        assert child.data.tags[sweep.TAG_TRIAL] == trial["trial"]
+        assert float(child.data.params["optim.g.lr"]) == pytest.approx(trial["params"]["optim.g.lr"])
+        assert float(child.data.params["optim.d.lr"]) == pytest.approx(
+            trial["params"]["optim.g.lr"] * trial["params"]["optim.lr_ratio"])
+        assert child.data.params["optim.lr_ratio"] == str(trial["params"]["optim.lr_ratio"])
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "fid")][:1] == [2]
+
+    best = outcome.best
+    assert best["metric"] == min(t["metric"] for t in outcome.trials if t["metric"] is not None)
+    assert parent.data.tags[sweep.TAG_BEST_TRIAL] == best["run_id"]
+    assert by_id[best["run_id"]].data.tags[sweep.TAG_BEST_TRIAL] == "true"
+    assert parent.data.metrics["best_fid"] == pytest.approx(best["metric"])
+    exported = yaml.safe_load(export.read_text())
+    artifact = Path(client.download_artifacts(outcome.parent_run_id, sweep.BEST_JOB_ARTIFACT, str(tmp_path)))
+    assert yaml.safe_load(artifact.read_text()) == exported
+    assert "tune" not in exported or exported["tune"] is None
+    assert exported["optim"]["g"]["lr"] == pytest.approx(best["params"]["optim.g.lr"])
+    assert parse(exported).optim.d.lr == pytest.approx(best["params"]["optim.g.lr"] * best["params"]["optim.lr_ratio"])
+
+
+def test_unstable_trial_is_stopped_and_marked_while_the_sweep_finishes(ray_session, mlflow_store, tmp_path, capsys):
+    """A grid with one trial whose D learns 50x faster than G (and one 200x slower): the fast one stops on d_overpowering (the default
+    stop_on of trials) and is recorded as unstable, on the stability map too; the others run to the end."""
+    from orchestrator.cli import run_sweep
+
+    spec = load(REPO / "jobs/debug_dcgan.yaml", [
+        "resources.num_workers=1", "resources.cpus_per_worker=0.5", "train.steps=6", "train.batch_size=8",
+        "tracking.checkpoint_every=2", "tracking.metrics_every=1", "train.stability_window=2",
+        f"tracking.storage_path={tmp_path / 'ray'}",
+        "tune={metric: loss_g, space: {optim.d.lr: {grid: [1.0e-2, 1.0e-6]}}, "
+        "num_samples: 1, max_concurrent_trials: 2, scheduler: none}"])
+    assert run_sweep(spec, None) == 0
+    out = capsys.readouterr().out
+    client = tracking.client(mlflow_store)
+    (parent,) = client.search_runs([client.get_experiment_by_name("debug_dcgan").experiment_id],
+                                   filter_string=f"tags.{sweep.TAG_SWEEP} LIKE '%'")
+    rows = (Path(client.download_artifacts(parent.info.run_id, "stability_map.csv", str(tmp_path)))
+            .read_text().splitlines())
+    assert rows[0] == "trial,run_id,lr_g,lr_d,n_critic,status,reason,step,loss_g"
+    by_lr = {float(r.split(",")[3]): r.split(",") for r in rows[1:]}
+    assert set(by_lr) == {1.0e-2, 1.0e-6}
+    unstable, stable = by_lr[1.0e-2], by_lr[1.0e-6]
+    assert stable[5] == "TERMINATED" and stable[6] == "" and stable[7] == "6"
+    assert unstable[5] == "UNSTABLE" and unstable[6].startswith("d_overpowering at step ")
+    assert "UNSTABLE" in out and "d_overpowering at step" in out
+    # the live lines (not a terminal here): one per trial event, with its step, metric and parameters
+    assert re.search(r": trial \w+ RUNNING step 2 loss_g [0-9.]+  optim.d.lr=1e-06", out)
+    assert re.search(r": trial \w+ DONE step 6 loss_g [0-9.]+  optim.d.lr=1e-06", out)
+    child = client.get_run(unstable[1])
+    assert child.info.status == "FINISHED"
+    assert child.data.tags[tracking.TAG_OUTCOME] == f"stopped: {unstable[6]}"
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"stability_map.png", "stability_map.csv"}
+
+
+def test_optuna_searcher_suggests_valid_trial_specs():
+    pytest.importorskip("optuna")
+    spec = parse({"name": "t", "eval": {"every": 10}, "tracking": {"checkpoint_every": 10},
+                  "tune": {"searcher": "optuna", "space": {"optim.g.lr": {"loguniform": [1.0e-5, 1.0e-3]},
+                                                           "optim.lr_ratio": {"choice": [1, 4]}}}})
+    searcher = sweep.search_algorithm(spec)
+    searcher.set_search_properties(spec.tune.metric, spec.tune.mode, sweep.param_space(spec))
+    for trial in ("a", "b", "c"):
+        config = searcher.suggest(trial)
+        trial_spec = sweep.trial_spec(spec.to_dict(), config, list(spec.tune.space))
+        assert 1.0e-5 <= trial_spec.optim.g.lr <= 1.0e-3
+        assert trial_spec.optim.d.lr / trial_spec.optim.g.lr in (pytest.approx(1), pytest.approx(4))
+    with pytest.raises(Exception, match="chooses among numbers and strings only"):
+        parse({"name": "t", "eval": {"every": 10}, "tracking": {"checkpoint_every": 10},
+               "tune": {"searcher": "optuna", "space": {"optim.g.betas": {"choice": [[0.5, 0.9], [0.0, 0.9]]}}}})
