@@ -164,3 +164,17 @@ def test_inception_weights_that_are_not_inception_exit_2_before_ray_starts(tmp_p
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "eval.inception_weights:" in out.stderr and "not the FID Inception-v3 weights" in out.stderr
     assert "IMPORTED []" in out.stderr
+
+
+def test_tune_dry_run_counts_trials_and_a_job_without_tune_exits_2(tmp_path):
+    out = ganorch("tune", str(REPO / "jobs/tune_quickstart.yaml"), "--dry-run", "--set", "tune.num_samples=3",
+                  cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    import os
+
+    cpus = os.cpu_count()
+    expected = min(int(cpus // 0.91), 10 ** 6) or 1
+    assert f"# sweep: 3 trials (random search, asha scheduler); {expected} at once on {cpus} CPUs" in out.stdout
+    out = ganorch("tune", str(REPO / "jobs/quickstart.yaml"), cwd=tmp_path)
+    assert out.returncode == 2 and "has no tune section" in out.stderr and "Traceback" not in out.stderr
+    assert "IMPORTED []" in out.stderr
