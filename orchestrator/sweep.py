@@ -173,9 +173,11 @@ def summarise(spec: JobSpec, grid: Any, uri: str, parent_run_id: str, keys: list
     """Close the child runs Tune stopped, tag the best trial, and write its job spec (artifact and `export`)."""
     client = tracking.client(uri)
     t = spec.tune
-    children = {run.data.tags.get(TAG_TRIAL): run for run in client.search_runs(
-        [client.get_run(parent_run_id).info.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")}
+    children: dict[str, Any] = {}  # a retried trial has a child run per attempt: its latest is the one that counts
+    for run in client.search_runs([client.get_run(parent_run_id).info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                                  order_by=["attributes.start_time DESC"]):
+        children.setdefault(run.data.tags.get(TAG_TRIAL), run)
     trials, best = [], None
     for result in grid:
         trial_id = result.metrics.get("trial_id") if result.metrics else None
@@ -196,7 +198,10 @@ def summarise(spec: JobSpec, grid: Any, uri: str, parent_run_id: str, keys: list
             if child.info.status == "RUNNING":
                 client.set_tag(child.info.run_id, tracking.TAG_OUTCOME, f"stopped: {entry['reason']}")
                 client.set_terminated(child.info.run_id, "FINISHED")
-        elif child is not None and child.info.status == "RUNNING":  # stopped by the scheduler, mid-training
+        elif child is not None and not result.error and child.info.status in ("RUNNING", "FAILED") and \
+                (entry["step"] or 0) < spec.train.steps:
+            # Stopped by the scheduler mid-training: Tune ends the trial's driver, either killing it (the run stays
+            # RUNNING) or failing its `fit` at the next report (the run ended FAILED).
             client.set_tag(child.info.run_id, tracking.TAG_OUTCOME, f"stopped by {t.scheduler} at step {entry['step']}")
             client.set_terminated(child.info.run_id, "KILLED")
             entry["status"] = "STOPPED"
