@@ -9,6 +9,7 @@ from orchestrator.spec import JobSpec, SpecError, load
 
 EXIT_USAGE = 2
 EXIT_STOPPED = 3  # the run ended early on a train.stop_on flag
+MAX_GRID_SAMPLES = 1024  # as tracking.num_samples
 
 
 def add_job_args(parser: argparse.ArgumentParser) -> None:
@@ -110,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     print(f"data: {summary}")
     if spec.tune is not None:
+        try:
+            check_output_file("--export", getattr(args, "export", None))
+        except ValueError as err:
+            print(f"ganorch: cannot run {args.job}: {err}", file=sys.stderr)
+            return EXIT_USAGE
         return run_sweep(spec, getattr(args, "export", None))
     return run_job(spec)
 
@@ -118,13 +124,15 @@ def evaluate_checkpoint(args: argparse.Namespace) -> int:
     from orchestrator import offline_eval
     from orchestrator.tracking import tracking_uri, ui_hint
 
-    if args.samples < 0:
-        print("ganorch: --samples: must be >= 0", file=sys.stderr)
+    if not 0 <= args.samples <= MAX_GRID_SAMPLES:
+        print(f"ganorch: --samples: got {args.samples}; must be between 0 and {MAX_GRID_SAMPLES}", file=sys.stderr)
         return EXIT_USAGE
     uri = tracking_uri()
     try:
+        check_output_file("--output", args.output)
         source = offline_eval.resolve(args.target, args.best, uri)
         spec = offline_eval.checkpoint_spec(source.state, args.overrides, source.description)
+        check_inception(spec)
         result = offline_eval.evaluate(source, spec, uri, args.samples, Path(args.output) if args.output else None)
     except SpecError as err:
         print(f"ganorch: invalid spec in checkpoint {err}", file=sys.stderr)
@@ -174,19 +182,32 @@ def check_data_and_models(spec: JobSpec) -> str:
 
 
 def check_evaluation(spec: JobSpec, data_classes: int) -> None:
-    """Evaluation needs labelled data; say whether it will use Inception features (a named weights file is read
-    once here)."""
-    from gan_models.inception import check_weights
-    from orchestrator.evaluation import check_labelled, inception_weights
+    """Evaluation needs labelled data; say whether it will use Inception features."""
+    from orchestrator.evaluation import check_labelled
 
     check_labelled(data_classes)
+    print(f"Inception features: {check_inception(spec)}")
+
+
+def check_inception(spec: JobSpec) -> str:
+    """Whether evaluation will use Inception features; a weights file is read once here, so a wrong one stops
+    the job before it starts, naming eval.inception_weights."""
+    from gan_models.inception import check_weights
+    from orchestrator.evaluation import inception_weights
+
     path, line = inception_weights(spec.eval)
     if path is not None:
         try:
             check_weights(path)
         except ValueError as err:
             raise ValueError(f"eval.inception_weights: {err}") from None
-    print(f"Inception features: {line}")
+    return line
+
+
+def check_output_file(flag: str, path: str | None) -> None:
+    """A file the command writes at its end: its folder must exist before the work starts."""
+    if path is not None and not Path(path).expanduser().resolve().parent.is_dir():
+        raise ValueError(f"{flag}: no directory {Path(path).expanduser().resolve().parent} to write {path} into")
 
 
 def run_sweep(spec: JobSpec, export: str | None) -> int:

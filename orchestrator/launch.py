@@ -75,6 +75,18 @@ def for_workers(spec: JobSpec) -> JobSpec:
                                  inception_weights=absolute(spec.eval.inception_weights)))
 
 
+def scaling(spec: JobSpec) -> dict[str, Any]:
+    """The TorchTrainer arguments that come from resources: its ScalingConfig and TorchConfig."""
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchConfig
+
+    r = spec.resources
+    per_worker = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.use_gpu else {})}
+    return {"scaling_config": ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu,
+                                            resources_per_worker=per_worker),
+            "torch_config": TorchConfig(backend="nccl" if r.use_gpu else "gloo")}
+
+
 def init_ray() -> None:
     """Join the cluster at RAY_ADDRESS, or start a local instance; keep Ray's worker logs out of the terminal."""
     import ray
@@ -91,8 +103,8 @@ def init_ray() -> None:
 def run(spec: JobSpec, loop: Callable[[dict], Any] | None = None, show_progress: bool = True) -> RunOutcome:
     """Train `spec` on Ray Train and record it in MLflow. `loop` replaces the per-worker function (tests wrap it)."""
     import ray
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train import CheckpointConfig, RunConfig
+    from ray.train.torch import TorchTrainer
 
     from orchestrator.progress import ProgressBoard, ProgressView
     from orchestrator.worker import train_loop_per_worker
@@ -111,13 +123,10 @@ def run(spec: JobSpec, loop: Callable[[dict], Any] | None = None, show_progress:
     status, tags = "FAILED", {}
     try:
         board = ProgressBoard.remote()
-        r = spec.resources
-        per_worker = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.use_gpu else {})}
         trainer = TorchTrainer(
             loop or train_loop_per_worker,
             train_loop_config={"spec": spec.to_dict(), "tracking_uri": uri, "run_id": run_id, "progress": board},
-            scaling_config=ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=per_worker),
-            torch_config=TorchConfig(backend="nccl" if r.use_gpu else "gloo"),
+            **scaling(spec),
             datasets=datasets,
             run_config=RunConfig(name=run_name, storage_path=spec.tracking.storage_path,
                                  checkpoint_config=CheckpointConfig(num_to_keep=None)),

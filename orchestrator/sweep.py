@@ -87,10 +87,11 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], keys: list[str], 
               experiment_id: str, parent_run_id: str, sweep_name: str) -> None:
     """The Tune trainable: train one sampled spec on its own TorchTrainer, recorded in a child MLflow run."""
     import ray.tune
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train import RunConfig
+    from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from orchestrator.launch import scaling
     from orchestrator.worker import train_loop_per_worker
 
     spec = trial_spec(base, config, keys)
@@ -98,14 +99,10 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], keys: list[str], 
     run_id = tracking.create_run(spec, tracking_uri, experiment_id, f"{sweep_name}-{trial_id}",
                                  tags={TAG_TRIAL: trial_id, "mlflow.parentRunId": parent_run_id},
                                  params={k: config[k] for k in keys if k == search_space.LR_RATIO})
-    r = spec.resources
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"spec": spec.to_dict(), "tracking_uri": tracking_uri, "run_id": run_id},
-        scaling_config=ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu,
-                                     resources_per_worker={"CPU": r.cpus_per_worker,
-                                                           **({"GPU": r.gpus_per_worker} if r.use_gpu else {})}),
-        torch_config=TorchConfig(backend="nccl" if r.use_gpu else "gloo"),
+        **scaling(spec),
         run_config=RunConfig(name=f"{sweep_name}-{trial_id}", storage_path=spec.tracking.storage_path,
                              callbacks=[TuneReportCallback()]),
     )

@@ -16,6 +16,15 @@ def ganorch(*args, cwd):
     return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
+def flat_folder(path: Path, count: int) -> None:
+    """`count` blank 28 px images in one folder: data without classes."""
+    from PIL import Image
+
+    path.mkdir()
+    for i in range(count):
+        Image.new("L", (28, 28)).save(path / f"{i}.png")
+
+
 @pytest.mark.parametrize("command", [["run"], ["run", "--dry-run"], ["validate"]])
 def test_bad_spec_exits_2_and_starts_nothing(tmp_path, command):
     job = tmp_path / "bad.yaml"
@@ -126,11 +135,7 @@ def test_generator_from_the_working_directory_is_checked(tmp_path):
 
 
 def test_conditional_model_on_unlabelled_folder_exits_2(tmp_path):
-    from PIL import Image
-
-    (tmp_path / "imgs").mkdir()
-    for i in range(8):
-        Image.new("L", (28, 28)).save(tmp_path / "imgs" / f"{i}.png")
+    flat_folder(tmp_path / "imgs", 8)
     job = tmp_path / "job.yaml"
     job.write_text(f"model: {{conditional: true}}\ndata: {{source: folder, path: {tmp_path / 'imgs'}}}\n"
                    "train: {batch_size: 4}\n")
@@ -141,11 +146,7 @@ def test_conditional_model_on_unlabelled_folder_exits_2(tmp_path):
 
 @pytest.mark.parametrize("source", ["folder", "ray-data"])
 def test_evaluation_on_unlabelled_folder_exits_2(tmp_path, source):
-    from PIL import Image
-
-    (tmp_path / "imgs").mkdir()
-    for i in range(4):
-        Image.new("L", (28, 28)).save(tmp_path / "imgs" / f"{i}.png")
+    flat_folder(tmp_path / "imgs", 4)
     job = tmp_path / "job.yaml"
     job.write_text(f"data: {{source: {source}, path: {tmp_path / 'imgs'}}}\ntrain: {{batch_size: 2}}\n"
                    "eval: {every: 10}\n")
@@ -177,4 +178,21 @@ def test_tune_dry_run_counts_trials_and_a_job_without_tune_exits_2(tmp_path):
     assert f"# sweep: 3 trials (random search, asha scheduler); {expected} at once on {cpus} CPUs" in out.stdout
     out = ganorch("tune", str(REPO / "jobs/quickstart.yaml"), cwd=tmp_path)
     assert out.returncode == 2 and "has no tune section" in out.stderr and "Traceback" not in out.stderr
+    assert "IMPORTED []" in out.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--samples", "-1"], "--samples: got -1; must be between 0 and 1024"),
+    (["--samples", "5000"], "--samples: got 5000; must be between 0 and 1024"),
+    (["--output", "no/such/dir/grid.png"], "--output: no directory"),
+])
+def test_eval_flags_are_checked_before_anything_is_read_or_written(tmp_path, args, message):
+    out = ganorch("eval", "0123456789abcdef0123456789abcdef", *args, cwd=tmp_path)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_tune_export_into_a_missing_directory_exits_2_before_ray_starts(tmp_path):
+    out = ganorch("tune", str(REPO / "jobs/tune_quickstart.yaml"), "--export", "no/such/dir/best.yaml", cwd=tmp_path)
+    assert out.returncode == 2 and "--export: no directory" in out.stderr and "Traceback" not in out.stderr
     assert "IMPORTED []" in out.stderr

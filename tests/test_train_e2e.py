@@ -196,6 +196,9 @@ def test_eval_command_scores_a_run_as_training_did(debug_run, capsys, monkeypatc
     out = capsys.readouterr().out
     assert f"{Path(outcome.checkpoint_path) / 'checkpoint.pt'}: step 6" in out
     assert "Inception features off: no Inception weights" in out and "fid_inception" not in out
+    torch.save({"weight": torch.zeros(1)}, workdir / "not_inception.pth")
+    assert main(["eval", outcome.checkpoint_path, "--set", f"eval.inception_weights={workdir / 'not_inception.pth'}"]) == 2
+    assert "eval.inception_weights: " in capsys.readouterr().err
 
 
 def test_eval_command_adds_inception_metrics_from_a_weights_file(debug_run, inception_weights_file, capsys,
