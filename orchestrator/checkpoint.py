@@ -12,7 +12,7 @@ FILENAME = "checkpoint.pt"
 
 def build(*, G: nn.Module, G_ema: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
           opt_d: torch.optim.Optimizer, step: int, images_seen: int, spec: dict[str, Any],
-          num_classes: int = 0) -> dict[str, Any]:
+          num_classes: int = 0, loop: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "generator": G.state_dict(),
         "generator_ema": G_ema.state_dict(),
@@ -23,6 +23,7 @@ def build(*, G: nn.Module, G_ema: nn.Module, D: nn.Module, opt_g: torch.optim.Op
         "images_seen": images_seen,
         "spec": spec,
         "num_classes": num_classes,   # 0: unconditional; else what build_networks(spec, num_classes) needs
+        "loop": loop or {},           # where the training loop stands, for a resume (orchestrator.resume)
     }
 
 

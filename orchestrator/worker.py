@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from gan_models import GeneratorEMA, GradientPenalty, R1Penalty, Regularizer, build_loss, build_models, sample_latent
-from orchestrator import checkpoint, distributed
+from orchestrator import checkpoint, distributed, resume
 from orchestrator.data import ShardedBatches, check_conditional, load_dataset, num_classes
 from orchestrator.phases import build_phases, run_phase
 from orchestrator.precision import Precision
@@ -28,6 +28,7 @@ class WorkerContext:
     run_id: str | None = None
     progress: Any = None    # a ProgressBoard handle
     data_shard: Any = None  # this worker's share of a Ray Data stream (data.source 'ray-data')
+    resume: dict[str, Any] | None = None  # a checkpoint's state to continue from
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
@@ -36,13 +37,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
     spec = parse(config["spec"])
     shard = ray.train.get_dataset_shard("train") if spec.data.source == "ray-data" else None
+    state = None
+    if config.get("resume_from") is not None:  # a ray.train.Checkpoint, local or in remote storage
+        with config["resume_from"].as_directory() as directory:
+            state = checkpoint.load(directory)
     context = WorkerContext(device=ray.train.torch.get_device(), tracking_uri=config["tracking_uri"],
-                            run_id=config["run_id"], progress=config.get("progress"), data_shard=shard)
+                            run_id=config["run_id"], progress=config.get("progress"), data_shard=shard, resume=state)
     return train(spec, context, report=ray.train.report)
 
 
 def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
-    """Train G and D for `spec.train.steps` iterations. Returns rank 0's summary (final metrics, state digests)."""
+    """Train G and D up to step `spec.train.steps`, from the start or from `context.resume`. Returns rank 0's
+    summary (final metrics, state digests)."""
     rank, world_size = distributed.rank(), distributed.world_size()
     is_rank0 = rank == 0
     device = context.device
@@ -66,6 +72,8 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
     # Networks, optimizers, the alternation.
     torch.manual_seed(spec.seed)
     G, D = build_networks(spec, classes)
+    if context.resume:
+        resume.restore_networks(context.resume, G, D, classes)
     memory_format = torch.channels_last if spec.train.channels_last else torch.contiguous_format
     G_ddp = distributed.wrap_ddp(G.to(device, memory_format=memory_format), device)
     D_ddp = distributed.wrap_ddp(D.to(device, memory_format=memory_format), device)
@@ -74,13 +82,17 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
     phases = build_phases(G_ddp, D_ddp, opt_g, opt_d, build_loss(spec.train.loss), spec.train.n_critic,
                           build_regularizers(spec), Precision(spec.train.precision, device), classes > 0)
     ema = GeneratorEMA(G, spec.train.ema_decay, spec.train.ema_rampup)  # on every rank: samples and evaluation
+    if context.resume:
+        resume.restore_training(context.resume, ema.module, opt_g, opt_d, phases, spec)
 
     # Data and noise. Every rank draws the same global z (and class) batch and keeps its own slice, so
     # N workers x batch B see exactly the noise (and data) that 1 worker x batch N*B sees.
     if context.data_shard is None:
-        batches = iter(ShardedBatches(dataset, batch_size=batch, rank=rank, world_size=world_size, seed=spec.seed,
-                                      device=device, memory_format=memory_format))
-    else:
+        source = ShardedBatches(dataset, batch_size=batch, rank=rank, world_size=world_size, seed=spec.seed,
+                                device=device, memory_format=memory_format, position=resume.data_position(context.resume))
+        batches = iter(source)
+    else:  # a resumed run starts a new pass over the stream
+        source = None
         batches = iter(ray_images.StreamedBatches(context.data_shard, batch_size=batch, seed=spec.seed + rank,
                                                   device=device, memory_format=memory_format))
     noise = torch.Generator(device=device).manual_seed(spec.seed + 1)
@@ -115,18 +127,25 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
     track = spec.tracking
     metrics: dict[str, float] = {}
     digests: dict[str, list[str]] = {}
+    step, images_seen = (context.resume["step"], context.resume["images_seen"]) if context.resume else (0, 0)
 
-    if logger:
+    def save_state(checked: bool = False) -> dict[str, Any] | None:
+        loop = resume.loop_state(phases, noise, source.position if source else None, device)
+        return snapshot(G, ema.module, D, opt_g, opt_d, step, images_seen, spec, classes, loop, checked)
+
+    if logger and not step:
         logger.log_samples(0, sample(ema.module, fixed_z, fixed_labels), grid_columns)
     monitor = StabilityMonitor(spec.train.stability_window, spec.train.loss)
     stop_on = [name for name in FLAGS if name in spec.train.stop_on]
     stopped: Flag | None = None
     best_fid = math.inf
-    speed = Throughput(images_per_step)
+    speed = Throughput(images_per_step, step)
     last_post = 0.0
-    step = 0
+    if context.resume:
+        resume.restore_rng(context.resume, noise, device)
     while step < spec.train.steps and stopped is None:
         step += 1
+        images_seen += images_per_step
         for phase in phases:
             for step_stats in run_phase(phase, batches, draw_latent):
                 stats.add(step_stats)
@@ -139,7 +158,7 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
         last = step == spec.train.steps
         flags: list[Flag] = []
         if step % track.metrics_every == 0 or last:
-            metrics = {**stats.reduce(), "images_per_sec": speed.rate(step), "images_seen": step * images_per_step,
+            metrics = {**stats.reduce(), "images_per_sec": speed.rate(step), "images_seen": images_seen,
                        "lr_g": opt_g.param_groups[0]["lr"], "lr_d": opt_d.param_groups[0]["lr"]}
             speed.restart(step)
             flags += monitor.observe(step, metrics)
@@ -156,7 +175,7 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
                 logger.log_metrics(step, scores)
             if distributed.agree(int(scores["fid"] < best_fid), device):  # NaN (a diverged G) is never best
                 best_fid = scores["fid"]
-                state = snapshot(G, ema.module, D, opt_g, opt_d, step, images_per_step, spec, classes)
+                state = save_state()
                 if logger:
                     with tempfile.TemporaryDirectory(prefix="ganorch-best-") as tmp:
                         logger.log_best_checkpoint(step, checkpoint.save(state, tmp), best_fid)
@@ -168,7 +187,7 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
             stopped = monitor.raised[stop_on[first_stop]]
         if step % track.checkpoint_every == 0 or last or stopped is not None:
             digests = distributed.check_consistency({"generator": G, "generator_ema": ema.module, "discriminator": D})
-            state = snapshot(G, ema.module, D, opt_g, opt_d, step, images_per_step, spec, classes, checked=True)
+            state = save_state(checked=True)
             save_and_report(report, step, {**metrics, **scores}, state, logger)
 
     # Parameters alone, without the buffer alignment a snapshot does: proof that DDP kept ranks in step.
@@ -180,16 +199,16 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
 
 
 def snapshot(G: torch.nn.Module, G_ema: torch.nn.Module, D: torch.nn.Module, opt_g: torch.optim.Optimizer,
-             opt_d: torch.optim.Optimizer, step: int, images_per_step: int, spec: JobSpec, classes: int,
-             checked: bool = False) -> dict[str, Any] | None:
+             opt_d: torch.optim.Optimizer, step: int, images_seen: int, spec: JobSpec, classes: int,
+             loop: dict[str, Any], checked: bool = False) -> dict[str, Any] | None:
     """The checkpoint state on rank 0 (None elsewhere), after every rank proved it holds the same networks.
     Every rank calls it; `checked` when the caller ran the consistency check already."""
     if not checked:
         distributed.check_consistency({"generator": G, "generator_ema": G_ema, "discriminator": D})
     if distributed.rank() != 0:
         return None
-    return checkpoint.build(G=G, G_ema=G_ema, D=D, opt_g=opt_g, opt_d=opt_d, step=step,
-                            images_seen=step * images_per_step, spec=spec.to_dict(), num_classes=classes)
+    return checkpoint.build(G=G, G_ema=G_ema, D=D, opt_g=opt_g, opt_d=opt_d, step=step, images_seen=images_seen,
+                            spec=spec.to_dict(), num_classes=classes, loop=loop)
 
 
 def build_networks(spec: JobSpec, num_classes: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -227,9 +246,9 @@ def build_regularizers(spec: JobSpec) -> list[Regularizer]:
 class Throughput:
     """Real images through D per second, across all workers, since the last restart."""
 
-    def __init__(self, images_per_step: int):
+    def __init__(self, images_per_step: int, step: int = 0):
         self.images_per_step = images_per_step
-        self.restart(0)
+        self.restart(step)
 
     def restart(self, step: int) -> None:
         self.start_step, self.start_time = step, time.perf_counter()

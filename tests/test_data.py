@@ -62,6 +62,22 @@ def test_n_workers_times_b_sees_what_one_worker_times_nb_sees():
         assert set(big.tolist()) == set(two[0][k][1].tolist()) | set(two[1][k][1].tolist())
 
 
+@pytest.mark.parametrize("position", [0, 4, 6, 11])
+def test_batches_started_at_a_position_continue_where_a_run_stopped(position):
+    """A resumed run's iterator, started at the batches already drawn, yields what the first one yields next,
+    across epoch boundaries (6 batches an epoch here)."""
+    def batches(start=0):
+        return ShardedBatches(id_dataset(40), batch_size=3, rank=1, world_size=2, seed=5,
+                              device=torch.device("cpu"), position=start)
+
+    first = batches()
+    it = iter(first)
+    drawn = [next(it)[1] for _ in range(15)]
+    assert first.position == 15
+    resumed = iter(batches(position))
+    assert all(torch.equal(next(resumed)[1], expected) for expected in drawn[position:])
+
+
 def write_image(path, size, mode="RGB", value=128):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new(mode, size, color=value if mode == "L" else (value, 0, 255 - value)).save(path)

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from orchestrator.checkpoint import load as load_checkpoint
 from orchestrator.spec import load
 from orchestrator.worker import Throughput, WorkerContext, train
 
@@ -43,6 +44,51 @@ def test_throughput_counts_images_since_restart():
     speed.restart(2)
     speed.start_time -= 1.0
     assert 19 < speed.rate(4) <= 20
+
+
+def checkpoints_of(spec, resume=None):
+    """Train `spec` in this process (from `resume`, a checkpoint state); returns its summary and its checkpoint
+    states by step."""
+    states = {}
+
+    def report(metrics, checkpoint=None):
+        states[metrics["step"]] = load_checkpoint(checkpoint.path)
+
+    return train(spec, WorkerContext(device=torch.device("cpu"), resume=resume), report=report), states
+
+
+TIMING = ("images_per_sec",)
+
+
+@pytest.mark.parametrize("recipe", [
+    [],
+    ["train.loss=wgan-gp", "model.d_norm=none", "train.r1_gamma=1", "train.r1_every=2", "train.precision=fp16"],
+])
+def test_resuming_a_checkpoint_gives_the_uninterrupted_run(process_group, recipe):
+    """Stopped at step 3 and resumed to 6 = trained to 6: weights, EMA, D, Adam moments, data position, noise,
+    the gradient penalty's RNG, lazy R1's counter and fp16's loss scale all carry over."""
+    spec = load(REPO / "jobs/debug_dcgan.yaml", ["resources.num_workers=1", "tracking.checkpoint_every=3", *recipe])
+    full, states = checkpoints_of(spec)
+    assert sorted(states) == [3, 6] and states[3]["loop"]["data_position"] == 3 * 2
+    resumed, _ = checkpoints_of(spec, states[3])
+    assert resumed["step"] == 6
+    assert resumed["parameter_digests"] == full["parameter_digests"]
+    assert {k: v for k, v in resumed["metrics"].items() if k not in TIMING} == \
+        {k: v for k, v in full["metrics"].items() if k not in TIMING}
+
+
+def test_a_resume_runs_with_the_learning_rates_of_its_own_spec(process_group):
+    """What a PBT exploit does: the donor's checkpoint, continued under new rates (not the donor's)."""
+    spec = load(REPO / "jobs/debug_dcgan.yaml", ["resources.num_workers=1", "tracking.checkpoint_every=3"])
+    _, states = checkpoints_of(spec)
+    assert states[3]["optimizer_g"]["param_groups"][0]["lr"] == 2e-4
+    changed = load(REPO / "jobs/debug_dcgan.yaml", ["resources.num_workers=1", "optim.g.lr=1e-3", "optim.d.lr=5e-5",
+                                                     "optim.d.betas=[0.0, 0.99]"])
+    summary, resumed_states = checkpoints_of(changed, states[3])
+    assert summary["metrics"]["lr_g"] == 1e-3 and summary["metrics"]["lr_d"] == 5e-5
+    group = resumed_states[6]["optimizer_d"]["param_groups"][0]
+    assert group["lr"] == 5e-5 and tuple(group["betas"]) == (0.0, 0.99)
+    assert resumed_states[6]["images_seen"] == 6 * 16 * 2 and resumed_states[6]["step"] == 6
 
 
 def test_user_networks_train(process_group):
