@@ -21,6 +21,10 @@ KINDS = ("loguniform", "uniform", "choice", "grid")
 RANGES = ("loguniform", "uniform")
 # Not a spec key: sets optim.d.lr to this multiple of optim.g.lr (the two time-scale update rule, TTUR).
 LR_RATIO = "optim.lr_ratio"
+# What PBT may change in a running trial: the optimizers' settings and the D/G balance. Other searched keys
+# (the networks' shapes, the data, ...) are drawn once per trial, and an exploit copies them with the weights.
+PERTURBABLE_KEYS = ("train.n_critic", "train.r1_gamma", "train.gp_lambda")
+PERTURBABLE_TEXT = "optim.* keys (rates, betas, optim.lr_ratio), " + ", ".join(PERTURBABLE_KEYS)
 
 Problem = tuple[tuple[str, ...], str]
 
@@ -106,6 +110,10 @@ def problems(spec: Any) -> Iterator[Problem]:
             except SpecError as err:
                 yield where, f"{dimension.kind} value {value!r}: " + "; ".join(err.problems)
                 break
+
+
+def perturbable(key: str) -> bool:
+    return key.startswith("optim.") or key in PERTURBABLE_KEYS
 
 
 def num_grid_points(dimensions: list[Dimension]) -> int:

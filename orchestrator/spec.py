@@ -157,10 +157,14 @@ class TuneSpec:
     num_samples: int = setting(8, ge=1, help="Trials to sample from the space; with `grid` dimensions, samples of each grid point.")
     max_concurrent_trials: int | None = setting(None, ge=1, help="Trials running at once; null means as many as the cluster's CPUs and GPUs hold (each trial takes resources.num_workers workers).")
     searcher: Literal["random", "grid", "optuna"] = setting("random", help="`random` samples each trial (and runs every `grid` point), `grid` runs every combination of `grid` and `choice` values, `optuna` uses Optuna's TPE (needs the optuna package).")
-    scheduler: Literal["asha", "none"] = setting("asha", help="`asha` stops poor trials early (ASHA, on the metric at each checkpoint), `none` runs every trial to the end.")
+    scheduler: Literal["asha", "pbt", "none"] = setting("asha", help="`asha` stops poor trials early (ASHA, on the metric at each checkpoint); `pbt` (population-based training) makes poor trials continue from a better trial's checkpoint with perturbed learning rates, betas and n_critic; `none` runs every trial to the end.")
     grace_period: int | None = setting(None, ge=1, help="ASHA: steps every trial runs before it may be stopped; null means tracking.checkpoint_every.")
     reduction_factor: int = setting(2, ge=2, help="ASHA: 1/reduction_factor of the trials go on at each rung.")
-    max_failures: int = setting(1, ge=0, help="Times a failed trial is retried before it is recorded as failed; one failed trial never ends the sweep.")
+    perturbation_interval: int | None = setting(None, ge=1, help="PBT: steps between a trial's perturbations, a multiple of tracking.checkpoint_every; null means tracking.checkpoint_every. Each exploit restarts the trial's workers, so keep it coarse for large worker groups.")
+    quantile_fraction: float = setting(0.25, gt=0, le=0.5, help="PBT: the share of trials that clone a better trial (the bottom) and that can be cloned (the top).")
+    resample_probability: float = setting(0.25, ge=0, le=1, help="PBT: the chance that an exploit draws a perturbed value afresh from its dimension instead of scaling it by 0.8 or 1.2 (ranges) or moving to a neighbouring choice.")
+    synchronous: bool = setting(False, help="PBT: perturb all trials together at each interval (every trial pauses and restarts there); false perturbs each trial as it arrives.")
+    max_failures: int = setting(1, ge=0, help="Times a failed trial is retried (from its latest checkpoint) before it is recorded as failed; one failed trial never ends the sweep.")
 
     def problems(self) -> Iterator[Problem]:
         from orchestrator import search_space
@@ -185,6 +189,15 @@ class TuneSpec:
                 if d.kind == "choice" and not all(isinstance(v, (bool, int, float, str)) for v in d.values):
                     yield (f"space.{d.key}", "searcher"), ("'optuna' chooses among numbers and strings only; got "
                                                           f"{list(d.values)}: use searcher 'random'")
+        if self.scheduler == "pbt":
+            if self.searcher != "random":
+                yield ("searcher", "scheduler"), f"got {self.searcher!r}; 'pbt' starts from random samples: use 'random'"
+            for d in dimensions:
+                if d.kind == "grid":
+                    yield (f"space.{d.key}", "scheduler"), "'pbt' mutates values, it cannot enumerate them: use choice"
+            if dimensions and not any(search_space.perturbable(d.key) for d in dimensions):
+                yield (("space", "scheduler"), "'pbt' perturbs " + search_space.PERTURBABLE_TEXT +
+                       "; the space has none of them")
 
 
 @dataclass
@@ -234,6 +247,11 @@ class JobSpec:
                    f"must be a multiple of eval.every ({self.eval.every})")
         for keys, message in search_space.problems(self):
             yield tuple(f"tune.{k}" for k in keys), message
+        if tune.scheduler == "pbt" and tune.perturbation_interval and \
+                tune.perturbation_interval % self.tracking.checkpoint_every:
+            yield (("tune.perturbation_interval", "tracking.checkpoint_every"),
+                   f"got {tune.perturbation_interval}; a trial can only be cloned at a checkpoint: use a multiple of "
+                   f"tracking.checkpoint_every ({self.tracking.checkpoint_every})")
 
     @property
     def experiment(self) -> str:

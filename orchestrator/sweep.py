@@ -1,21 +1,30 @@
 """A Ray Tune sweep over a job spec: one Tune trial per sampled spec, each trial a Ray Train run of its own.
 
 Ray Train V2's pattern: the Tune trainable is a small driver function that builds a TorchTrainer for its trial's
-spec and fits it; `TuneReportCallback` forwards rank 0's reports (one per checkpoint) to Tune as the trial's
-results. The trial driver reserves almost nothing (DRIVER_CPUS); the trainer reserves its workers itself, so
-`max_concurrent_trials` is what keeps trials from waiting on each other's workers.
+spec and fits it. The trial driver reserves almost nothing (DRIVER_CPUS); the trainer reserves its workers
+itself, so `max_concurrent_trials` is what keeps trials from waiting on each other's workers.
+
+Each of rank 0's reports (one per checkpoint) becomes a Tune result with a Tune checkpoint: a small file naming
+the Train checkpoint (Ray's TuneReportCallback forwards metrics only, and PBT can only clone what Tune holds).
+When Tune restarts a trial (a retry, a PBT pause or exploit) the driver hands that checkpoint to the workers,
+which continue from it; each start is a fresh Train run, which would otherwise restore its own latest checkpoint.
 
 In MLflow the sweep is one parent run (its spec, the search space, the best trial) with a nested child run per
-trial, which the trial's rank 0 fills as `ganorch run` would.
+trial, which the trial's rank 0 fills as `ganorch run` would; a restarted trial goes on in the same child run.
 """
 
 import dataclasses
+import json
 import math
+import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from ray.train import UserCallback
+from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 
 from orchestrator import search_space, tracking
 from orchestrator.spec import JobSpec, parse
@@ -25,8 +34,11 @@ DRIVER_CPUS = 0.01
 TAG_SWEEP = "ganorch.sweep"                 # on the parent run: the search space, as YAML
 TAG_TRIAL = "ganorch.trial"                 # on a child run: its Tune trial id
 TAG_BEST_TRIAL = "ganorch.best_trial"       # on the parent: the best trial's child run id; on that child: "true"
+TAG_RESTARTS = "ganorch.restarts"           # on a child run: how many times Tune restarted the trial
+TAG_RESTART = "ganorch.restart."            # + n: where restart n continued from
 BEST_JOB_ARTIFACT = "best_job.yaml"
 TRIAL_STOP_ON = ("diverged", "d_overpowering")   # a trial's train.stop_on when the spec has none
+POINTER = "train_checkpoint.json"           # a Tune checkpoint's content: which Train checkpoint it stands for
 
 
 @dataclass
@@ -83,37 +95,124 @@ def trial_spec(base: dict[str, Any], config: dict[str, Any], keys: list[str]) ->
     return spec
 
 
+class ReportForwarder(UserCallback):
+    """In the trial's Train controller: hands each report (rank 0's metrics, the checkpoint's path in storage)
+    to the trial driver. The queue holds one, so workers wait for the driver as they wait for the controller."""
+
+    def __init__(self, queue: Any):
+        self.queue = queue
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        self.queue.put((metrics[0], checkpoint.path if checkpoint else None))
+
+
 def run_trial(config: dict[str, Any], *, base: dict[str, Any], keys: list[str], tracking_uri: str,
               experiment_id: str, parent_run_id: str, sweep_name: str) -> None:
     """The Tune trainable: train one sampled spec on its own TorchTrainer, recorded in a child MLflow run."""
     import ray.tune
-    from ray.train import RunConfig
+    from ray.train import Checkpoint, RunConfig
     from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
+    from ray.util.queue import Queue
 
     from orchestrator.launch import scaling
     from orchestrator.worker import train_loop_per_worker
 
     spec = trial_spec(base, config, keys)
     trial_id = ray.tune.get_context().get_trial_id()
-    run_id = tracking.create_run(spec, tracking_uri, experiment_id, f"{sweep_name}-{trial_id}",
-                                 tags={TAG_TRIAL: trial_id, "mlflow.parentRunId": parent_run_id},
-                                 params={k: config[k] for k in keys if k == search_space.LR_RATIO})
+    restored = ray.tune.get_checkpoint()  # set when Tune restarts the trial
+    origin = read_pointer(restored) if restored else None
+    run_id, start = trial_run(spec, config, keys, tracking_uri, experiment_id, parent_run_id,
+                              f"{sweep_name}-{trial_id}", trial_id, origin)
+    resume_from = Checkpoint(origin["path"], filesystem=restored.filesystem) if origin else None
+    reports, verdicts = Queue(1, actor_options={"num_cpus": 0}), Queue(1, actor_options={"num_cpus": 0})
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"spec": spec.to_dict(), "tracking_uri": tracking_uri, "run_id": run_id},
+        train_loop_config={"spec": spec.to_dict(), "tracking_uri": tracking_uri, "run_id": run_id,
+                           "resume_from": resume_from, "verdicts": verdicts},
         **scaling(spec),
-        run_config=RunConfig(name=f"{sweep_name}-{trial_id}", storage_path=spec.tracking.storage_path,
-                             callbacks=[TuneReportCallback()]),
+        run_config=RunConfig(name=f"{sweep_name}-{trial_id}" + (f"-restart{start}" if start else ""),
+                             storage_path=spec.tracking.storage_path, callbacks=[ReportForwarder(reports)]),
     )
     status, tags = "FAILED", {}
     try:
-        result = trainer.fit()
+        result = fit_reporting(trainer, reports, verdicts, {"trial": trial_id, "run_id": run_id})
         stopped = (result.return_value or {}).get("stopped")
         tags[tracking.TAG_OUTCOME] = f"stopped: {stopped}" if stopped else "completed"
         status = "FINISHED"
-    finally:  # a trial that Tune stops (ASHA) dies without getting here: `run` closes its child run
-        tracking.end_run(tracking_uri, run_id, status, tags)
+    except SystemExit:  # Tune ended the trial in `report` (ASHA stop, PBT pause): a restart or `run` closes it
+        status = ""
+        raise
+    finally:
+        if status:
+            tracking.end_run(tracking_uri, run_id, status, tags)
+
+
+def trial_run(spec: JobSpec, config: dict[str, Any], keys: list[str], uri: str, experiment_id: str,
+              parent_run_id: str, name: str, trial_id: str, origin: dict[str, Any] | None) -> tuple[str, int]:
+    """The trial's child run and how many times the trial was restarted before. A first start creates the run; a
+    restart reopens it and records what it continues from, and under which spec."""
+    client = tracking.client(uri)
+    found = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and "
+                                                              f"tags.`{TAG_TRIAL}` = '{trial_id}'")
+    if not found:
+        return tracking.create_run(spec, uri, experiment_id, name,
+                                   tags={TAG_TRIAL: trial_id, "mlflow.parentRunId": parent_run_id},
+                                   params={k: config[k] for k in keys if k == search_space.LR_RATIO}), 0
+    run = found[0]
+    start = int(run.data.tags.get(TAG_RESTARTS, 0)) + 1
+    if origin is None:
+        where = "from the start (no checkpoint yet)"
+    elif origin["trial"] == trial_id:
+        where = f"its own checkpoint at step {origin['step']}"
+    else:
+        where = f"cloned trial {origin['trial']} (run {origin['run_id']}) at step {origin['step']}: {origin['path']}"
+    values = ", ".join(f"{k}={config[k]:.4g}" if isinstance(config[k], float) else f"{k}={config[k]}" for k in keys)
+    client.set_tag(run.info.run_id, TAG_RESTARTS, str(start))
+    client.set_tag(run.info.run_id, f"{TAG_RESTART}{start}", f"{where}; {values}")
+    client.log_text(run.info.run_id, spec.to_yaml(), f"restarts/{start}/spec.yaml")
+    client.update_run(run.info.run_id, status="RUNNING")
+    return run.info.run_id, start
+
+
+def fit_reporting(trainer: Any, reports: Any, verdicts: Any, pointer: dict[str, Any]) -> Any:
+    """Fit the trainer in a thread while this one turns its reports into Tune results, each with a checkpoint:
+    a small file with `pointer`, the step and the Train checkpoint's path (not a copy of the checkpoint).
+    `ray.tune.report` returns once Tune lets the trial go on (it exits the thread when Tune stops or pauses the
+    trial); only then do the workers, waiting on `verdicts`, take another step."""
+    from queue import Empty
+
+    import ray.tune
+
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as err:  # re-raised in the trial's own thread below
+            outcome["error"] = err
+
+    thread = threading.Thread(target=fit, name="ganorch-trial-fit", daemon=True)
+    thread.start()
+    while thread.is_alive() or not reports.empty():
+        try:
+            metrics, path = reports.get(timeout=1.0)
+        except Empty:
+            continue
+        with tempfile.TemporaryDirectory(prefix="ganorch-pointer-") as tmp:
+            checkpoint = None
+            if path:
+                Path(tmp, POINTER).write_text(json.dumps({**pointer, "step": metrics["step"], "path": path}))
+                checkpoint = ray.tune.Checkpoint.from_directory(tmp)
+            ray.tune.report(metrics, checkpoint=checkpoint)  # Tune copies the directory into the trial's storage
+        verdicts.put(True)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def read_pointer(checkpoint: Any) -> dict[str, Any]:
+    with checkpoint.as_directory() as directory:
+        return json.loads(Path(directory, POINTER).read_text())
 
 
 def run(spec: JobSpec, export: str | Path | None = None, show_progress: bool = True) -> SweepOutcome:
@@ -139,6 +238,8 @@ def run(spec: JobSpec, export: str | Path | None = None, show_progress: bool = T
         # closes its MLflow run.
         scheduler = ASHAScheduler(time_attr="step", max_t=spec.train.steps + 1, reduction_factor=t.reduction_factor,
                                   grace_period=t.grace_period or spec.tracking.checkpoint_every)
+    elif t.scheduler == "pbt":
+        scheduler = population_based_training(spec)
     else:
         scheduler = FIFOScheduler()
     resources = ray.cluster_resources()
@@ -149,7 +250,7 @@ def run(spec: JobSpec, export: str | Path | None = None, show_progress: bool = T
     tuner = tune.Tuner(
         trainable, param_space=param_space(spec),
         tune_config=tune.TuneConfig(metric=t.metric, mode=t.mode, num_samples=t.num_samples, scheduler=scheduler,
-                                    search_alg=search_algorithm(spec),
+                                    search_alg=search_algorithm(spec), reuse_actors=False,
                                     max_concurrent_trials=concurrent_trials(spec, resources.get("CPU", 0),
                                                                             resources.get("GPU", 0))),
         run_config=tune.RunConfig(name=sweep_name, storage_path=spec.tracking.storage_path,
@@ -165,12 +266,48 @@ def run(spec: JobSpec, export: str | Path | None = None, show_progress: bool = T
     return outcome
 
 
+class StepPBT(PopulationBasedTraining):
+    """Ray's PBT on the training step, with perturbed values kept within the space's ranges (a beta past 1 would
+    fail the trial), and never at a trial's last step: an exploit there would restart the trial only to end."""
+
+    def __init__(self, last_step: int, ranges: dict[str, tuple[float, float]], **kwargs: Any):
+        super().__init__(time_attr="step", custom_explore_fn=self.within_ranges, **kwargs)
+        self.last_step, self.ranges = last_step, ranges
+
+    def within_ranges(self, config: dict[str, Any]) -> dict[str, Any]:
+        for key, (low, high) in self.ranges.items():
+            config[key] = min(max(config[key], low), high)
+        return config
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        if result.get("step", 0) >= self.last_step:
+            return TrialScheduler.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
+
+
+def population_based_training(spec: JobSpec) -> StepPBT:
+    """PBT over the space's perturbable keys (search_space.perturbable); the others stay as each trial drew them,
+    and an exploit copies them from the donor with its weights."""
+    from ray import tune
+
+    t = spec.tune
+    dimensions, _ = search_space.parse_dimensions(t.space)
+    mutations = {d.key: list(d.values) if d.kind == "choice" else
+                 (tune.loguniform if d.kind == "loguniform" else tune.uniform)(*d.values)
+                 for d in dimensions if search_space.perturbable(d.key)}
+    ranges = {d.key: d.values for d in dimensions if d.key in mutations and d.kind in search_space.RANGES}
+    return StepPBT(spec.train.steps, ranges, hyperparam_mutations=mutations,
+                   perturbation_interval=t.perturbation_interval or spec.tracking.checkpoint_every,
+                   quantile_fraction=t.quantile_fraction, resample_probability=t.resample_probability,
+                   synch=t.synchronous)
+
+
 def summarise(spec: JobSpec, grid: Any, uri: str, parent_run_id: str, keys: list[str],
               export: str | Path | None) -> SweepOutcome:
     """Close the child runs Tune stopped, tag the best trial, and write its job spec (artifact and `export`)."""
     client = tracking.client(uri)
     t = spec.tune
-    children: dict[str, Any] = {}  # a retried trial has a child run per attempt: its latest is the one that counts
+    children: dict[str, Any] = {}
     for run in client.search_runs([client.get_run(parent_run_id).info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
                                   order_by=["attributes.start_time DESC"]):

@@ -25,8 +25,8 @@ class TrialTable(Callback):
             self.live.start()
 
     def update(self, trial: Any, status: str, result: dict[str, Any] | None = None) -> None:
-        row = self.rows.setdefault(trial.trial_id, {"params": {k: trial.config.get(k) for k in self.keys},
-                                                    "step": "-", "metric": "-"})
+        row = self.rows.setdefault(trial.trial_id, {"step": "-", "metric": "-"})
+        row["params"] = {k: trial.config.get(k) for k in self.keys}  # PBT changes them
         row["status"] = status
         if result:
             row["step"] = result.get("step", row["step"])

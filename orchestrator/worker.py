@@ -29,6 +29,7 @@ class WorkerContext:
     progress: Any = None    # a ProgressBoard handle
     data_shard: Any = None  # this worker's share of a Ray Data stream (data.source 'ray-data')
     resume: dict[str, Any] | None = None  # a checkpoint's state to continue from
+    verdicts: Any = None    # in a Tune trial: a queue that gives rank 0 Tune's go-ahead after each report
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
@@ -42,7 +43,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         with config["resume_from"].as_directory() as directory:
             state = checkpoint.load(directory)
     context = WorkerContext(device=ray.train.torch.get_device(), tracking_uri=config["tracking_uri"],
-                            run_id=config["run_id"], progress=config.get("progress"), data_shard=shard, resume=state)
+                            run_id=config["run_id"], progress=config.get("progress"), data_shard=shard, resume=state,
+                            verdicts=config.get("verdicts"))
     return train(spec, context, report=ray.train.report)
 
 
@@ -189,6 +191,12 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
             digests = distributed.check_consistency({"generator": G, "generator_ema": ema.module, "discriminator": D})
             state = save_state(checked=True)
             save_and_report(report, step, {**metrics, **scores}, state, logger)
+            if context.verdicts is not None:
+                # Wait while Tune decides on the report: a trial it stops or pauses (ASHA, PBT) takes no steps
+                # past it, steps that a restart from this checkpoint would take and log again.
+                if is_rank0:
+                    context.verdicts.get()
+                distributed.agree(0, device)
 
     # Parameters alone, without the buffer alignment a snapshot does: proof that DDP kept ranks in step.
     parameters = distributed.gather_digests({"generator": G, "generator_ema": ema.module, "discriminator": D},

@@ -200,7 +200,12 @@ TUNE_CASES = [
     ({"space": LR, "searcher": "grid"}, "tune.searcher: 'grid' enumerates values"),
     ({"space": {"optim.g.lr": {"grid": [1.0e-4]}}, "searcher": "optuna"}, "use choice instead of grid"),
     ({"space": LR, "metric": "fdi"}, "tune.metric: got 'fdi'; allowed: fid,"),
-    ({"space": LR, "scheduler": "pbt"}, "tune.scheduler: got 'pbt'"),
+    ({"space": LR, "scheduler": "pbt", "searcher": "optuna"}, "tune.searcher: got 'optuna'; 'pbt' starts from random"),
+    ({"space": {"optim.g.lr": {"grid": [1.0e-4, 2.0e-4]}}, "scheduler": "pbt"}, "tune.space.optim.g.lr: 'pbt' mutates"),
+    ({"space": {"model.g_width": {"choice": [4, 8]}}, "scheduler": "pbt"}, "tune.space: 'pbt' perturbs optim.* keys"),
+    ({"space": LR, "scheduler": "pbt", "perturbation_interval": 15},
+     "tune.perturbation_interval: got 15; a trial can only be cloned at a checkpoint"),
+    ({"space": LR, "scheduler": "pbt", "quantile_fraction": 0.75}, "tune.quantile_fraction: got 0.75; must be <= 0.5"),
 ]
 
 

@@ -47,6 +47,24 @@ def test_concurrent_trials_counts_workers_and_the_limit():
     assert sweep.concurrent_trials(gpu, cpus=16, gpus=2) == 6   # the limit
 
 
+def test_pbt_perturbs_optimizer_keys_and_n_critic_within_the_space():
+    from ray.tune.schedulers import TrialScheduler
+
+    spec = parse({"name": "t", "train": {"steps": 10}, "tracking": {"checkpoint_every": 2},
+                  "tune": {"metric": "loss_g", "scheduler": "pbt", "perturbation_interval": 4,
+                           "space": {"optim.g.lr": {"loguniform": [1.0e-5, 1.0e-3]},
+                                     "optim.g.betas": {"choice": [[0.5, 0.999], [0.0, 0.99]]},
+                                     "train.n_critic": {"choice": [1, 2, 5]},
+                                     "model.g_width": {"choice": [4, 8]}}}})
+    pbt = sweep.population_based_training(spec)
+    assert set(pbt._hyperparam_mutations) == {"optim.g.lr", "optim.g.betas", "train.n_critic"}
+    assert pbt._hyperparam_mutations["train.n_critic"] == [1, 2, 5]
+    assert pbt._time_attr == "step" and pbt._perturbation_interval == 4
+    assert pbt.within_ranges({"optim.g.lr": 1.2e-3, "train.n_critic": 5}) == {"optim.g.lr": 1.0e-3, "train.n_critic": 5}
+    assert pbt.within_ranges({"optim.g.lr": 8e-6})["optim.g.lr"] == 1.0e-5
+    assert pbt.on_trial_result(None, None, {"step": 10, "loss_g": 1.0}) == TrialScheduler.CONTINUE
+
+
 @pytest.fixture(scope="module")
 def classifier_cache(tmp_path_factory):
     """The mnist5k classifier, trained once here so the trials load it instead of each training it."""
@@ -151,3 +169,61 @@ def test_optuna_searcher_suggests_valid_trial_specs():
     with pytest.raises(Exception, match="chooses among numbers and strings only"):
         parse({"name": "t", "eval": {"every": 10}, "tracking": {"checkpoint_every": 10},
                "tune": {"searcher": "optuna", "space": {"optim.g.betas": {"choice": [[0.5, 0.9], [0.0, 0.9]]}}}})
+
+
+def test_pbt_exploit_continues_from_the_donors_checkpoint_with_new_learning_rates(
+        ray_session, mlflow_store, tmp_path, process_group):
+    """Synchronous PBT over two trials: at step 2 both pause; the worse clones the better's checkpoint under
+    perturbed rates, the better resumes its own. Replaying the clone here, from the donor's step-2 checkpoint
+    under the recipient's new spec, gives the recipient's step-4 networks."""
+    import torch
+
+    from orchestrator.checkpoint import load as load_checkpoint
+    from orchestrator.worker import WorkerContext, train
+
+    spec = load(REPO / "jobs/debug_dcgan.yaml", [
+        "resources.num_workers=1", "resources.cpus_per_worker=0.5", "train.steps=4", "train.batch_size=8",
+        "tracking.checkpoint_every=2", "tracking.metrics_every=2", f"tracking.storage_path={tmp_path / 'ray'}",
+        "tune={metric: loss_g, space: {optim.g.lr: {loguniform: [1.0e-4, 1.0e-3]}, "
+        "optim.d.lr: {loguniform: [1.0e-4, 1.0e-3]}}, num_samples: 2, max_concurrent_trials: 2, scheduler: pbt, "
+        "perturbation_interval: 2, quantile_fraction: 0.5, synchronous: true}"])
+    outcome = sweep.run(spec, show_progress=False)
+
+    client = tracking.client(mlflow_store)
+    children = {c.data.tags[sweep.TAG_TRIAL]: c for c in client.search_runs(
+        [client.get_run(outcome.parent_run_id).info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{outcome.parent_run_id}'")}
+    assert len(children) == 2 and {c.info.status for c in children.values()} == {"FINISHED"}
+    restarts = {trial: child.data.tags.get(sweep.TAG_RESTART + "1", "") for trial, child in children.items()}
+    (recipient,) = [trial for trial, text in restarts.items() if "cloned trial" in text]
+    (donor,) = set(children) - {recipient}
+    assert restarts[donor].startswith("its own checkpoint at step 2;")
+    cloned = re.match(r"cloned trial (\w+) \(run (\w+)\) at step (\d+): (.+?); ", restarts[recipient])
+    assert cloned.groups()[:3] == (donor, children[donor].info.run_id, "2")
+
+    def artifact(run_id, path):
+        return Path(client.download_artifacts(run_id, path, str(tmp_path / run_id)))
+
+    recipient_id, donor_id = children[recipient].info.run_id, children[donor].info.run_id
+    new_spec = parse(yaml.safe_load(artifact(recipient_id, "restarts/1/spec.yaml").read_text()))
+    donor_spec = parse(yaml.safe_load(artifact(donor_id, "spec.yaml").read_text()))
+    assert (new_spec.optim.g.lr, new_spec.optim.d.lr) != (donor_spec.optim.g.lr, donor_spec.optim.d.lr)
+    for key, lr in (("lr_g", new_spec.optim.g.lr), ("lr_d", new_spec.optim.d.lr)):
+        history = client.get_metric_history(recipient_id, key)
+        assert [m.step for m in history] == [2, 4] and history[1].value == pytest.approx(lr)
+
+    donor_state = load_checkpoint(cloned.group(4))
+    assert donor_state["step"] == 2
+    recipient_final = load_checkpoint(artifact(recipient_id, children[recipient].data.tags[tracking.TAG_CHECKPOINT]))
+    donor_final = load_checkpoint(artifact(donor_id, children[donor].data.tags[tracking.TAG_CHECKPOINT]))
+    assert recipient_final["step"] == donor_final["step"] == 4
+    replayed = {}
+    train(new_spec, WorkerContext(device=torch.device("cpu"), resume=donor_state),
+          report=lambda metrics, checkpoint=None: replayed.update(load_checkpoint(checkpoint.path)))
+    assert replayed["step"] == 4
+    for net in ("generator", "generator_ema", "discriminator"):
+        for name, value in recipient_final[net].items():
+            assert torch.allclose(value.float(), replayed[net][name].float(), rtol=1e-4, atol=1e-6), (net, name)
+    assert any(not torch.allclose(value.float(), donor_final["generator"][name].float(), rtol=1e-4, atol=1e-6)
+               for name, value in recipient_final["generator"].items()), "the new rates took it elsewhere"
+    assert {t["trial"]: t["status"] for t in outcome.trials} == {recipient: "TERMINATED", donor: "TERMINATED"}
