@@ -71,7 +71,9 @@ def distances(real_features: torch.Tensor, fake_features: torch.Tensor, fake_log
         for metric in (fid, kid):
             metric.update(real_features, real=True)
             metric.update(fake_features, real=False)
-        inception.update(fake_logits)
+        # In float64: float32 softmax rounds a class that is e^-104 less likely than another to exactly 0, and a
+        # split of IS holding such zeros scores 0 * log 0 = NaN (soonest with few samples, or denormals flushed).
+        inception.update(fake_logits.double())
         return {"fid": fid.compute().item(), "kid": kid.compute()[0].item(), "is": inception.compute()[0].item()}
 
 

@@ -77,8 +77,13 @@ def sweep_line(spec: JobSpec) -> str:
     grid = search_space.num_grid_points(dimensions) if spec.tune.searcher != "grid" else \
         search_space.num_grid_points([d if d.kind == "grid" else search_space.Dimension(d.key, "grid", d.values)
                                       for d in dimensions])
-    return (f"{grid * spec.tune.num_samples} trials ({spec.tune.searcher} search, {spec.tune.scheduler} scheduler); "
+    line = (f"{grid * spec.tune.num_samples} trials ({spec.tune.searcher} search, {spec.tune.scheduler} scheduler); "
             f"{sweep.concurrent_trials(spec, cpus, gpus)} at once on {cpus:g} CPUs, {gpus:g} GPUs")
+    if spec.tune.scheduler == "pbt":
+        perturbed = [d.key for d in dimensions if search_space.perturbable(d.key)]
+        line += (f"; PBT perturbs {', '.join(perturbed)} every "
+                 f"{spec.tune.perturbation_interval or spec.tracking.checkpoint_every} steps")
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:

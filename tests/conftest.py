@@ -29,6 +29,19 @@ def ray_session():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def mnist_classifier(tmp_path_factory):
+    """The mnist5k domain classifier, trained once for the session; returns it and the cache dir holding it, for
+    tests and runs to load (eval.cache_dir) instead of training their own."""
+    from orchestrator.data import load_dataset
+    from orchestrator.evaluation import domain_classifier
+    from orchestrator.spec import DataSpec, ModelSpec
+
+    cache = tmp_path_factory.mktemp("classifiers")
+    return domain_classifier(load_dataset(DataSpec("mnist5k"), ModelSpec()), 10, image_size=28, channels=1,
+                             cache_dir=cache), cache
+
+
 @pytest.fixture
 def mlflow_store(tmp_path, monkeypatch):
     """A real SQLite MLflow store in a temporary working directory; returns its tracking URI."""

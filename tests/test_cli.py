@@ -176,6 +176,9 @@ def test_tune_dry_run_counts_trials_and_a_job_without_tune_exits_2(tmp_path):
     cpus = os.cpu_count()
     expected = min(int(cpus // 0.91), 10 ** 6) or 1
     assert f"# sweep: 3 trials (random search, asha scheduler); {expected} at once on {cpus} CPUs" in out.stdout
+    out = ganorch("tune", str(REPO / "jobs/pbt_quickstart.yaml"), "--dry-run", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "PBT perturbs optim.g.lr, optim.d.lr, train.n_critic every 500 steps" in out.stdout
     out = ganorch("tune", str(REPO / "jobs/quickstart.yaml"), cwd=tmp_path)
     assert out.returncode == 2 and "has no tune section" in out.stderr and "Traceback" not in out.stderr
     assert "IMPORTED []" in out.stderr

@@ -21,9 +21,8 @@ def mnist():
 
 
 @pytest.fixture(scope="module")
-def classifier(mnist, tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    return domain_classifier(mnist[0], 10, image_size=28, channels=1, cache_dir=cache), cache
+def classifier(mnist_classifier):
+    return mnist_classifier
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +76,15 @@ def test_repeated_evaluation_with_another_seed_varies_by_less_than_5_percent(mni
     assert first["fid"] > 10, "an imperfect sampler, so that 5% is a meaningful bound"
     for name in ("fid", "kid", "is"):
         assert abs(first[name] - second[name]) < 0.05 * max(first[name], second[name]), (name, first, second)
+
+
+def test_inception_score_of_confident_logits_is_finite():
+    """A confident classifier's logits leave float32 probabilities of exactly 0; IS must not turn them into NaN."""
+    logits = torch.full((12, 10), -150.0)
+    logits[torch.arange(12), torch.arange(12) % 10] = 150.0
+    features = torch.randn(12, 8, generator=torch.Generator().manual_seed(0))
+    scores = quality(features, logits, features, logits)
+    assert scores["is"] == scores["is"] and scores["is"] > 1
 
 
 def test_mode_coverage_and_class_kl():

@@ -88,13 +88,13 @@ class Replay(torch.nn.Module):
         return self.images[:len(z)]
 
 
-def test_evaluator_adds_inception_metrics(inception_weights_file, tmp_path):
+def test_evaluator_adds_inception_metrics(inception_weights_file, mnist_classifier):
     dataset = load_dataset(DataSpec("mnist5k"), ModelSpec())
     evaluator = Evaluator(dataset, 10, 0, num_samples=12, latent_dim=4, image_size=28, channels=1,
-                          cache_dir=str(tmp_path), seed=0, device=torch.device("cpu"), inception=inception_weights_file)
+                          cache_dir=str(mnist_classifier[1]), seed=0, device=torch.device("cpu"), inception=inception_weights_file)
     real = evaluator.evaluate(Replay(dataset.tensors[0][-12:]))
     noise = evaluator.evaluate(Replay(torch.rand(12, 1, 28, 28) * 2 - 1))
     for scores in (real, noise):
         assert {"fid", "mode_coverage", "fid_inception", "kid_inception", "is_inception"} <= set(scores)
-        assert all(v == v for v in scores.values())
+        assert all(v == v for v in scores.values()), [k for k, v in scores.items() if v != v]
     assert real["fid_inception"] < noise["fid_inception"]

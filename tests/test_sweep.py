@@ -65,25 +65,12 @@ def test_pbt_perturbs_optimizer_keys_and_n_critic_within_the_space():
     assert pbt.on_trial_result(None, None, {"step": 10, "loss_g": 1.0}) == TrialScheduler.CONTINUE
 
 
-@pytest.fixture(scope="module")
-def classifier_cache(tmp_path_factory):
-    """The mnist5k classifier, trained once here so the trials load it instead of each training it."""
-    from orchestrator.data import load_dataset
-    from orchestrator.evaluation import domain_classifier
-    from orchestrator.spec import DataSpec, ModelSpec
-
-    cache = tmp_path_factory.mktemp("classifiers")
-    domain_classifier(load_dataset(DataSpec("mnist5k"), ModelSpec()), 10, image_size=28, channels=1,
-                      cache_dir=cache)
-    return cache
-
-
 def test_asha_sweep_records_parent_and_child_runs_and_exports_the_best_job(
-        ray_session, mlflow_store, tmp_path, classifier_cache):
+        ray_session, mlflow_store, tmp_path, mnist_classifier):
     spec = load(REPO / "jobs/debug_dcgan.yaml", [
         "resources.num_workers=1", "resources.cpus_per_worker=0.5", "train.steps=6", "train.batch_size=8",
         "tracking.checkpoint_every=2", "tracking.metrics_every=2", "eval.every=2", "eval.num_samples=50",
-        f"eval.cache_dir={classifier_cache}", f"tracking.storage_path={tmp_path / 'ray'}",
+        f"eval.cache_dir={mnist_classifier[1]}", f"tracking.storage_path={tmp_path / 'ray'}",
         "tune={space: {optim.g.lr: {loguniform: [1.0e-4, 1.0e-3]}, optim.lr_ratio: {choice: [1, 2]}}, "
         "num_samples: 4, max_concurrent_trials: 2, scheduler: asha, grace_period: 2}"])
     export = tmp_path / "best.yaml"

@@ -35,7 +35,7 @@ def compare_ranks_after_every_phase(config):
 
 
 @pytest.fixture(scope="module")
-def debug_run(ray_session, tmp_path_factory):
+def debug_run(ray_session, tmp_path_factory, mnist_classifier):
     """One 2-worker run of jobs/debug_dcgan.yaml, shared by the tests below."""
     import os
 
@@ -49,7 +49,7 @@ def debug_run(ray_session, tmp_path_factory):
     try:
         spec = load(REPO / "jobs/debug_dcgan.yaml", [f"tracking.storage_path={workdir / 'ray_storage'}",
                                                      "eval.every=3", "eval.num_samples=301",
-                                                     f"eval.cache_dir={workdir / 'cache'}"])
+                                                     f"eval.cache_dir={mnist_classifier[1]}"])
         outcome = launch.run(spec, loop=compare_ranks_after_every_phase)
     finally:
         os.chdir(old_cwd)
@@ -97,7 +97,7 @@ def test_sample_quality_is_evaluated_across_both_workers(debug_run):
     spec, outcome, client, workdir = debug_run
     run = client.get_run(outcome.run_id)
     assert float(run.data.tags[tracking.TAG_CLASSIFIER_ACCURACY]) >= 0.95
-    assert Path(run.data.tags[tracking.TAG_CLASSIFIER]).parent == workdir / "cache" / "classifiers"
+    assert Path(run.data.tags[tracking.TAG_CLASSIFIER]).parent == Path(spec.eval.cache_dir) / "classifiers"
     for key in ("fid", "kid", "is", "precision", "recall", "density", "manifold_coverage", "mode_coverage",
                 "class_kl"):
         history = client.get_metric_history(outcome.run_id, key)
