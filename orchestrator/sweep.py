@@ -97,7 +97,8 @@ def trial_spec(base: dict[str, Any], config: dict[str, Any], keys: list[str]) ->
 
 class ReportForwarder(UserCallback):
     """In the trial's Train controller: hands each report (rank 0's metrics, the checkpoint's path in storage)
-    to the trial driver. The queue holds one, so workers wait for the driver as they wait for the controller."""
+    to the trial driver, which turns it into a Tune result (`fit_reporting`). The workers wait for Tune's verdict
+    on it through a second queue."""
 
     def __init__(self, queue: Any):
         self.queue = queue
