@@ -42,3 +42,9 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     if path.is_dir():
         path = path / FILENAME
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def location(ckpt: Any) -> str:
+    """Where a ray.train.Checkpoint is, as a URI: s3://bucket/... in S3 (any pyarrow filesystem), a path on disk."""
+    kind = ckpt.filesystem.type_name
+    return ckpt.path if kind == "local" else f"{kind}://{ckpt.path}"

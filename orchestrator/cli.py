@@ -4,8 +4,10 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from orchestrator.spec import JobSpec, SpecError, load
+from orchestrator.submit import DEFAULT_ADDRESS
 
 EXIT_USAGE = 2
 EXIT_STOPPED = 3  # the run ended early on a train.stop_on flag
@@ -26,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="train a job on Ray Train (local Ray, or the cluster at RAY_ADDRESS)")
     add_job_args(run)
     run.add_argument("--dry-run", action="store_true", help="print the resolved spec and the resources it would take, then exit")
+    run.add_argument("--run-name", metavar="NAME",
+                     help="the Ray Train run's name (default: <job name>-<time>); a run of that name that ended "
+                          "early continues from its latest checkpoint, in the same MLflow run")
     sweep = commands.add_parser("tune", help="run the job's Ray Tune sweep (its `tune` section)")
     add_job_args(sweep)
     sweep.add_argument("--dry-run", action="store_true", help="print the resolved spec, the search space and how many trials run at once, then exit")
@@ -39,7 +44,32 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                           help="override a key of the checkpoint's spec, e.g. --set eval.num_samples=5000 or "
                                "--set data.path=/data/here (repeatable)")
+    add_job_commands(commands)
     return parser
+
+
+def add_job_commands(commands: Any) -> None:
+    """submit, status, logs, stop, list: jobs on a Ray cluster, through its job server."""
+    def with_address(name: str, help: str) -> argparse.ArgumentParser:
+        parser = commands.add_parser(name, help=help)
+        parser.add_argument("--address", metavar="URL",
+                            help="Ray's job server, e.g. http://HOST:8265 (default: RAY_API_SERVER_ADDRESS, an "
+                                 f"http RAY_ADDRESS, else {DEFAULT_ADDRESS}); the token comes from RAY_AUTH_TOKEN, "
+                                 "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token")
+        return parser
+
+    submit = with_address("submit", "send a job to a Ray cluster's job server; prints its id and returns")
+    add_job_args(submit)
+    submit.add_argument("--id", dest="submission_id", metavar="ID",
+                        help="the submission id, which also names its Ray Train run (default: <job name>-<time>); "
+                             "the id of a job that was stopped or failed continues it from its latest checkpoint")
+    for name, help in (("status", "a submitted job's status"), ("stop", "stop a submitted job (its MLflow run ends "
+                                                                        "KILLED) and wait until it has")):
+        with_address(name, help).add_argument("submission_id", metavar="ID")
+    logs = with_address("logs", "a submitted job's output")
+    logs.add_argument("submission_id", metavar="ID")
+    logs.add_argument("--follow", "-f", action="store_true", help="go on printing until the job ends")
+    with_address("list", "the jobs submitted to the cluster")
 
 
 def dry_run_report(spec: JobSpec) -> str:
@@ -93,6 +123,12 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, os.getcwd())
     if args.command == "eval":
         return evaluate_checkpoint(args)
+    if args.command in ("status", "logs", "stop", "list"):
+        return manage_job(args)
+    if args.command in ("run", "tune"):
+        from orchestrator.submit import adopt_submitted_environment
+
+        adopt_submitted_environment()
     try:
         spec = load(args.job, args.overrides)
     except SpecError as err:
@@ -102,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.job}: valid")
         print(spec.to_yaml(), end="")
         return 0
+    if args.command == "submit":
+        return submit_job(args, spec)
     if args.command == "tune" and spec.tune is None:
         print(f"ganorch: {args.job} has no tune section; see README's Tune section, or use ganorch run",
               file=sys.stderr)
@@ -122,7 +160,52 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ganorch: cannot run {args.job}: {err}", file=sys.stderr)
             return EXIT_USAGE
         return run_sweep(spec, getattr(args, "export", None))
-    return run_job(spec)
+    return run_job(spec, args.run_name)
+
+
+def submit_job(args: argparse.Namespace, spec: JobSpec) -> int:
+    """The spec is valid (checked before this); the cluster is reached and lets us in before anything is sent."""
+    from orchestrator import submit
+    from orchestrator.tracking import default_run_name
+
+    address = submit.address_of(args.address)
+    try:
+        client = submit.connect(address)
+        sent = submit.submit(client, args.job, args.overrides, args.submission_id or default_run_name(spec))
+    except ValueError as err:
+        print(f"ganorch: cannot submit {args.job}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    submit.warn_local_tracking()
+    if sent.resubmitted:
+        print(f"resubmitted {sent.submission_id} (it had {sent.resubmitted}): its Ray Train run continues from its "
+              "latest checkpoint, in the same MLflow run")
+    print(f"submitted to {address}: {sent.entrypoint}")
+    print(f"  ganorch status {sent.submission_id}   ganorch logs {sent.submission_id} --follow   "
+          f"ganorch stop {sent.submission_id}")
+    print(sent.submission_id)
+    return 0
+
+
+def manage_job(args: argparse.Namespace) -> int:
+    from orchestrator import submit
+
+    address = submit.address_of(args.address)
+    try:
+        client = submit.connect(address)
+        if args.command == "list":
+            print(submit.listing(client))
+        elif args.command == "status":
+            print(submit.describe(client, args.submission_id))
+        elif args.command == "logs":
+            submit.logs(client, args.submission_id, args.follow)
+        else:
+            print(f"job {args.submission_id}: {submit.stop(client, args.submission_id)}")
+    except ValueError as err:
+        print(f"ganorch: {args.command}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:  # logs --follow: the job goes on
+        return 130
+    return 0
 
 
 def evaluate_checkpoint(args: argparse.Namespace) -> int:
@@ -224,6 +307,9 @@ def run_sweep(spec: JobSpec, export: str | None) -> int:
     except KeyboardInterrupt:
         print("\nganorch: interrupted; the sweep's MLflow run is marked FAILED", file=sys.stderr)
         return 130
+    except ValueError as err:  # found before the sweep starts (a tracking store the cluster's nodes cannot share)
+        print(f"ganorch: cannot run {spec.name}: {err}", file=sys.stderr)
+        return EXIT_USAGE
     except Exception as err:
         print(f"ganorch: sweep failed: {err}", file=sys.stderr)
         return 1
@@ -241,6 +327,20 @@ def run_sweep(spec: JobSpec, export: str | None) -> int:
     return 0
 
 
+def ranks_line(summary: dict[str, Any]) -> str:
+    """Where the ranks ran, and whether they ended with identical parameters (DDP's promise)."""
+    digests = summary.get("parameter_digests", {})
+    ranks = len(next(iter(digests.values()), []))
+    differ = [name for name, per_rank in digests.items() if len(set(per_rank)) > 1]
+    verdict = (f"parameters DIFFER across ranks: {', '.join(differ)}" if differ else
+               f"parameters identical on all {ranks} ranks ("
+               + ", ".join(f"{name} {per_rank[0][:12]}" for name, per_rank in digests.items()) + ")")
+    workers = summary.get("workers") or []
+    nodes = len({where.split(" (")[0] for where in workers})
+    return f"workers: {ranks} on {nodes} node(s); {verdict}" + "".join(f"\n  rank {r}: {w}" for r, w in
+                                                                     enumerate(workers))
+
+
 def check_enough_images(spec: JobSpec, count: int) -> None:
     per_worker = count // spec.resources.num_workers
     if per_worker < spec.batch_per_worker:
@@ -248,14 +348,17 @@ def check_enough_images(spec: JobSpec, count: int) -> None:
                          f"fewer than its batch of {spec.batch_per_worker}")
 
 
-def run_job(spec: JobSpec) -> int:
+def run_job(spec: JobSpec, run_name: str | None = None) -> int:
     from orchestrator import launch
 
     try:
-        outcome = launch.run(spec)
+        outcome = launch.run(spec, run_name=run_name)
     except KeyboardInterrupt:
         print("\nganorch: interrupted; the MLflow run is marked KILLED", file=sys.stderr)
         return 130
+    except SystemExit as stop:  # how Ray's driver ends on SIGTERM (`ganorch stop`), Ray Train's on Ctrl-C
+        print("\nganorch: stopped; the MLflow run is marked KILLED", file=sys.stderr)
+        return 143 if stop.code == 15 else 130
     except ValueError as err:  # found before training starts (data the cluster cannot read, too few CPUs)
         print(f"ganorch: cannot run {spec.name}: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -265,6 +368,7 @@ def run_job(spec: JobSpec) -> int:
     metrics = outcome.summary.get("metrics", {})
     print(f"done: step {outcome.summary.get('step')}, "
           + ", ".join(f"{k} {metrics[k]:.3f}" for k in ("loss_d", "loss_g", "d_real", "d_fake") if k in metrics))
+    print(ranks_line(outcome.summary))
     from orchestrator.tracking import ui_hint
 
     print(f"MLflow run {outcome.run_id}; {ui_hint(outcome.tracking_uri)}")

@@ -9,6 +9,7 @@ fake): every parameter still gets one accumulated gradient, so DDP reduces each 
 
 import hashlib
 import inspect
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -89,13 +90,18 @@ def state_digest(module: nn.Module, parameters_only: bool = False) -> str:
     return h.hexdigest()
 
 
+def gather_objects(local: Any) -> list[Any]:
+    """Every rank's `local` (small, picklable), in rank order."""
+    if world_size() == 1:
+        return [local]
+    gathered: list[Any] = [None] * world_size()
+    dist.all_gather_object(gathered, local)
+    return gathered
+
+
 def gather_digests(modules: dict[str, nn.Module], parameters_only: bool = False) -> dict[str, list[str]]:
     """{name: [digest on rank 0, digest on rank 1, ...]} for each module."""
-    local = {name: state_digest(m, parameters_only) for name, m in modules.items()}
-    gathered: list[dict[str, str]] = [local] * world_size()
-    if world_size() > 1:
-        gathered = [{} for _ in range(world_size())]
-        dist.all_gather_object(gathered, local)
+    gathered = gather_objects({name: state_digest(m, parameters_only) for name, m in modules.items()})
     return {name: [g[name] for g in gathered] for name in modules}
 
 

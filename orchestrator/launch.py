@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from orchestrator import tracking
+from orchestrator import checkpoint, tracking
 from orchestrator.spec import JobSpec
 
 # CPUs Ray Data needs beside the training workers to read and decode a `ray-data` source.
@@ -100,8 +100,26 @@ def init_ray() -> None:
              runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
 
 
-def run(spec: JobSpec, loop: Callable[[dict], Any] | None = None, show_progress: bool = True) -> RunOutcome:
-    """Train `spec` on Ray Train and record it in MLflow. `loop` replaces the per-worker function (tests wrap it)."""
+def check_tracking_store(uri: str) -> None:
+    """A local MLflow store (SQLite, files) is only shared by workers on this machine: refuse a cluster with
+    nodes on other hosts, where rank 0 would write to a store of its own."""
+    import ray
+
+    if not tracking.is_local_store(uri):
+        return
+    here = ray.util.get_node_ip_address()
+    hosts = {node["NodeManagerAddress"] for node in ray.nodes() if node["Alive"]}
+    if hosts - {here}:
+        raise ValueError(f"MLFLOW_TRACKING_URI: the run would be tracked in {tracking.redact(uri)}, a store on this "
+                         f"machine, but {ray_target()} has nodes on other hosts ({', '.join(sorted(hosts - {here}))})"
+                         "; set MLFLOW_TRACKING_URI to an MLflow server they all reach (cluster.yaml runs one)")
+
+
+def run(spec: JobSpec, loop: Callable[[dict], Any] | None = None, show_progress: bool = True,
+        run_name: str | None = None) -> RunOutcome:
+    """Train `spec` on Ray Train and record it in MLflow. `loop` replaces the per-worker function (tests wrap it).
+    A `run_name` that Ray Train ran before under the same storage path (a resubmitted job) continues from that
+    run's latest checkpoint, in the same MLflow run."""
     import ray
     from ray.train import CheckpointConfig, RunConfig
     from ray.train.torch import TorchTrainer
@@ -119,13 +137,16 @@ def run(spec: JobSpec, loop: Callable[[dict], Any] | None = None, show_progress:
         skipped = ray.remote(num_cpus=0)(ray_images.SkippedFiles).remote()
         datasets = {"train": ray_images.build_dataset(spec, skipped)}
     uri = tracking.tracking_uri()
-    run_id, run_name = tracking.start_run(spec, uri)
+    check_tracking_store(uri)
+    run_name = run_name or tracking.default_run_name(spec)
+    run_id, _ = tracking.job_run(spec, uri, run_name)
     status, tags = "FAILED", {}
     try:
         board = ProgressBoard.remote()
         trainer = TorchTrainer(
             loop or train_loop_per_worker,
-            train_loop_config={"spec": spec.to_dict(), "tracking_uri": uri, "run_id": run_id, "progress": board},
+            train_loop_config={"spec": spec.to_dict(), "tracking_uri": uri, "run_id": run_id, "progress": board,
+                               "mlflow_env": tracking.environment()},
             **scaling(spec),
             datasets=datasets,
             run_config=RunConfig(name=run_name, storage_path=spec.tracking.storage_path,
@@ -136,14 +157,14 @@ def run(spec: JobSpec, loop: Callable[[dict], Any] | None = None, show_progress:
                 result = trainer.fit()
         else:
             result = trainer.fit()
-        checkpoint_path = result.checkpoint.path if result.checkpoint else None
+        checkpoint_path = checkpoint.location(result.checkpoint) if result.checkpoint else None
         if checkpoint_path:
             tags[tracking.TAG_RAY_CHECKPOINT] = checkpoint_path
         outcome = RunOutcome(run_id, uri, result.return_value or {}, checkpoint_path)
         stopped = outcome.summary.get("stopped")
         tags[tracking.TAG_OUTCOME] = f"stopped: {stopped}" if stopped else "completed"
         status = "FINISHED"
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C; SIGTERM (`ganorch stop`), which Ray's driver turns into exit
         status = "KILLED"
         raise
     finally:

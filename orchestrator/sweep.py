@@ -34,8 +34,7 @@ DRIVER_CPUS = 0.01
 TAG_SWEEP = "ganorch.sweep"                 # on the parent run: the search space, as YAML
 TAG_TRIAL = "ganorch.trial"                 # on a child run: its Tune trial id
 TAG_BEST_TRIAL = "ganorch.best_trial"       # on the parent: the best trial's child run id; on that child: "true"
-TAG_RESTARTS = "ganorch.restarts"           # on a child run: how many times Tune restarted the trial
-TAG_RESTART = "ganorch.restart."            # + n: where restart n continued from
+TAG_RESTARTS, TAG_RESTART = tracking.TAG_RESTARTS, tracking.TAG_RESTART  # on a child run: Tune's restarts
 BEST_JOB_ARTIFACT = "best_job.yaml"
 TRIAL_STOP_ON = ("diverged", "d_overpowering")   # a trial's train.stop_on when the spec has none
 POINTER = "train_checkpoint.json"           # a Tune checkpoint's content: which Train checkpoint it stands for
@@ -108,7 +107,7 @@ class ReportForwarder(UserCallback):
 
 
 def run_trial(config: dict[str, Any], *, base: dict[str, Any], keys: list[str], tracking_uri: str,
-              experiment_id: str, parent_run_id: str, sweep_name: str) -> None:
+              experiment_id: str, parent_run_id: str, sweep_name: str, mlflow_env: dict[str, str]) -> None:
     """The Tune trainable: train one sampled spec on its own TorchTrainer, recorded in a child MLflow run."""
     import ray.tune
     from ray.train import Checkpoint, RunConfig
@@ -118,6 +117,7 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], keys: list[str], 
     from orchestrator.launch import scaling
     from orchestrator.worker import train_loop_per_worker
 
+    tracking.adopt(mlflow_env)
     spec = trial_spec(base, config, keys)
     trial_id = ray.tune.get_context().get_trial_id()
     restored = ray.tune.get_checkpoint()  # set when Tune restarts the trial
@@ -129,7 +129,7 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], keys: list[str], 
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"spec": spec.to_dict(), "tracking_uri": tracking_uri, "run_id": run_id,
-                           "resume_from": resume_from, "verdicts": verdicts},
+                           "resume_from": resume_from, "verdicts": verdicts, "mlflow_env": mlflow_env},
         **scaling(spec),
         run_config=RunConfig(name=f"{sweep_name}-{trial_id}" + (f"-restart{start}" if start else ""),
                              storage_path=spec.tracking.storage_path, callbacks=[ReportForwarder(reports)]),
@@ -159,8 +159,6 @@ def trial_run(spec: JobSpec, config: dict[str, Any], keys: list[str], uri: str, 
         return tracking.create_run(spec, uri, experiment_id, name,
                                    tags={TAG_TRIAL: trial_id, "mlflow.parentRunId": parent_run_id},
                                    params={k: config[k] for k in keys if k == search_space.LR_RATIO}), 0
-    run = found[0]
-    start = int(run.data.tags.get(TAG_RESTARTS, 0)) + 1
     if origin is None:
         where = "from the start (no checkpoint yet)"
     elif origin["trial"] == trial_id:
@@ -168,11 +166,8 @@ def trial_run(spec: JobSpec, config: dict[str, Any], keys: list[str], uri: str, 
     else:
         where = f"cloned trial {origin['trial']} (run {origin['run_id']}) at step {origin['step']}: {origin['path']}"
     values = ", ".join(f"{k}={config[k]:.4g}" if isinstance(config[k], float) else f"{k}={config[k]}" for k in keys)
-    client.set_tag(run.info.run_id, TAG_RESTARTS, str(start))
-    client.set_tag(run.info.run_id, f"{TAG_RESTART}{start}", f"{where}; {values}")
-    client.log_text(run.info.run_id, spec.to_yaml(), f"restarts/{start}/spec.yaml")
-    client.update_run(run.info.run_id, status="RUNNING")
-    return run.info.run_id, start
+    run_id = found[0].info.run_id
+    return run_id, tracking.reopen_run(uri, run_id, spec, f"{where}; {values}")
 
 
 def fit_reporting(trainer: Any, reports: Any, verdicts: Any, pointer: dict[str, Any]) -> Any:
@@ -222,13 +217,14 @@ def run(spec: JobSpec, export: str | Path | None = None, show_progress: bool = T
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from orchestrator.launch import for_workers, init_ray
+    from orchestrator.launch import check_tracking_store, for_workers, init_ray
     from orchestrator.sweep_view import TrialTable
 
     init_ray()
     spec = for_workers(spec)
     t = spec.tune
     uri = tracking.tracking_uri()
+    check_tracking_store(uri)
     parent_run_id, sweep_name = tracking.start_run(spec, uri)
     client = tracking.client(uri)
     experiment_id = client.get_run(parent_run_id).info.experiment_id
@@ -246,7 +242,7 @@ def run(spec: JobSpec, export: str | Path | None = None, show_progress: bool = T
     resources = ray.cluster_resources()
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=spec.to_dict(), keys=keys, tracking_uri=uri, experiment_id=experiment_id,
-                             parent_run_id=parent_run_id, sweep_name=sweep_name),
+                             parent_run_id=parent_run_id, sweep_name=sweep_name, mlflow_env=tracking.environment()),
         {"cpu": DRIVER_CPUS})
     tuner = tune.Tuner(
         trainable, param_space=param_space(spec),

@@ -29,6 +29,11 @@ TAG_BEST_STEP = "ganorch.best_step"
 TAG_UNSTABLE = "ganorch.unstable."               # + flag name: "<flag> at step N: <reason>"
 TAG_OUTCOME = "ganorch.outcome"                  # "completed", or "stopped: <flag> at step N: <reason>"
 TAG_EVALUATED = "ganorch.evaluated"              # an eval run: the checkpoint it scored
+TAG_TRAIN_RUN = "ganorch.train_run"              # the Ray Train run's name (= the submission id of a submitted job)
+TAG_RESTARTS = "ganorch.restarts"                # how many times the run was restarted (resubmitted; Tune trials)
+TAG_RESTART = "ganorch.restart."                 # + n: what restart n continued from
+TAG_RESUMED_FROM = "ganorch.resumed_from"        # the checkpoint the latest start of the workers continued from
+TAG_WORKERS = "ganorch.workers"                  # where each rank ran: "rank 0: node ... (host, device); ..."
 BEST_CHECKPOINT_DIR = "checkpoints/best"
 
 
@@ -36,6 +41,24 @@ def tracking_uri() -> str:
     """`MLFLOW_TRACKING_URI` when set, else the embedded default: an SQLite store in the working directory.
     Absolute, because Ray Train workers run in directories of their own."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def environment() -> dict[str, str]:
+    """This process's MLflow settings (MLFLOW_*: tracking URI, credentials, TLS, timeouts), for the processes that
+    log on other machines. They hold secrets, so they travel as task arguments (train_loop_config, a trial's
+    parameters) and never in Ray's runtime environment, whose every value Ray's runtime-env agent writes to its
+    log; nor into params, tags, artifacts or output."""
+    return {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+
+
+def adopt(env: dict[str, str] | None) -> None:
+    """Take the driver's MLflow settings (`environment()`) in a worker or trial process."""
+    os.environ.update(env or {})
+
+
+def is_local_store(uri: str) -> bool:
+    """An SQLite database or a folder of files: a store on this machine's disk, not a server."""
+    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
 
 
 def client(uri: str):
@@ -55,8 +78,13 @@ def start_run(spec: JobSpec, uri: str) -> tuple[str, str]:
     c = client(uri)
     experiment = c.get_experiment_by_name(spec.experiment)
     experiment_id = experiment.experiment_id if experiment else c.create_experiment(spec.experiment)
-    run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_name = default_run_name(spec)
     return create_run(spec, uri, experiment_id, run_name), run_name
+
+
+def default_run_name(spec: JobSpec) -> str:
+    """The job's name and the time: names both the MLflow run and the Ray Train run."""
+    return f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def create_run(spec: JobSpec, uri: str, experiment_id: str, run_name: str, tags: dict[str, str] | None = None,
@@ -75,11 +103,47 @@ def create_run(spec: JobSpec, uri: str, experiment_id: str, run_name: str, tags:
     return run.info.run_id
 
 
+def job_run(spec: JobSpec, uri: str, run_name: str) -> tuple[str, int]:
+    """The run of Ray Train run `run_name`, and how many times it was started before. A first start creates it;
+    a later one (a resubmitted job, which Ray Train continues from its latest checkpoint) reopens it."""
+    c = client(uri)
+    experiment = c.get_experiment_by_name(spec.experiment)
+    experiment_id = experiment.experiment_id if experiment else c.create_experiment(spec.experiment)
+    found = c.search_runs([experiment_id], filter_string=f"tags.`{TAG_TRAIN_RUN}` = '{run_name}'")
+    if not found:
+        return create_run(spec, uri, experiment_id, run_name, tags={TAG_TRAIN_RUN: run_name}), 0
+    run_id = found[0].info.run_id
+    return run_id, reopen_run(uri, run_id, spec, f"resubmitted: Ray Train run {run_name} continues from its "
+                                                 "latest checkpoint")
+
+
+def reopen_run(uri: str, run_id: str, spec: JobSpec, where: str) -> int:
+    """Mark a run RUNNING again for restart n (returned): tags say what it continues from, and the spec it now
+    runs is `restarts/<n>/spec.yaml` (params, logged at the first start, cannot change)."""
+    c = client(uri)
+    start = int(c.get_run(run_id).data.tags.get(TAG_RESTARTS, 0)) + 1
+    c.set_tag(run_id, TAG_RESTARTS, str(start))
+    c.set_tag(run_id, f"{TAG_RESTART}{start}", where)
+    c.log_text(run_id, spec.to_yaml(), f"restarts/{start}/spec.yaml")
+    c.update_run(run_id, status="RUNNING")
+    return start
+
+
+def redact(uri: str) -> str:
+    """A URI fit to print or log: credentials in it (https://user:password@host) are masked."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.password is None and parts.username is None:
+        return uri
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+
+
 def ui_hint(uri: str) -> str:
     """How to look at the results in a browser."""
     if uri.startswith("sqlite:///"):
         return f"see it with: mlflow ui --backend-store-uri {uri}   (then http://127.0.0.1:5000)"
-    return f"see it at {uri}" if uri.startswith("http") else f"tracking store: {uri}"
+    return f"see it at {redact(uri)}" if uri.startswith("http") else f"tracking store: {redact(uri)}"
 
 
 def end_run(uri: str, run_id: str, status: str, tags: dict[str, str] | None = None) -> None:
@@ -110,12 +174,22 @@ class RunLogger:
     def __init__(self, uri: str, run_id: str):
         self.client = client(uri)
         self.run_id = run_id
+        self.logged_through: dict[str, int] = {}  # metric -> the last step logged before a resume
+
+    def resuming(self) -> None:
+        """Training goes on from a checkpoint, so it takes again steps that may have been logged after the
+        checkpoint was taken: those are not logged twice. On the same hardware a resume retakes them exactly."""
+        for key in self.client.get_run(self.run_id).data.metrics:
+            history = self.client.get_metric_history(self.run_id, key)
+            self.logged_through[key] = max((m.step for m in history), default=-1)
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+        fresh = [Metric(k, float(v), now, step) for k, v in metrics.items() if step > self.logged_through.get(k, -1)]
+        if fresh:
+            self.client.log_batch(self.run_id, metrics=fresh)
 
     def log_samples(self, step: int, images: "torch.Tensor", columns: int) -> None:
         self.client.log_image(self.run_id, image_grid(images, columns), artifact_file=f"samples/step_{step:06d}.png")

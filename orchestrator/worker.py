@@ -29,6 +29,8 @@ class WorkerContext:
     progress: Any = None    # a ProgressBoard handle
     data_shard: Any = None  # this worker's share of a Ray Data stream (data.source 'ray-data')
     resume: dict[str, Any] | None = None  # a checkpoint's state to continue from
+    resumed_from: str | None = None       # where that checkpoint is, for the run's tags
+    placement: list[str] | None = None    # per rank: where it runs, for the run's tags
     verdicts: Any = None    # in a Tune trial: a queue that gives rank 0 Tune's go-ahead after each report
 
 
@@ -36,16 +38,34 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     import ray.train
     import ray.train.torch
 
+    from orchestrator.tracking import adopt
+
+    adopt(config.get("mlflow_env"))  # workers on other nodes do not inherit the driver's environment
     spec = parse(config["spec"])
     shard = ray.train.get_dataset_shard("train") if spec.data.source == "ray-data" else None
+    # A checkpoint handed over (a Tune restart), else the run's own latest: Ray Train passes it when it restarts
+    # the worker group after a failure, or when a run of the same name (a resubmitted job) is started again.
+    restored = config.get("resume_from") or ray.train.get_checkpoint()
     state = None
-    if config.get("resume_from") is not None:  # a ray.train.Checkpoint, local or in remote storage
-        with config["resume_from"].as_directory() as directory:
+    if restored is not None:  # a ray.train.Checkpoint, local or in remote storage
+        with restored.as_directory() as directory:
             state = checkpoint.load(directory)
-    context = WorkerContext(device=ray.train.torch.get_device(), tracking_uri=config["tracking_uri"],
-                            run_id=config["run_id"], progress=config.get("progress"), data_shard=shard, resume=state,
+    device = ray.train.torch.get_device()
+    context = WorkerContext(device=device, tracking_uri=config["tracking_uri"], run_id=config["run_id"],
+                            progress=config.get("progress"), data_shard=shard, resume=state,
+                            resumed_from=checkpoint.location(restored) if restored else None,
+                            placement=distributed.gather_objects(placement(device)),
                             verdicts=config.get("verdicts"))
     return train(spec, context, report=ray.train.report)
+
+
+def placement(device: torch.device) -> str:
+    """Where this worker runs: its Ray node, host and device."""
+    import socket
+
+    import ray
+
+    return f"node {ray.get_runtime_context().get_node_id()[:12]} ({socket.gethostname()}, {device})"
 
 
 def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
@@ -57,8 +77,14 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
     batch = spec.batch_per_worker
     logger = None
     if is_rank0 and context.run_id:
-        from orchestrator.tracking import RunLogger  # only rank 0 imports MLflow
+        from orchestrator.tracking import TAG_RESUMED_FROM, TAG_WORKERS, RunLogger  # only rank 0 imports MLflow
         logger = RunLogger(context.tracking_uri, context.run_id)
+        if context.placement:
+            logger.set_tag(TAG_WORKERS, "; ".join(f"rank {r}: {where}" for r, where in enumerate(context.placement)))
+        if context.resume:
+            logger.resuming()
+            if context.resumed_from:
+                logger.set_tag(TAG_RESUMED_FROM, f"step {context.resume['step']}: {context.resumed_from}")
 
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # tiny activations of a saturated D can be denormals, slow on CPU
@@ -202,7 +228,7 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
     parameters = distributed.gather_digests({"generator": G, "generator_ema": ema.module, "discriminator": D},
                                             parameters_only=True)
     return {"step": step, "metrics": metrics, "eval": scores, "snapshot_digests": digests,
-            "parameter_digests": parameters, "flags": [f.describe() for f in monitor.raised.values()],
+            "parameter_digests": parameters, "workers": context.placement, "flags": [f.describe() for f in monitor.raised.values()],
             "stopped": stopped.describe() if stopped else None, "best_fid": best_fid if math.isfinite(best_fid) else None}
 
 

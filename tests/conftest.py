@@ -83,3 +83,135 @@ def inception_weights_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("inception") / "weights-inception-random.pth"
     torch.save(net.state_dict(), path)
     return path
+
+
+def wait_for(check, timeout: float, what: str, interval: float = 0.5):
+    """Poll `check` until it returns something truthy (returned), or fail naming `what` after `timeout` s."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
+
+
+def stop_process_group(process, grace: float = 15.0) -> None:
+    """SIGTERM a process started in a session of its own and everything it started; SIGKILL what is left after
+    `grace` seconds."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + grace
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+            while time.monotonic() < deadline:
+                process.poll()  # reaps the leader
+                os.killpg(process.pid, 0)  # raises once no process of the group is left
+                time.sleep(0.2)
+        except ProcessLookupError:
+            return
+    process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A real two-node Ray cluster on this machine, with token authentication: `ray start --head` (1 CPU; its job
+    server and dashboard on 127.0.0.1) and a second node that joins with `ray start --address` (1 CPU). Its
+    processes get no MLFLOW_* variables: what a job needs of MLflow must come with the job."""
+    import secrets
+    import shutil
+    import subprocess
+    from types import SimpleNamespace
+
+    import requests
+
+    token = secrets.token_hex(32)
+    # Short: Ray's socket paths under it must fit in 107 characters.
+    temp = Path(tempfile.mkdtemp(prefix="gr-", dir="/tmp"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_"))}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0")
+    gcs_port, dashboard_port = free_port(), free_port()
+
+    def node_args() -> list[str]:  # ports left to Ray by default would clash with a second node or ray.init
+        return ["--block", "--num-cpus", "1", "--disable-usage-stats",
+                "--dashboard-agent-listen-port", str(free_port())]
+
+    head = subprocess.Popen(["ray", "start", "--head", "--port", str(gcs_port), "--dashboard-host", "127.0.0.1",
+                             "--dashboard-port", str(dashboard_port), "--ray-client-server-port", str(free_port()),
+                             "--temp-dir", str(temp), *node_args()], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=open(temp / "head.err", "w"))
+    processes = [head]
+    address = f"http://127.0.0.1:{dashboard_port}"
+    headers = {"Authorization": f"Bearer {token}"}
+
+    def alive_nodes():
+        try:
+            reply = requests.get(f"{address}/nodes?view=summary", headers=headers, timeout=5)
+            return [n for n in reply.json()["data"]["summary"] if n["raylet"]["state"] == "ALIVE"]
+        except (requests.RequestException, ValueError, KeyError):
+            return []
+
+    def gcs_listening():
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", gcs_port)) == 0
+
+    try:
+        wait_for(gcs_listening, 90, "the Ray head's GCS")
+        processes.append(subprocess.Popen(["ray", "start", "--address", f"127.0.0.1:{gcs_port}", *node_args()],
+                                          env=env, start_new_session=True,
+                                          stdout=subprocess.DEVNULL, stderr=open(temp / "node.err", "w")))
+        nodes = wait_for(lambda: len(alive_nodes()) == 2 and alive_nodes(), 90, "the second Ray node to join")
+        yield SimpleNamespace(address=address, token=token, temp=temp,
+                              node_ids={n["raylet"]["nodeId"] for n in nodes})
+    finally:
+        for process in reversed(processes):
+            stop_process_group(process)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server_process(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 with MLflow's basic-auth app, started and not waited for: ask for
+    `mlflow_server`, after fixtures that take a while, to have it ready."""
+    import secrets
+    import subprocess
+    from types import SimpleNamespace
+
+    root = tmp_path_factory.mktemp("mlflow-server")
+    password = f"pw-{secrets.token_hex(12)}"
+    (root / "auth.ini").write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{root / 'auth.db'}\nadmin_username = admin\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(MLFLOW_AUTH_CONFIG_PATH=str(root / "auth.ini"), MLFLOW_AUTH_ADMIN_PASSWORD=password,
+               MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16))
+    port = free_port()
+    server = subprocess.Popen(["mlflow", "server", "--app-name", "basic-auth", "--host", "127.0.0.1", "--port",
+                               str(port), "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+                               "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
+                              env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=open(root / "server.err", "w"))
+    try:
+        yield SimpleNamespace(uri=f"http://127.0.0.1:{port}", username="admin", password=password, root=root)
+    finally:
+        stop_process_group(server)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(mlflow_server_process):
+    """`mlflow_server_process`, answering: its URI, admin user and password."""
+    import requests
+
+    def healthy():
+        try:
+            return requests.get(f"{mlflow_server_process.uri}/health", timeout=2).ok
+        except requests.RequestException:
+            return False
+
+    wait_for(healthy, 90, "mlflow server")
+    return mlflow_server_process

@@ -28,7 +28,12 @@ def test_cluster_config_validates_against_rays_schema(path):
     assert "mlflow server" in head and "--backend-store-uri" in head and "--artifacts-destination" in head
     assert "MLFLOW_TRACKING_URI=http://" in head and "MLFLOW_TRACKING_URI=http://$RAY_HEAD_IP:5000" in workers
     assert any("pip install" in c and "~/ganorch" in c for c in config["setup_commands"])
-    assert config["file_mounts"] == {"~/ganorch": "."}
+    assert config["file_mounts"] == {"~/ganorch": ".", "~/.ray/auth_token": "~/.ray/auth_token"}
+    # Ray's token and MLflow's users on every node: nothing in the file itself is a secret.
+    assert head.count("RAY_AUTH_MODE=token ") == 1 and "RAY_AUTH_MODE=token " in workers
+    assert "--app-name basic-auth" in head and "MLFLOW_AUTH_CONFIG_PATH=" in head
+    setup = " ".join(config["head_setup_commands"])
+    assert "[server]" in setup and "auth.ini" in setup and "password =" not in setup
 
 
 def test_the_aws_cluster_has_a_cpu_head_and_autoscaling_spot_gpu_workers():
