@@ -93,6 +93,11 @@ def init_ray() -> None:
 
     if ray.is_initialized():
         return
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
+        # A submitted job's driver: its runtime environment (working directory, ganorch's code) is the workers'
+        # already. Another one here would make Ray unpack the working directory again, under this process's feet.
+        ray.init(log_to_driver=False, logging_level=logging.ERROR, configure_logging=True)
+        return
     # Workers run in directories of their own: let them import what the driver imports from its
     # working directory (a model.generator in the user's project, say).
     pythonpath = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)

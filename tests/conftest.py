@@ -12,6 +12,9 @@ REPO = Path(__file__).resolve().parents[1]
 # torch.hub's cache (Inception weights) starts empty in every test session, whatever this machine has cached;
 # set before Ray starts, so its workers see it too.
 os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="ganorch-test-torch-home-")
+# Ray Train's controller looks at its workers every 2 s by default, and a report waits for that look: tests, whose
+# runs report every few steps, let it look every 0.5 s.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 
 @pytest.fixture(scope="session")
@@ -104,17 +107,29 @@ def stop_process_group(process, grace: float = 15.0) -> None:
     import signal
     import time
 
+    def running() -> bool:  # orphans that exited stay zombies here (PID 1 does not reap them): they do not count
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                state, _, group = stat.read_text().rpartition(")")[2].split()[:3]
+            except OSError:
+                continue
+            if int(group) == process.pid and state != "Z":
+                return True
+        return False
+
     deadline = time.monotonic() + grace
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(process.pid, sig)
-            while time.monotonic() < deadline:
-                process.poll()  # reaps the leader
-                os.killpg(process.pid, 0)  # raises once no process of the group is left
-                time.sleep(0.2)
         except ProcessLookupError:
-            return
-    process.wait(timeout=10)
+            break
+        while time.monotonic() < deadline and running():
+            process.poll()  # reaps the leader
+            time.sleep(0.2)
+        if not running():
+            break
+        deadline = time.monotonic() + 10
+    process.poll()
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +148,8 @@ def ray_cluster():
     # Short: Ray's socket paths under it must fit in 107 characters.
     temp = Path(tempfile.mkdtemp(prefix="gr-", dir="/tmp"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_"))}
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0")
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0",
+               RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"])
     gcs_port, dashboard_port = free_port(), free_port()
 
     def node_args() -> list[str]:  # ports left to Ray by default would clash with a second node or ray.init
@@ -161,15 +177,17 @@ def ray_cluster():
 
     try:
         wait_for(gcs_listening, 90, "the Ray head's GCS")
-        processes.append(subprocess.Popen(["ray", "start", "--address", f"127.0.0.1:{gcs_port}", *node_args()],
-                                          env=env, start_new_session=True,
+        # A temporary directory of its own, as a node on another machine has: nodes that share one unpack a job's
+        # working directory over each other.
+        processes.append(subprocess.Popen(["ray", "start", "--address", f"127.0.0.1:{gcs_port}", *node_args(),
+                                           "--temp-dir", str(temp / "node2")], env=env, start_new_session=True,
                                           stdout=subprocess.DEVNULL, stderr=open(temp / "node.err", "w")))
         nodes = wait_for(lambda: len(alive_nodes()) == 2 and alive_nodes(), 90, "the second Ray node to join")
         yield SimpleNamespace(address=address, token=token, temp=temp,
                               node_ids={n["raylet"]["nodeId"] for n in nodes})
     finally:
         for process in reversed(processes):
-            stop_process_group(process)
+            stop_process_group(process, grace=3)  # a head's graceful shutdown takes 15 s, for nothing kept
         shutil.rmtree(temp, ignore_errors=True)
 
 
@@ -186,7 +204,8 @@ def mlflow_server_process(tmp_path_factory):
     (root / "auth.ini").write_text(
         "[mlflow]\ndefault_permission = READ\n"
         f"database_uri = sqlite:///{root / 'auth.db'}\nadmin_username = admin\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        "auth_cache_ttl_seconds = 60\n")  # else every request hashes the password (PBKDF2), as cluster.yaml's does
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(MLFLOW_AUTH_CONFIG_PATH=str(root / "auth.ini"), MLFLOW_AUTH_ADMIN_PASSWORD=password,
                MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16))
@@ -199,7 +218,7 @@ def mlflow_server_process(tmp_path_factory):
     try:
         yield SimpleNamespace(uri=f"http://127.0.0.1:{port}", username="admin", password=password, root=root)
     finally:
-        stop_process_group(server)
+        stop_process_group(server, grace=3)
 
 
 @pytest.fixture(scope="module")
