@@ -60,15 +60,17 @@ def add_job_commands(commands: Any) -> None:
 
     submit = with_address("submit", "send a job to a Ray cluster's job server; prints its id and returns")
     add_job_args(submit)
-    submit.add_argument("--id", dest="submission_id", metavar="ID",
-                        help="the submission id, which also names its Ray Train run (default: <job name>-<time>); "
-                             "the id of a job that was stopped or failed continues it from its latest checkpoint")
+    submit.add_argument("--id", dest="job_id", metavar="ID",
+                        help="the job's id, which also names its Ray Train run (default: <job name>-<time>); the id "
+                             "of a job that was stopped or failed continues it from its latest checkpoint (Ray "
+                             "job ID--attempt-2, ...)")
     for name, help in (("status", "a submitted job's status"), ("stop", "stop a submitted job (its MLflow run ends "
                                                                         "KILLED) and wait until it has")):
-        with_address(name, help).add_argument("submission_id", metavar="ID")
+        with_address(name, help).add_argument("job_id", metavar="ID")
     logs = with_address("logs", "a submitted job's output")
-    logs.add_argument("submission_id", metavar="ID")
-    logs.add_argument("--follow", "-f", action="store_true", help="go on printing until the job ends")
+    logs.add_argument("job_id", metavar="ID")
+    logs.add_argument("--follow", "-f", action="store_true",
+                      help="go on printing until the job ends; exit 1 unless it SUCCEEDED")
     with_address("list", "the jobs submitted to the cluster")
 
 
@@ -171,18 +173,17 @@ def submit_job(args: argparse.Namespace, spec: JobSpec) -> int:
     address = submit.address_of(args.address)
     try:
         client = submit.connect(address)
-        sent = submit.submit(client, args.job, args.overrides, args.submission_id or default_run_name(spec))
+        sent = submit.submit(client, args.job, args.overrides, args.job_id or default_run_name(spec))
     except ValueError as err:
         print(f"ganorch: cannot submit {args.job}: {err}", file=sys.stderr)
         return EXIT_USAGE
     submit.warn_local_tracking()
     if sent.resubmitted:
-        print(f"resubmitted {sent.submission_id} (it had {sent.resubmitted}): its Ray Train run continues from its "
-              "latest checkpoint, in the same MLflow run")
+        print(f"resubmitted {sent.job_id} (it had {sent.resubmitted}) as Ray job {sent.ray_id}: its Ray Train run "
+              "continues from its latest checkpoint, in the same MLflow run")
     print(f"submitted to {address}: {sent.entrypoint}")
-    print(f"  ganorch status {sent.submission_id}   ganorch logs {sent.submission_id} --follow   "
-          f"ganorch stop {sent.submission_id}")
-    print(sent.submission_id)
+    print(f"  ganorch status {sent.job_id}   ganorch logs {sent.job_id} --follow   ganorch stop {sent.job_id}")
+    print(sent.job_id)
     return 0
 
 
@@ -195,11 +196,13 @@ def manage_job(args: argparse.Namespace) -> int:
         if args.command == "list":
             print(submit.listing(client))
         elif args.command == "status":
-            print(submit.describe(client, args.submission_id))
+            print(submit.describe(client, args.job_id))
         elif args.command == "logs":
-            submit.logs(client, args.submission_id, args.follow)
+            ended = submit.logs(client, args.job_id, args.follow)
+            if args.follow and ended != "SUCCEEDED":  # `submit ... && logs ID --follow` fails with its job
+                return 1
         else:
-            print(f"job {args.submission_id}: {submit.stop(client, args.submission_id)}")
+            print(f"job {args.job_id}: {submit.stop(client, args.job_id)}")
     except ValueError as err:
         print(f"ganorch: {args.command}: {err}", file=sys.stderr)
         return EXIT_USAGE

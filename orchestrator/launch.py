@@ -147,6 +147,9 @@ def run(spec: JobSpec, loop: Callable[[dict], Any] | None = None, show_progress:
     run_id, _ = tracking.job_run(spec, uri, run_name)
     status, tags = "FAILED", {}
     try:
+        run_config = RunConfig(name=run_name, storage_path=spec.tracking.storage_path,
+                               checkpoint_config=CheckpointConfig(num_to_keep=None))
+        tracking.client(uri).set_tag(run_id, tracking.TAG_STORAGE, f"{run_config.storage_path.rstrip('/')}/{run_name}")
         board = ProgressBoard.remote()
         trainer = TorchTrainer(
             loop or train_loop_per_worker,
@@ -154,8 +157,7 @@ def run(spec: JobSpec, loop: Callable[[dict], Any] | None = None, show_progress:
                                "mlflow_env": tracking.environment()},
             **scaling(spec),
             datasets=datasets,
-            run_config=RunConfig(name=run_name, storage_path=spec.tracking.storage_path,
-                                 checkpoint_config=CheckpointConfig(num_to_keep=None)),
+            run_config=run_config,
         )
         if show_progress:
             with ProgressView(board, spec.train.steps, spec.name):

@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 # A run's tags that ganorch sets.
 TAG_JOB = "ganorch.job"
 TAG_CHECKPOINT = "ganorch.checkpoint"            # artifact path of the latest checkpoint in the run
-TAG_RAY_CHECKPOINT = "ganorch.ray_checkpoint"    # the same checkpoint in Ray Train's storage
+TAG_RAY_CHECKPOINT = "ganorch.ray_checkpoint"    # the final checkpoint in Ray Train's storage (a path or URI)
+TAG_STORAGE = "ganorch.storage"                  # where Ray Train keeps the run's checkpoints: storage_path/run name
 TAG_DATA_SKIPPED = "ganorch.data_skipped"        # how many images could not be decoded (listed in data/)
 TAG_CLASSIFIER = "ganorch.classifier"            # the cached domain classifier behind the eval metrics
 TAG_CLASSIFIER_ACCURACY = "ganorch.classifier_accuracy"  # its accuracy on its held-out share of the data

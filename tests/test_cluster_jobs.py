@@ -132,8 +132,12 @@ def test_stop_ends_a_running_job_and_its_run(lifecycle):
 
 def test_resubmitted_job_continues_from_its_checkpoint_in_the_same_run(lifecycle, mlflow):
     resubmit, target = lifecycle["resubmit"], lifecycle["target"]
-    assert resubmit.returncode == 0 and "resubmitted life (it had STOPPED)" in resubmit.stdout, resubmit.stderr
-    assert "job life: SUCCEEDED" in lifecycle["status"].stdout, lifecycle["status"].stdout + lifecycle["logs"].stdout
+    assert resubmit.returncode == 0, resubmit.stderr
+    assert "resubmitted life (it had STOPPED) as Ray job life--attempt-2" in resubmit.stdout
+    status = lifecycle["status"].stdout
+    assert "job life: SUCCEEDED" in status, status + lifecycle["logs"].stdout
+    assert "attempt:    2 (Ray job life--attempt-2); before it: life STOPPED" in status
+    assert lifecycle["follow"].returncode == 0  # `logs --follow` exits with its job: 0 once it SUCCEEDED
     [run] = lifecycle["runs"]
     tags = run.data.tags
     assert run.info.run_id == lifecycle["run"].info.run_id and run.info.status == "FINISHED"
@@ -143,12 +147,15 @@ def test_resubmitted_job_continues_from_its_checkpoint_in_the_same_run(lifecycle
     project = Path(lifecycle["run"].data.params["tracking.storage_path"])
     assert tags["ganorch.resumed_from"].split(": ", 1)[1].startswith(str(project / "life"))
     assert Path(tags["ganorch.ray_checkpoint"]).is_relative_to(project / "life")
+    assert tags["ganorch.storage"] == str(project / "life")
     # One point per step: none missing, none logged twice across the stop and the resume.
     assert [m.step for m in mlflow.get_metric_history(run.info.run_id, "loss_d")] == list(range(1, target + 1))
     logs = lifecycle["logs"].stdout
-    assert logs.count("Running entrypoint for job life") == 2 and f"done: step {target}" in logs
-    listed = lifecycle["list"].stdout
-    assert "life" in listed and "SUCCEEDED" in listed and JOB in listed
+    assert logs.index("=== life, attempt 1 (Ray job life) ===") < logs.index("Running entrypoint for job life: ") \
+        < logs.index("=== life, attempt 2 (Ray job life--attempt-2) ===") \
+        < logs.index("Running entrypoint for job life--attempt-2") < logs.index(f"done: step {target}")
+    [row] = [line.split() for line in lifecycle["list"].stdout.splitlines() if line.startswith("life ")]
+    assert row[:3] == ["life", "SUCCEEDED", "2"] and row[-1] == JOB, lifecycle["list"].stdout
 
 
 def test_two_workers_run_one_on_each_node_and_end_with_identical_parameters(lifecycle, ray_cluster):
