@@ -126,10 +126,10 @@ def run(spec: JobSpec, loop: Callable[[dict], Any] | None = None, show_progress:
     A `run_name` that Ray Train ran before under the same storage path (a resubmitted job) continues from that
     run's latest checkpoint, in the same MLflow run."""
     import ray
-    from ray.train import CheckpointConfig, RunConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
-    from orchestrator.progress import ProgressBoard, ProgressView
+    from orchestrator.progress import ProgressBoard, ProgressView, WorkerFailures
     from orchestrator.worker import train_loop_per_worker
 
     init_ray()  # an unreachable cluster fails here, before an MLflow run exists
@@ -147,10 +147,13 @@ def run(spec: JobSpec, loop: Callable[[dict], Any] | None = None, show_progress:
     run_id, _ = tracking.job_run(spec, uri, run_name)
     status, tags = "FAILED", {}
     try:
-        run_config = RunConfig(name=run_name, storage_path=spec.tracking.storage_path,
-                               checkpoint_config=CheckpointConfig(num_to_keep=None))
-        tracking.client(uri).set_tag(run_id, tracking.TAG_STORAGE, f"{run_config.storage_path.rstrip('/')}/{run_name}")
         board = ProgressBoard.remote()
+        # After a worker fails, Ray Train restarts the worker group from the latest checkpoint it registered.
+        run_config = RunConfig(name=run_name, storage_path=spec.tracking.storage_path,
+                               checkpoint_config=CheckpointConfig(num_to_keep=None),
+                               failure_config=FailureConfig(max_failures=spec.resources.max_failures),
+                               callbacks=[WorkerFailures(board)])
+        tracking.client(uri).set_tag(run_id, tracking.TAG_STORAGE, f"{run_config.storage_path.rstrip('/')}/{run_name}")
         trainer = TorchTrainer(
             loop or train_loop_per_worker,
             train_loop_config={"spec": spec.to_dict(), "tracking_uri": uri, "run_id": run_id, "progress": board,

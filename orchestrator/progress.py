@@ -6,18 +6,50 @@ import threading
 from typing import Any
 
 import ray
+from ray.train import UserCallback
 
 
 @ray.remote(num_cpus=0)
 class ProgressBoard:
+    """Rank 0's latest numbers; also how many times the workers started, and why the last ones failed."""
+
     def __init__(self) -> None:
         self.state: dict[str, Any] = {}
+        self.starts = 0
+        self.failure: str | None = None
 
     def post(self, state: dict[str, Any]) -> None:
         self.state.update(state)
 
     def read(self) -> dict[str, Any]:
         return dict(self.state)
+
+    def failed(self, reason: str) -> None:
+        self.failure = reason
+
+    def started(self) -> tuple[int, str | None]:
+        """Rank 0 of a worker group starts: how many groups have started in this run, and why the one before
+        this failed."""
+        self.starts += 1
+        if self.starts > 1:
+            self.state["restarts"] = self.starts - 1
+        return self.starts, self.failure
+
+
+class WorkerFailures(UserCallback):
+    """On Ray Train's controller: tells the board why workers failed, for the restart that follows."""
+
+    def __init__(self, board: Any):
+        self.board = board
+
+    def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
+        self.board.failed.remote("; ".join(f"rank {rank}: {first_line(err)}"
+                                           for rank, err in sorted(worker_exceptions.items())))
+
+
+def first_line(err: BaseException) -> str:
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"[:300]
 
 
 def describe(state: dict[str, Any], total_steps: int) -> str:
@@ -44,6 +76,13 @@ class ProgressView:
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.live = sys.stdout.isatty()
         self.last_metrics_step: int | None = None
+        self.restarts_shown = 0
+
+    def _say(self, line: str) -> None:
+        if self.live:
+            self.progress.console.print(line)
+        else:
+            print(line, flush=True)
 
     def __enter__(self) -> "ProgressView":
         if self.live:
@@ -77,6 +116,10 @@ class ProgressView:
         if not state:
             return
         line = describe(state, self.total_steps)
+        if state.get("restarts", 0) > self.restarts_shown:
+            self.restarts_shown = state["restarts"]
+            self._say(f"{self.title}: workers restarted from the latest checkpoint after a failure (restart "
+                      f"{self.restarts_shown}); the run's tags say why")
         if self.live:
             self.progress.update(self.task, completed=state.get("step", 0), line=line)
         elif state.get("metrics_step") != self.last_metrics_step:

@@ -12,6 +12,7 @@ from orchestrator.spec import JobSpec
 
 if TYPE_CHECKING:
     import torch
+    from mlflow import MlflowClient
 
     from orchestrator.stability import Flag
 
@@ -31,7 +32,8 @@ TAG_UNSTABLE = "ganorch.unstable."               # + flag name: "<flag> at step 
 TAG_OUTCOME = "ganorch.outcome"                  # "completed", or "stopped: <flag> at step N: <reason>"
 TAG_EVALUATED = "ganorch.evaluated"              # an eval run: the checkpoint it scored
 TAG_TRAIN_RUN = "ganorch.train_run"              # the Ray Train run's name (= the submission id of a submitted job)
-TAG_RESTARTS = "ganorch.restarts"                # how many times the run was restarted (resubmitted; Tune trials)
+TAG_RESTARTS = "ganorch.restarts"                # how many times the run was restarted (workers that failed,
+                                                 # a resubmitted job, a Tune trial)
 TAG_RESTART = "ganorch.restart."                 # + n: what restart n continued from
 TAG_RESUMED_FROM = "ganorch.resumed_from"        # the checkpoint the latest start of the workers continued from
 TAG_WORKERS = "ganorch.workers"                  # where each rank ran: "rank 0: node ... (host, device); ..."
@@ -122,11 +124,17 @@ def reopen_run(uri: str, run_id: str, spec: JobSpec, where: str) -> int:
     """Mark a run RUNNING again for restart n (returned): tags say what it continues from, and the spec it now
     runs is `restarts/<n>/spec.yaml` (params, logged at the first start, cannot change)."""
     c = client(uri)
+    start = record_restart(c, run_id, where)
+    c.log_text(run_id, spec.to_yaml(), f"restarts/{start}/spec.yaml")
+    c.update_run(run_id, status="RUNNING")
+    return start
+
+
+def record_restart(c: "MlflowClient", run_id: str, where: str) -> int:
+    """Count one more restart of the run (returned) and say in its tag what it continues from."""
     start = int(c.get_run(run_id).data.tags.get(TAG_RESTARTS, 0)) + 1
     c.set_tag(run_id, TAG_RESTARTS, str(start))
     c.set_tag(run_id, f"{TAG_RESTART}{start}", where)
-    c.log_text(run_id, spec.to_yaml(), f"restarts/{start}/spec.yaml")
-    c.update_run(run_id, status="RUNNING")
     return start
 
 
@@ -211,6 +219,9 @@ class RunLogger:
         """A stability flag: metric `unstable.<flag>` = 1 at its step, and a tag with the reason."""
         self.log_metrics(flag.step, {f"unstable.{flag.name}": 1.0})
         self.set_tag(TAG_UNSTABLE + flag.name, flag.describe())
+
+    def record_restart(self, where: str) -> int:
+        return record_restart(self.client, self.run_id, where)
 
     def set_tag(self, key: str, value: Any) -> None:
         self.client.set_tag(self.run_id, key, str(value))

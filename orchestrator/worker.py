@@ -31,6 +31,7 @@ class WorkerContext:
     resume: dict[str, Any] | None = None  # a checkpoint's state to continue from
     resumed_from: str | None = None       # where that checkpoint is, for the run's tags
     placement: list[str] | None = None    # per rank: where it runs, for the run's tags
+    restarted_after: str | None = None    # rank 0 of workers Ray Train restarted: why the ones before failed
     verdicts: Any = None    # in a Tune trial: a queue that gives rank 0 Tune's go-ahead after each report
 
 
@@ -51,11 +52,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         with restored.as_directory() as directory:
             state = checkpoint.load(directory)
     device = ray.train.torch.get_device()
+    board, restarted_after = config.get("progress"), None
+    if board is not None and ray.train.get_context().get_world_rank() == 0:
+        starts, failure = ray.get(board.started.remote())
+        restarted_after = (failure or "a worker failed") if starts > 1 else None
     context = WorkerContext(device=device, tracking_uri=config["tracking_uri"], run_id=config["run_id"],
-                            progress=config.get("progress"), data_shard=shard, resume=state,
+                            progress=board, data_shard=shard, resume=state,
                             resumed_from=checkpoint.location(restored) if restored else None,
                             placement=distributed.gather_objects(placement(device)),
-                            verdicts=config.get("verdicts"))
+                            restarted_after=restarted_after, verdicts=config.get("verdicts"))
     return train(spec, context, report=ray.train.report)
 
 
@@ -81,10 +86,15 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
         logger = RunLogger(context.tracking_uri, context.run_id)
         if context.placement:
             logger.set_tag(TAG_WORKERS, "; ".join(f"rank {r}: {where}" for r, where in enumerate(context.placement)))
-        if context.resume:
+        if context.resume or context.restarted_after:
             logger.resuming()
-            if context.resumed_from:
-                logger.set_tag(TAG_RESUMED_FROM, f"step {context.resume['step']}: {context.resumed_from}")
+        if context.resume and context.resumed_from:
+            logger.set_tag(TAG_RESUMED_FROM, f"step {context.resume['step']}: {context.resumed_from}")
+        if context.restarted_after:
+            origin = (f"step {context.resume['step']}: {context.resumed_from}" if context.resume
+                      else "the start (no checkpoint yet)")
+            logger.record_restart(f"workers restarted after a failure ({context.restarted_after}); continued "
+                                  f"from {origin}")
 
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # tiny activations of a saturated D can be denormals, slow on CPU

@@ -1,0 +1,112 @@
+"""Faults on real components: training workers killed by PID while a run goes on."""
+
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import wait_for
+from orchestrator import launch, tracking
+from orchestrator.spec import load
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def traced_worker(folder: str, hold_s: float):
+    """The real per-worker loop, which also writes `folder/<rank>.<pid>`: when it started, how many checkpoints it
+    reported and the last one's step. Each report is held `hold_s`, so the run lasts long enough for a test to
+    kill a worker."""
+
+    def loop(config):
+        import ray.train
+
+        from orchestrator import worker
+
+        trace = Path(folder, f"{ray.train.get_context().get_world_rank()}.{os.getpid()}")
+        started = time.time()
+        trace.write_text(f"{started} 0 0")
+        report, reports = ray.train.report, []
+
+        def held(metrics, checkpoint=None):
+            report(metrics, checkpoint=checkpoint)
+            reports.append(metrics["step"])
+            trace.write_text(f"{started} {len(reports)} {metrics['step']}")
+            time.sleep(hold_s)
+
+        ray.train.report = held
+        return worker.train_loop_per_worker(config)
+
+    return loop
+
+
+def reporting_worker(folder: Path, rank: int, since: float) -> tuple[int, int] | None:
+    """The PID of rank `rank`'s worker that started after `since` and has reported two checkpoints, and the
+    last one's step. (A report returns once Ray Train registered the report before it, which a restart resumes
+    from. Workers of a group that failed may still be alive, being torn down.)"""
+    for trace in folder.glob(f"{rank}.*"):
+        try:
+            started, reports, step = trace.read_text().split()
+        except (OSError, ValueError):  # being written
+            continue
+        if float(started) > since and int(reports) >= 2:
+            return int(trace.suffix[1:]), int(step)
+    return None
+
+
+def test_a_run_survives_three_killed_workers_in_one_run(ray_session, mlflow_store, tmp_path, capsys):
+    """Workers killed by PID (rank 1, then 0, then 1), each after the group has reported a checkpoint: Ray Train
+    restarts the workers from the latest checkpoint, the run finishes in one MLflow run with one metric point per
+    step, its tags record each restart and why, and both ranks end with identical parameters."""
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    steps = 24
+    spec = load(REPO / "jobs/debug_dcgan.yaml", [f"tracking.storage_path={tmp_path / 'ray_storage'}",
+                                                 "resources.max_failures=3", f"train.steps={steps}",
+                                                 "tracking.metrics_every=1", "tracking.checkpoint_every=2",
+                                                 "tracking.samples_every=1000", "eval.every=0"])
+    killed: list[tuple[int, int, int]] = []  # (rank, pid, step it had reported)
+    errors: list[BaseException] = []
+
+    def kill_workers() -> None:
+        since = 0.0
+        try:
+            for rank in (1, 0, 1):
+                pid, step = wait_for(lambda: reporting_worker(traces, rank, since), 120,
+                                     f"rank {rank}'s next checkpoint")
+                since = time.time()
+                os.kill(pid, signal.SIGKILL)
+                killed.append((rank, pid, step))
+        except BaseException as err:  # seen by the test's thread below
+            errors.append(err)
+
+    killer = threading.Thread(target=kill_workers, daemon=True)
+    killer.start()
+    outcome = launch.run(spec, loop=traced_worker(str(traces), hold_s=0.5))
+    killer.join(timeout=5)
+    assert not errors and len(killed) == 3, (errors, killed)
+
+    assert outcome.summary["step"] == steps
+    digests = outcome.summary["parameter_digests"]
+    assert all(len(set(per_rank)) == 1 and len(per_rank) == 2 for per_rank in digests.values()), digests
+    c = tracking.client(mlflow_store)
+    [run] = c.search_runs([c.get_experiment_by_name("debug_dcgan").experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_id == outcome.run_id
+    tags = run.data.tags
+    assert tags["ganorch.restarts"] == "3" and tags["ganorch.outcome"] == "completed", (killed, tags)
+    for n, (rank, _, step) in enumerate(killed, start=1):
+        why = tags[f"ganorch.restart.{n}"]
+        assert why.startswith("workers restarted after a failure (") and f"rank {rank}" in why, why
+        resumed = int(why.split("continued from step ")[1].split(":")[0])
+        assert step - 2 <= resumed <= step and resumed % 2 == 0, (why, step)
+    # Steps taken again after a restore were not logged again: one point per step, none missing.
+    for key in ("loss_d", "loss_g", "d_real"):
+        assert [m.step for m in c.get_metric_history(run.info.run_id, key)] == list(range(1, steps + 1)), key
+    printed = capsys.readouterr().out
+    assert "workers restarted from the latest checkpoint after a failure (restart 3)" in printed, printed
