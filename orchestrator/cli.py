@@ -31,6 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-name", metavar="NAME",
                      help="the Ray Train run's name (default: <job name>-<time>); a run of that name that ended "
                           "early continues from its latest checkpoint, in the same MLflow run")
+    run.add_argument("--resume", metavar="auto|PATH|RUN_ID",
+                     help="continue from a checkpoint (networks, EMA, optimizers, step, data position, RNG): a "
+                          "file or a directory holding checkpoint.pt (in a new MLflow run), an MLflow run id (that "
+                          "run goes on from its latest checkpoint), or auto: this job's latest run with a "
+                          "checkpoint, if any")
     sweep = commands.add_parser("tune", help="run the job's Ray Tune sweep (its `tune` section)")
     add_job_args(sweep)
     sweep.add_argument("--dry-run", action="store_true", help="print the resolved spec, the search space and how many trials run at once, then exit")
@@ -162,7 +167,28 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ganorch: cannot run {args.job}: {err}", file=sys.stderr)
             return EXIT_USAGE
         return run_sweep(spec, getattr(args, "export", None))
-    return run_job(spec, args.run_name)
+    try:
+        resume = resumption(getattr(args, "resume", None), spec)
+    except ValueError as err:
+        print(f"ganorch: cannot run {args.job}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    return run_job(spec, args.run_name, resume)
+
+
+def resumption(flag: str | None, spec: JobSpec) -> Any:
+    """--resume's checkpoint, checked against the spec; None without --resume (or auto with nothing to resume)."""
+    if flag is None:
+        return None
+    from orchestrator import resume_from, tracking
+
+    found = resume_from.find(flag, spec, tracking.tracking_uri())
+    if found is None:
+        print(f"--resume auto: no earlier run of job {spec.name} with a checkpoint in experiment "
+              f"{spec.experiment}; starting afresh")
+    else:
+        print(f"resuming from step {found.state['step']}: {found.origin}"
+              + (f" (MLflow run {found.run_id} goes on)" if found.run_id else ""))
+    return found
 
 
 def submit_job(args: argparse.Namespace, spec: JobSpec) -> int:
@@ -351,11 +377,11 @@ def check_enough_images(spec: JobSpec, count: int) -> None:
                          f"fewer than its batch of {spec.batch_per_worker}")
 
 
-def run_job(spec: JobSpec, run_name: str | None = None) -> int:
+def run_job(spec: JobSpec, run_name: str | None = None, resume: Any = None) -> int:
     from orchestrator import launch
 
     try:
-        outcome = launch.run(spec, run_name=run_name)
+        outcome = launch.run(spec, run_name=run_name, resume=resume)
     except KeyboardInterrupt:
         print("\nganorch: interrupted; the MLflow run is marked KILLED", file=sys.stderr)
         return 130

@@ -6,10 +6,13 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from orchestrator import checkpoint, tracking
 from orchestrator.spec import JobSpec
+
+if TYPE_CHECKING:
+    from orchestrator.resume_from import Resumption
 
 # CPUs Ray Data needs beside the training workers to read and decode a `ray-data` source.
 DATA_CPUS = 1.0
@@ -121,10 +124,11 @@ def check_tracking_store(uri: str) -> None:
 
 
 def run(spec: JobSpec, loop: Callable[[dict], Any] | None = None, show_progress: bool = True,
-        run_name: str | None = None) -> RunOutcome:
+        run_name: str | None = None, resume: "Resumption | None" = None) -> RunOutcome:
     """Train `spec` on Ray Train and record it in MLflow. `loop` replaces the per-worker function (tests wrap it).
     A `run_name` that Ray Train ran before under the same storage path (a resubmitted job) continues from that
-    run's latest checkpoint, in the same MLflow run."""
+    run's latest checkpoint, in the same MLflow run. `resume` (`ganorch run --resume`) continues from its
+    checkpoint, in the MLflow run it came from when it names one."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
@@ -144,20 +148,27 @@ def run(spec: JobSpec, loop: Callable[[dict], Any] | None = None, show_progress:
     uri = tracking.tracking_uri()
     check_tracking_store(uri)
     run_name = run_name or tracking.default_run_name(spec)
-    run_id, _ = tracking.job_run(spec, uri, run_name)
+    if resume is not None and resume.run_id:
+        run_id = resume.run_id
+        tracking.reopen_run(uri, run_id, spec, f"resumed (ganorch run --resume) from step {resume.state['step']}: "
+                                               f"{resume.origin}; Ray Train run {run_name}")
+        tracking.client(uri).set_tag(run_id, tracking.TAG_TRAIN_RUN, run_name)
+    else:
+        run_id, _ = tracking.job_run(spec, uri, run_name)
+    handed_over = {"resume_state": resume.state, "resume_origin": resume.origin} if resume else {}
     status, tags = "FAILED", {}
     try:
         board = ProgressBoard.remote()
         # After a worker fails, Ray Train restarts the worker group from the latest checkpoint it registered.
         run_config = RunConfig(name=run_name, storage_path=spec.tracking.storage_path,
-                               checkpoint_config=CheckpointConfig(num_to_keep=None),
+                               checkpoint_config=CheckpointConfig(num_to_keep=spec.tracking.keep_checkpoints),
                                failure_config=FailureConfig(max_failures=spec.resources.max_failures),
                                callbacks=[WorkerFailures(board)])
         tracking.client(uri).set_tag(run_id, tracking.TAG_STORAGE, f"{run_config.storage_path.rstrip('/')}/{run_name}")
         trainer = TorchTrainer(
             loop or train_loop_per_worker,
             train_loop_config={"spec": spec.to_dict(), "tracking_uri": uri, "run_id": run_id, "progress": board,
-                               "mlflow_env": tracking.environment()},
+                               "mlflow_env": tracking.environment(), **handed_over},
             **scaling(spec),
             datasets=datasets,
             run_config=run_config,

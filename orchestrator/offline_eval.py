@@ -45,16 +45,14 @@ def resolve(target: str, best: bool, uri: str) -> Source:
     if artifact is None:
         what = "a best checkpoint (it never evaluated: eval.every 0?)" if best else "a checkpoint"
         raise ValueError(f"{target}: run {run.info.run_name!r} has no {what}")
-    with tempfile.TemporaryDirectory(prefix="ganorch-eval-") as tmp:
-        file = client.download_artifacts(target, artifact, tmp)
-        return Source(load_checkpoint(Path(file)), f"run {run.info.run_name} ({target}): {artifact}", target)
+    folder, _, name = artifact.rpartition("/")
+    with tempfile.TemporaryDirectory(prefix="ganorch-eval-") as tmp:  # the folder: the checksum is beside the file
+        file = Path(client.download_artifacts(target, folder, tmp)) / name
+        return Source(load_checkpoint(file), f"run {run.info.run_name} ({target}): {artifact}", target)
 
 
 def load_checkpoint(file: Path) -> dict[str, Any]:
-    try:
-        state = checkpoint.load(file)
-    except Exception as err:  # truncated, not a torch file, or pickled objects weights_only refuses
-        raise ValueError(f"{file}: not a readable ganorch checkpoint: {err}") from None
+    state = checkpoint.load(file)  # CheckpointError (a ValueError): corrupted, truncated, not a torch file
     missing = {"generator_ema", "spec", "step"} - set(state) if isinstance(state, dict) else {"everything"}
     if missing:
         raise ValueError(f"{file}: not a ganorch checkpoint (no {', '.join(sorted(missing))})")

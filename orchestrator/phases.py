@@ -7,6 +7,7 @@ from functools import partial
 from typing import Callable, ContextManager, Iterator
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from gan_models.losses import GANLoss
@@ -41,6 +42,8 @@ class Phase:
     autocast: Callable[[], ContextManager] = contextlib.nullcontext
     scaler: torch.amp.GradScaler | None = None   # fp16 only
     steps_taken: int = 0
+    skipped: int = 0            # steps not taken because their loss or gradient was not finite
+    skipped_in_a_row: int = 0   # of those, the latest ones without a step taken between them
 
 
 def conditioned(net: nn.Module, conditional: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -95,7 +98,8 @@ def build_phases(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d
 
 def run_phase(phase: Phase, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
               draw_latent: Callable[[], tuple[torch.Tensor, torch.Tensor | None]]) -> list[Stats]:
-    """`repeats` optimizer steps of the trained network; returns each step's stats."""
+    """`repeats` optimizer steps of the trained network; returns the stats of the steps taken. A step whose loss
+    (on any rank) or gradient is not finite is not taken, and counted in `phase.skipped`."""
     phase.frozen.requires_grad_(False)
     phase.trains.requires_grad_(True)
     stats = []
@@ -110,17 +114,35 @@ def run_phase(phase: Phase, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
             value, step_stats = phase.objective(inputs)
         if scaler is None:
             value.backward()
-            step_stats[f"grad_norm_{phase.name.lower()}"] = grad_norm(phase.trains)
-            phase.optimizer.step()
-        else:  # fp16: scaled backward; the step is skipped when a gradient overflowed
+            norm = step_stats[f"grad_norm_{phase.name.lower()}"] = grad_norm(phase.trains)
+            finite = all_ranks_finite(torch.stack([value.detach().float(), norm]))
+            if finite:
+                phase.optimizer.step()
+        else:  # fp16: scaled backward; the scaler skips a step whose gradient overflowed, and backs off
             scaler.scale(value).backward()
             scaler.unscale_(phase.optimizer)
             step_stats[f"grad_norm_{phase.name.lower()}"] = grad_norm(phase.trains)
-            scaler.step(phase.optimizer)
+            finite = all_ranks_finite(value.detach().float())  # overflows are the scaler's
+            if finite:
+                scaler.step(phase.optimizer)
             scaler.update()
         phase.steps_taken += 1
-        stats.append(step_stats)
+        if finite:
+            phase.skipped_in_a_row = 0
+            stats.append(step_stats)
+        else:
+            phase.skipped += 1
+            phase.skipped_in_a_row += 1
     return stats
+
+
+def all_ranks_finite(values: torch.Tensor) -> bool:
+    """Whether `values` are finite on every rank: a step is taken, or not, by all ranks together. (Gradients are
+    all-reduced, so a rank's non-finite gradient is every rank's; a loss is each rank's own.)"""
+    bad = (~torch.isfinite(values)).any().float()
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(bad)
+    return bad.item() == 0
 
 
 def grad_norm(module: nn.Module) -> torch.Tensor:

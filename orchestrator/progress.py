@@ -24,6 +24,10 @@ class ProgressBoard:
     def read(self) -> dict[str, Any]:
         return dict(self.state)
 
+    def notice(self, line: str) -> None:
+        """Something the user should read in the terminal."""
+        self.state.setdefault("notices", []).append(line)
+
     def failed(self, reason: str) -> None:
         self.failure = reason
 
@@ -77,6 +81,7 @@ class ProgressView:
         self.live = sys.stdout.isatty()
         self.last_metrics_step: int | None = None
         self.restarts_shown = 0
+        self.notices_shown = 0
 
     def _say(self, line: str) -> None:
         if self.live:
@@ -116,6 +121,9 @@ class ProgressView:
         if not state:
             return
         line = describe(state, self.total_steps)
+        for notice in state.get("notices", [])[self.notices_shown:]:
+            self._say(f"{self.title}: {notice}")
+        self.notices_shown = len(state.get("notices", []))
         if state.get("restarts", 0) > self.restarts_shown:
             self.restarts_shown = state["restarts"]
             self._say(f"{self.title}: workers restarted from the latest checkpoint after a failure (restart "

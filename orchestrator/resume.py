@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from orchestrator import checkpoint
 from orchestrator.phases import Phase
 from orchestrator.spec import JobSpec
 
@@ -18,6 +19,7 @@ from orchestrator.spec import JobSpec
 def loop_state(phases: list[Phase], noise: torch.Generator, data_position: int | None,
                device: torch.device) -> dict[str, Any]:
     state = {"phase_steps": {p.name: p.steps_taken for p in phases},
+             "phase_skipped": {p.name: [p.skipped, p.skipped_in_a_row] for p in phases},
              "grad_scalers": {p.name: p.scaler.state_dict() for p in phases if p.scaler is not None},
              "noise_rng": noise.get_state(), "torch_rng": torch.get_rng_state()}
     if device.type == "cuda":
@@ -47,6 +49,7 @@ def restore_training(state: dict[str, Any], G_ema: nn.Module, opt_g: torch.optim
     loop = state.get("loop", {})
     for phase in phases:
         phase.steps_taken = loop.get("phase_steps", {}).get(phase.name, 0)
+        phase.skipped, phase.skipped_in_a_row = loop.get("phase_skipped", {}).get(phase.name, [0, 0])
         if phase.scaler is not None and phase.name in loop.get("grad_scalers", {}):
             phase.scaler.load_state_dict(loop["grad_scalers"][phase.name])
 
@@ -65,3 +68,32 @@ def restore_rng(state: dict[str, Any], noise: torch.Generator, device: torch.dev
         torch.set_rng_state(loop["torch_rng"])
     if "cuda_rng" in loop and device.type == "cuda":
         torch.cuda.set_rng_state(loop["cuda_rng"], device)
+
+
+def load_latest_intact(ckpt: Any) -> tuple[dict[str, Any], str, list[str]]:
+    """The state in Ray Train checkpoint `ckpt`, or, when that one is corrupted or truncated, in the latest intact
+    one before it in the run's storage; where it is; and the checkpoints passed over, and why."""
+    passed_over = []
+    for candidate in [ckpt, *earlier_checkpoints(ckpt)]:
+        try:
+            with candidate.as_directory() as directory:
+                return checkpoint.load(directory), checkpoint.location(candidate), passed_over
+        except checkpoint.CheckpointError as err:
+            passed_over.append(str(err))
+    raise checkpoint.CheckpointError(f"no intact checkpoint to continue from: {'; '.join(passed_over)}")
+
+
+def earlier_checkpoints(ckpt: Any) -> list[Any]:
+    """The checkpoints Ray Train wrote before `ckpt` in the same run directory, latest first (their directory
+    names, checkpoint_<time>, sort by time)."""
+    from pyarrow.fs import FileSelector, FileType
+    from ray.train import Checkpoint
+
+    parent, _, name = ckpt.path.rstrip("/").rpartition("/")
+    try:
+        entries = ckpt.filesystem.get_file_info(FileSelector(parent))
+    except OSError:  # a storage that cannot be listed: nothing to fall back on
+        return []
+    names = sorted((e.base_name for e in entries if e.type == FileType.Directory
+                    and e.base_name.startswith("checkpoint_") and e.base_name < name), reverse=True)
+    return [Checkpoint(f"{parent}/{n}", filesystem=ckpt.filesystem) for n in names]

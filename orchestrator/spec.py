@@ -24,6 +24,8 @@ TORCHVISION_DATASETS = ("MNIST", "FashionMNIST", "KMNIST", "CIFAR10", "CIFAR100"
 PATH_SOURCES = ("folder", "torchvision", "ray-data")
 # D steps per G step when train.n_critic is null; WGAN-GP's critic needs several (Gulrajani et al., 2017).
 DEFAULT_N_CRITIC = {"nonsaturating": 1, "hinge": 1, "wgan-gp": 5, "lsgan": 1}
+# train.nonfinite 'skip': skipped steps of one network in a row that stop the run as diverged.
+NONFINITE_PATIENCE = 20
 
 
 @dataclass
@@ -83,6 +85,7 @@ class TrainSpec:
     ema_decay: float = setting(0.999, ge=0, help="Decay of the generator EMA (G_ema), which makes the sample grids; in [0, 1), 0 makes G_ema a copy of G.")
     ema_rampup: bool = setting(True, help="Ramp the EMA decay up from 0 as min(ema_decay, (1 + step) / (10 + step)).")
     stop_on: list[StabilityFlag] = setting(default_factory=list, help="Stability flags that end the run early (final checkpoint kept, the flag recorded as its outcome): `diverged`, `d_overpowering`, `mode_collapse` (needs eval.every), `oscillation`. Every flag is logged either way.")
+    nonfinite: Literal["skip", "stop"] = setting("skip", help="A step whose loss (on any worker) or gradient is not finite is never applied. `skip`: it is skipped and counted (metrics `skipped_d`, `skipped_g`), and the run stops as `diverged` when 20 steps of a network in a row are skipped; `stop`: the first one stops the run as `diverged` (final checkpoint kept). fp16 gradient overflows are the gradient scaler's to skip.")
     stability_window: int = setting(5, ge=1, help="Metrics intervals in a row D must overpower G before `d_overpowering` is flagged; `oscillation` looks at the last 4x this many.")
 
     def __post_init__(self) -> None:
@@ -128,6 +131,7 @@ class TrackingSpec:
     checkpoint_every: int = setting(500, ge=1, help="Steps between checkpoints (G, D, both optimizers, step); also at the end.")
     num_samples: int = setting(64, ge=1, le=1024, help="Images in each sample grid.")
     storage_path: str | None = setting(None, help="Where Ray Train keeps checkpoints (local path, NFS or s3://); null means Ray's default, ~/ray_results.")
+    keep_checkpoints: int | None = setting(None, ge=1, help="How many of the latest periodic checkpoints are kept, in Ray Train's storage and in the MLflow run (`checkpoints/step_N`; the best by FID is kept apart); null keeps all. A corrupted latest checkpoint is passed over for the one before it, so keep at least 2.")
 
 
 @dataclass

@@ -36,6 +36,7 @@ TAG_RESTARTS = "ganorch.restarts"                # how many times the run was re
                                                  # a resubmitted job, a Tune trial)
 TAG_RESTART = "ganorch.restart."                 # + n: what restart n continued from
 TAG_RESUMED_FROM = "ganorch.resumed_from"        # the checkpoint the latest start of the workers continued from
+TAG_PASSED_OVER = "ganorch.passed_over"          # corrupted checkpoints a start of the workers passed over, and why
 TAG_WORKERS = "ganorch.workers"                  # where each rank ran: "rank 0: node ... (host, device); ..."
 BEST_CHECKPOINT_DIR = "checkpoints/best"
 
@@ -203,14 +204,30 @@ class RunLogger:
     def log_samples(self, step: int, images: "torch.Tensor", columns: int) -> None:
         self.client.log_image(self.run_id, image_grid(images, columns), artifact_file=f"samples/step_{step:06d}.png")
 
-    def log_checkpoint(self, step: int, path: Path) -> str:
+    def log_checkpoint(self, step: int, path: Path, keep: int | None = None) -> str:
+        """Log the checkpoint (and its checksum) as `checkpoints/step_N/`; with `keep`, delete all but the latest
+        `keep` of those. Returns the checkpoint's artifact path."""
         artifact_dir = f"checkpoints/step_{step:06d}"
-        self.client.log_artifact(self.run_id, str(path), artifact_dir)
+        self.client.log_artifacts(self.run_id, str(path.parent), artifact_dir)
+        if keep is not None:
+            self.prune_checkpoints(keep)
         return f"{artifact_dir}/{path.name}"
+
+    def prune_checkpoints(self, keep: int) -> None:
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        periodic = sorted(a.path for a in self.client.list_artifacts(self.run_id, "checkpoints")
+                          if a.is_dir and a.path.rpartition("/")[2].startswith("step_"))
+        if len(periodic) <= keep:
+            return
+        run = self.client.get_run(self.run_id)
+        repo = get_artifact_repository(run.info.artifact_uri, tracking_uri=self.client.tracking_uri)
+        for old in periodic[:-keep]:
+            repo.delete_artifacts(old)
 
     def log_best_checkpoint(self, step: int, path: Path, fid: float) -> None:
         """Replace the run's best checkpoint (`checkpoints/best/`) and say which step and FID it holds."""
-        self.client.log_artifact(self.run_id, str(path), BEST_CHECKPOINT_DIR)
+        self.client.log_artifacts(self.run_id, str(path.parent), BEST_CHECKPOINT_DIR)
         for key, value in ((TAG_BEST_CHECKPOINT, f"{BEST_CHECKPOINT_DIR}/{path.name}"), (TAG_BEST_FID, f"{fid:.4f}"),
                            (TAG_BEST_STEP, step)):
             self.set_tag(key, value)

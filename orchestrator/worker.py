@@ -11,9 +11,9 @@ import torch
 from gan_models import GeneratorEMA, GradientPenalty, R1Penalty, Regularizer, build_loss, build_models, sample_latent
 from orchestrator import checkpoint, distributed, resume
 from orchestrator.data import ShardedBatches, check_conditional, load_dataset, num_classes
-from orchestrator.phases import build_phases, run_phase
+from orchestrator.phases import Phase, build_phases, run_phase
 from orchestrator.precision import Precision
-from orchestrator.spec import JobSpec, parse
+from orchestrator.spec import NONFINITE_PATIENCE, JobSpec, parse
 from orchestrator.stability import FLAGS, Flag, StabilityMonitor
 from orchestrator.tracking import TAG_CHECKPOINT, TAG_CLASSIFIER, TAG_CLASSIFIER_ACCURACY, TAG_INCEPTION
 
@@ -30,6 +30,7 @@ class WorkerContext:
     data_shard: Any = None  # this worker's share of a Ray Data stream (data.source 'ray-data')
     resume: dict[str, Any] | None = None  # a checkpoint's state to continue from
     resumed_from: str | None = None       # where that checkpoint is, for the run's tags
+    passed_over: list[str] | None = None  # later checkpoints that were corrupted, and why
     placement: list[str] | None = None    # per rank: where it runs, for the run's tags
     restarted_after: str | None = None    # rank 0 of workers Ray Train restarted: why the ones before failed
     verdicts: Any = None    # in a Tune trial: a queue that gives rank 0 Tune's go-ahead after each report
@@ -44,21 +45,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     adopt(config.get("mlflow_env"))  # workers on other nodes do not inherit the driver's environment
     spec = parse(config["spec"])
     shard = ray.train.get_dataset_shard("train") if spec.data.source == "ray-data" else None
-    # A checkpoint handed over (a Tune restart), else the run's own latest: Ray Train passes it when it restarts
-    # the worker group after a failure, or when a run of the same name (a resubmitted job) is started again.
-    restored = config.get("resume_from") or ray.train.get_checkpoint()
-    state = None
-    if restored is not None:  # a ray.train.Checkpoint, local or in remote storage
-        with restored.as_directory() as directory:
-            state = checkpoint.load(directory)
+    # The run's own latest checkpoint: Ray Train passes it when it restarts the workers after a failure, or when a
+    # run of the same name (a resubmitted job) starts again. Else one handed over: a Tune restart's (a
+    # ray.train.Checkpoint), or the state `ganorch run --resume` loaded.
+    restored = ray.train.get_checkpoint() or config.get("resume_from")
+    state, resumed_from, passed_over = config.get("resume_state"), config.get("resume_origin"), []
+    if restored is not None:  # local or in remote storage; a corrupted one gives way to the one before it
+        state, resumed_from, passed_over = resume.load_latest_intact(restored)
     device = ray.train.torch.get_device()
     board, restarted_after = config.get("progress"), None
     if board is not None and ray.train.get_context().get_world_rank() == 0:
         starts, failure = ray.get(board.started.remote())
         restarted_after = (failure or "a worker failed") if starts > 1 else None
     context = WorkerContext(device=device, tracking_uri=config["tracking_uri"], run_id=config["run_id"],
-                            progress=board, data_shard=shard, resume=state,
-                            resumed_from=checkpoint.location(restored) if restored else None,
+                            progress=board, data_shard=shard, resume=state, resumed_from=resumed_from,
+                            passed_over=passed_over,
                             placement=distributed.gather_objects(placement(device)),
                             restarted_after=restarted_after, verdicts=config.get("verdicts"))
     return train(spec, context, report=ray.train.report)
@@ -82,7 +83,7 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
     batch = spec.batch_per_worker
     logger = None
     if is_rank0 and context.run_id:
-        from orchestrator.tracking import TAG_RESUMED_FROM, TAG_WORKERS, RunLogger  # only rank 0 imports MLflow
+        from orchestrator.tracking import TAG_PASSED_OVER, TAG_RESUMED_FROM, TAG_WORKERS, RunLogger  # rank 0 only
         logger = RunLogger(context.tracking_uri, context.run_id)
         if context.placement:
             logger.set_tag(TAG_WORKERS, "; ".join(f"rank {r}: {where}" for r, where in enumerate(context.placement)))
@@ -90,6 +91,10 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
             logger.resuming()
         if context.resume and context.resumed_from:
             logger.set_tag(TAG_RESUMED_FROM, f"step {context.resume['step']}: {context.resumed_from}")
+        if context.passed_over:
+            logger.set_tag(TAG_PASSED_OVER, "; ".join(context.passed_over))
+            if context.progress:
+                context.progress.notice.remote(f"passed over a corrupted checkpoint: {context.passed_over[0]}")
         if context.restarted_after:
             origin = (f"step {context.resume['step']}: {context.resumed_from}" if context.resume
                       else "the start (no checkpoint yet)")
@@ -197,7 +202,8 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
         flags: list[Flag] = []
         if step % track.metrics_every == 0 or last:
             metrics = {**stats.reduce(), "images_per_sec": speed.rate(step), "images_seen": images_seen,
-                       "lr_g": opt_g.param_groups[0]["lr"], "lr_d": opt_d.param_groups[0]["lr"]}
+                       "lr_g": opt_g.param_groups[0]["lr"], "lr_d": opt_d.param_groups[0]["lr"],
+                       **{f"skipped_{p.name.lower()}": p.skipped for p in phases}}
             speed.restart(step)
             flags += monitor.observe(step, metrics)
             if logger:
@@ -217,16 +223,20 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
                 if logger:
                     with tempfile.TemporaryDirectory(prefix="ganorch-best-") as tmp:
                         logger.log_best_checkpoint(step, checkpoint.save(state, tmp), best_fid)
+        not_finite = nonfinite_stop(phases, spec.train.nonfinite, step)  # taken by all ranks together
+        if not_finite:
+            flags.append(not_finite)
+            stopped = monitor.raised.setdefault(not_finite.name, not_finite)
         if logger:
             for flag in flags:
                 logger.log_flag(flag)
         first_stop = next((i for i, name in enumerate(stop_on) if name in monitor.raised), -1)
-        if distributed.agree(first_stop, device) >= 0:
+        if distributed.agree(first_stop, device) >= 0 and stopped is None:
             stopped = monitor.raised[stop_on[first_stop]]
         if step % track.checkpoint_every == 0 or last or stopped is not None:
             digests = distributed.check_consistency({"generator": G, "generator_ema": ema.module, "discriminator": D})
             state = save_state(checked=True)
-            save_and_report(report, step, {**metrics, **scores}, state, logger)
+            save_and_report(report, step, {**metrics, **scores}, state, logger, track.keep_checkpoints)
             if context.verdicts is not None:
                 # Wait while Tune decides on the report: a trial it stops or pauses (ASHA, PBT) takes no steps
                 # past it, steps that a restart from this checkpoint would take and log again.
@@ -240,6 +250,16 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
     return {"step": step, "metrics": metrics, "eval": scores, "snapshot_digests": digests,
             "parameter_digests": parameters, "workers": context.placement, "flags": [f.describe() for f in monitor.raised.values()],
             "stopped": stopped.describe() if stopped else None, "best_fid": best_fid if math.isfinite(best_fid) else None}
+
+
+def nonfinite_stop(phases: list[Phase], policy: str, step: int) -> Flag | None:
+    """The `diverged` flag when steps were skipped for a non-finite loss or gradient: at the first with
+    train.nonfinite 'stop', after NONFINITE_PATIENCE of a network in a row with 'skip'."""
+    worst = max(phases, key=lambda p: p.skipped_in_a_row)
+    if worst.skipped_in_a_row < (1 if policy == "stop" else NONFINITE_PATIENCE):
+        return None
+    return Flag("diverged", step, f"{worst.skipped_in_a_row} {worst.name} step(s) in a row had a non-finite loss or "
+                                  f"gradient and were not applied (train.nonfinite {policy!r})")
 
 
 def snapshot(G: torch.nn.Module, G_ema: torch.nn.Module, D: torch.nn.Module, opt_g: torch.optim.Optimizer,
@@ -310,7 +330,8 @@ def sample(G: torch.nn.Module, z: torch.Tensor, labels: torch.Tensor | None = No
     return images
 
 
-def save_and_report(report, step: int, metrics: dict[str, float], state: dict[str, Any] | None, logger) -> None:
+def save_and_report(report, step: int, metrics: dict[str, float], state: dict[str, Any] | None, logger,
+                    keep: int | None = None) -> None:
     """Every rank calls `ray.train.report` once per checkpoint, and only then: each report waits for
     Ray Train's controller to take the previous one (it polls every few seconds). Rank 0 passes the
     checkpoint `state`, which goes to MLflow and to Ray's storage."""
@@ -319,7 +340,7 @@ def save_and_report(report, step: int, metrics: dict[str, float], state: dict[st
         if state is not None:
             path = checkpoint.save(state, tmp)
             if logger:
-                logger.set_tag(TAG_CHECKPOINT, logger.log_checkpoint(step, path))
+                logger.set_tag(TAG_CHECKPOINT, logger.log_checkpoint(step, path, keep))
             if report is not None:
                 from ray.train import Checkpoint
                 ckpt = Checkpoint.from_directory(tmp)

@@ -110,3 +110,35 @@ def test_a_run_survives_three_killed_workers_in_one_run(ray_session, mlflow_stor
         assert [m.step for m in c.get_metric_history(run.info.run_id, key)] == list(range(1, steps + 1)), key
     printed = capsys.readouterr().out
     assert "workers restarted from the latest checkpoint after a failure (restart 3)" in printed, printed
+
+
+def test_a_corrupted_latest_checkpoint_gives_way_to_the_one_before(ray_session, mlflow_store, tmp_path, capsys):
+    """A run keeps its 2 latest checkpoints (in Ray Train's storage and in MLflow). Its latest is then damaged;
+    starting the run again under its name passes over it, says why, and continues from the one before, in the
+    same MLflow run, with one metric point per step."""
+    storage = tmp_path / "ray_storage"
+    common = [f"tracking.storage_path={storage}", "resources.num_workers=1", "tracking.metrics_every=1",
+              "tracking.checkpoint_every=2", "tracking.keep_checkpoints=2"]
+    first = launch.run(load(REPO / "jobs/debug_dcgan.yaml", [*common, "train.steps=6"]), run_name="again",
+                       show_progress=False)
+    kept = sorted(p for p in storage.glob("again/checkpoint_*") if p.is_dir())
+    assert [torch_step(p) for p in kept] == [4, 6]
+    c = tracking.client(mlflow_store)
+    assert [a.path for a in c.list_artifacts(first.run_id, "checkpoints")] == \
+        ["checkpoints/step_000004", "checkpoints/step_000006"]
+
+    latest = kept[-1] / "checkpoint.pt"
+    latest.write_bytes(latest.read_bytes()[:-100])
+    second = launch.run(load(REPO / "jobs/debug_dcgan.yaml", [*common, "train.steps=8"]), run_name="again")
+    assert second.run_id == first.run_id and second.summary["step"] == 8
+    tags = c.get_run(first.run_id).data.tags
+    assert tags["ganorch.passed_over"].startswith(f"{latest}: corrupted or truncated")
+    assert tags["ganorch.resumed_from"] == f"step 4: {kept[0]}"
+    assert [m.step for m in c.get_metric_history(first.run_id, "loss_d")] == list(range(1, 9))
+    assert f"passed over a corrupted checkpoint: {latest}: corrupted or truncated" in capsys.readouterr().out
+
+
+def torch_step(ray_checkpoint: Path) -> int:
+    from orchestrator import checkpoint
+
+    return checkpoint.load(ray_checkpoint)["step"]

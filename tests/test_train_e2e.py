@@ -221,7 +221,7 @@ def test_eval_command_adds_inception_metrics_from_a_weights_file(debug_run, ince
 @pytest.mark.parametrize("target, message", [
     ("no/such/file.pt", "no such checkpoint file, and not an MLflow run id"),
     ("0123456789abcdef0123456789abcdef", "no MLflow run with this id"),
-    ("not-a-checkpoint.pt", "not a readable ganorch checkpoint"),
+    ("not-a-checkpoint.pt", "not-a-checkpoint.pt: cannot be read as a checkpoint"),
 ])
 def test_eval_command_refuses_what_is_not_a_checkpoint(mlflow_store, tmp_path, capsys, target, message):
     from orchestrator.cli import main

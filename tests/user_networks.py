@@ -33,3 +33,37 @@ class FlatGenerator(MLPGenerator):
 
 class NotANetwork:
     pass
+
+
+class NaNDiscriminator(MLPDiscriminator):
+    """Scores NaN on its POISONED calls (counted from 0, training mode only) on the ranks in RANKS (None: all).
+    With n_critic 1, step s calls D three times: 3(s-1) and 3(s-1)+1 in the D phase (reals, fakes), 3(s-1)+2 in
+    the G phase."""
+    POISONED: set[int] | range = {6, 8}  # step 3: its D step and its G step
+    RANKS: set[int] | None = None
+
+    def __init__(self, image_size: int, channels: int, width: int):
+        super().__init__(image_size, channels, width)
+        self.calls = 0
+
+    def forward(self, x):
+        import torch.distributed as dist
+
+        scores = super().forward(x)
+        if self.training:
+            rank = dist.get_rank() if dist.is_initialized() else 0
+            if self.calls in self.POISONED and (self.RANKS is None or rank in self.RANKS):
+                scores = scores * float("nan")
+            self.calls += 1
+        return scores
+
+
+class NaNOnRankOne(NaNDiscriminator):
+    """Only rank 1's D step of step 3 sees a NaN loss; rank 0's is finite."""
+    POISONED = {6}
+    RANKS = {1}
+
+
+class NaNFromStepTwo(NaNDiscriminator):
+    """Every score NaN from step 2 on: nothing can be learnt."""
+    POISONED = range(3, 10 ** 9)
