@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                           help="override a key of the checkpoint's spec, e.g. --set eval.num_samples=5000 or "
                                "--set data.path=/data/here (repeatable)")
+    sync = commands.add_parser("sync", help="send to MLflow what runs kept on this machine while it could not be "
+                                            "reached (MLFLOW_TRACKING_URI)")
+    sync.add_argument("folders", nargs="*", metavar="FOLDER",
+                      help="a folder a run named (default: every one under ~/.ganorch/unsent)")
     add_job_commands(commands)
     return parser
 
@@ -130,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, os.getcwd())
     if args.command == "eval":
         return evaluate_checkpoint(args)
+    if args.command == "sync":
+        return sync_unsent(args.folders)
     if args.command in ("status", "logs", "stop", "list"):
         return manage_job(args)
     if args.command in ("run", "tune"):
@@ -377,6 +383,29 @@ def check_enough_images(spec: JobSpec, count: int) -> None:
                          f"fewer than its batch of {spec.batch_per_worker}")
 
 
+def sync_unsent(folders: list[str]) -> int:
+    from orchestrator import outbox, tracking
+
+    found = [Path(f) for f in folders] or sorted(p.parent for p in outbox.unsent_root().glob("*/*/run.json"))
+    for folder in found:
+        if not (folder / "run.json").is_file():
+            print(f"ganorch: sync: {folder} is not a folder a run kept (no run.json)", file=sys.stderr)
+            return EXIT_USAGE
+    if not found:
+        print(f"nothing to send: no folder under {outbox.unsent_root()}")
+        return 0
+    uri = tracking.tracking_uri()
+    for folder in found:
+        try:
+            run_id, count = outbox.sync(folder, uri)
+        except Exception as err:
+            print(f"ganorch: sync: could not send {folder} to MLflow at {tracking.redact(uri)}: "
+                  f"{outbox.first_line(err)}", file=sys.stderr)
+            return 1
+        print(f"sent {count} item(s) of run {run_id} from {folder}")
+    return 0
+
+
 def run_job(spec: JobSpec, run_name: str | None = None, resume: Any = None) -> int:
     from orchestrator import launch
 
@@ -407,6 +436,9 @@ def run_job(spec: JobSpec, run_name: str | None = None, resume: Any = None) -> i
         shown = ", ".join(outcome.skipped_files[:5]) + (" ..." if len(outcome.skipped_files) > 5 else "")
         print(f"skipped {len(outcome.skipped_files)} images that could not be decoded (listed in the run's "
               f"data/skipped_files.txt): {shown}")
+    for where in outcome.unsent:
+        print(f"MLflow could not be reached: what the run could not send is kept in {where}; send it with "
+              "`ganorch sync` on that host once MLflow answers")
     if outcome.summary.get("best_fid") is not None:
         print(f"best checkpoint: fid {outcome.summary['best_fid']:.2f}, artifact checkpoints/best/ of the run")
     for flag in outcome.summary.get("flags", []):

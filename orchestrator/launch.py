@@ -3,6 +3,7 @@
 import dataclasses
 import logging
 import os
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ class RunOutcome:
     summary: dict[str, Any]          # rank 0's return value: final step, metrics, state digests
     checkpoint_path: str | None      # the final checkpoint in Ray Train's storage
     skipped_files: list[str] = dataclasses.field(default_factory=list)  # images Ray Data could not decode
+    unsent: list[str] = dataclasses.field(default_factory=list)  # host:folder where what MLflow did not take is
 
 
 def resources_line(spec: JobSpec) -> str:
@@ -146,6 +148,7 @@ def run(spec: JobSpec, loop: Callable[[dict], Any] | None = None, show_progress:
         skipped = ray.remote(num_cpus=0)(ray_images.SkippedFiles).remote()
         datasets = {"train": ray_images.build_dataset(spec, skipped)}
     uri = tracking.tracking_uri()
+    tracking.check_reachable(uri)
     check_tracking_store(uri)
     run_name = run_name or tracking.default_run_name(spec)
     if resume is not None and resume.run_id:
@@ -190,8 +193,8 @@ def run(spec: JobSpec, loop: Callable[[dict], Any] | None = None, show_progress:
         raise
     finally:
         skipped_files = ray.get(skipped.read.remote()) if skipped is not None else []
-        if skipped_files:
-            tracking.log_skipped_files(uri, run_id, skipped_files)
-        tracking.end_run(uri, run_id, status, tags)
+        kept = tracking.end_run(uri, run_id, status, tags, skipped_files, spec.tracking.outage_wait_s)
     outcome.skipped_files = skipped_files
+    outcome.unsent = [where for where in (outcome.summary.get("unsent"), f"{socket.gethostname()}:{kept}" if kept
+                                          else None) if where]
     return outcome

@@ -131,6 +131,7 @@ class TrackingSpec:
     checkpoint_every: int = setting(500, ge=1, help="Steps between checkpoints (G, D, both optimizers, step); also at the end.")
     num_samples: int = setting(64, ge=1, le=1024, help="Images in each sample grid.")
     storage_path: str | None = setting(None, help="Where Ray Train keeps checkpoints (local path, NFS or s3://); null means Ray's default, ~/ray_results.")
+    outage_wait_s: float = setting(120.0, ge=0, help="While MLflow cannot be reached, training goes on and what it logs waits; at the end of the run, how long to wait for MLflow to come back before keeping what it did not take on local disk (~/.ganorch/unsent/<run id>/, sent later with `ganorch sync`).")
     keep_checkpoints: int | None = setting(None, ge=1, help="How many of the latest periodic checkpoints are kept, in Ray Train's storage and in the MLflow run (`checkpoints/step_N`; the best by FID is kept apart); null keeps all. A corrupted latest checkpoint is passed over for the one before it, so keep at least 2.")
 
 

@@ -1,9 +1,10 @@
 """MLflow: where results go, the run's lifecycle on the driver, and rank 0's logging during training."""
 
 import os
+import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -156,18 +157,40 @@ def ui_hint(uri: str) -> str:
     return f"see it at {redact(uri)}" if uri.startswith("http") else f"tracking store: {redact(uri)}"
 
 
-def end_run(uri: str, run_id: str, status: str, tags: dict[str, str] | None = None) -> None:
-    c = client(uri)
-    for key, value in (tags or {}).items():
-        c.set_tag(run_id, key, value)
-    c.set_terminated(run_id, status)
+def end_run(uri: str, run_id: str, status: str, tags: dict[str, str] | None = None,
+            skipped_files: list[str] | None = None, wait_s: float = 60.0) -> Path | None:
+    """The driver's last writes: `tags`, the training images that could not be decoded (a count tag and
+    `data/skipped_files.txt`), and the run's status. MLflow gets `wait_s` to take them; returns where what it
+    did not take was kept."""
+    from orchestrator.outbox import Outbox
+
+    outbox = Outbox(uri, run_id, "driver")
+    if skipped_files:
+        tags = {**(tags or {}), TAG_DATA_SKIPPED: str(len(skipped_files))}
+    outbox.tags(tags or {})
+    if skipped_files:
+        with tempfile.TemporaryDirectory(prefix="ganorch-skipped-") as tmp:
+            listing = Path(tmp) / "skipped_files.txt"
+            listing.write_text("".join(f"{p}\n" for p in skipped_files))
+            outbox.artifacts([listing], "data")
+    outbox.end(status)
+    return outbox.close(wait_s)
 
 
-def log_skipped_files(uri: str, run_id: str, paths: list[str]) -> None:
-    """Record the training images that could not be decoded: a count tag and `data/skipped_files.txt`."""
-    c = client(uri)
-    c.set_tag(run_id, TAG_DATA_SKIPPED, str(len(paths)))
-    c.log_text(run_id, "".join(f"{p}\n" for p in paths), "data/skipped_files.txt")
+def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
+    """A tracking server must answer before a run starts; ValueError naming MLFLOW_TRACKING_URI if not."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    parts = urlsplit(uri)
+    try:
+        socket.create_connection((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)),
+                                 timeout=timeout_s).close()
+    except (OSError, ValueError) as err:
+        raise ValueError(f"MLFLOW_TRACKING_URI: cannot reach the MLflow tracking server at {redact(uri)} "
+                         f"({err}); is it up, and is the address right?") from None
 
 
 def image_grid(images: "torch.Tensor", nrow: int) -> np.ndarray:
@@ -179,66 +202,81 @@ def image_grid(images: "torch.Tensor", nrow: int) -> np.ndarray:
 
 
 class RunLogger:
-    """Rank 0's handle on the run the driver created."""
+    """Rank 0's handle on the run the driver created. Reads happen at once; writes go through an Outbox, so an
+    MLflow outage never stops training (`close` says where what could not be sent was kept)."""
 
-    def __init__(self, uri: str, run_id: str):
+    def __init__(self, uri: str, run_id: str, notify: Callable[[str], None] | None = None):
+        from orchestrator.outbox import Outbox
+
         self.client = client(uri)
         self.run_id = run_id
+        self.outbox = Outbox(uri, run_id, "rank0", notify)
         self.logged_through: dict[str, int] = {}  # metric -> the last step logged before a resume
+        self.floor = -1                            # when those could not be read: the checkpoint's step
 
-    def resuming(self) -> None:
-        """Training goes on from a checkpoint, so it takes again steps that may have been logged after the
-        checkpoint was taken: those are not logged twice. On the same hardware a resume retakes them exactly."""
-        for key in self.client.get_run(self.run_id).data.metrics:
-            history = self.client.get_metric_history(self.run_id, key)
-            self.logged_through[key] = max((m.step for m in history), default=-1)
+    def resuming(self, step: int) -> None:
+        """Training goes on from the checkpoint of `step`, so it takes again steps that may have been logged after
+        it: those are not logged twice. On the same hardware a resume retakes them exactly. (With MLflow out of
+        reach, only the steps up to the checkpoint's are known to be logged.)"""
+        try:
+            for key in self.client.get_run(self.run_id).data.metrics:
+                history = self.client.get_metric_history(self.run_id, key)
+                self.logged_through[key] = max((m.step for m in history), default=-1)
+        except Exception:
+            self.floor = step
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        fresh = [Metric(k, float(v), now, step) for k, v in metrics.items() if step > self.logged_through.get(k, -1)]
+        fresh = {k: v for k, v in metrics.items() if step > max(self.logged_through.get(k, -1), self.floor)}
         if fresh:
-            self.client.log_batch(self.run_id, metrics=fresh)
+            self.outbox.metrics(step, fresh)
 
     def log_samples(self, step: int, images: "torch.Tensor", columns: int) -> None:
-        self.client.log_image(self.run_id, image_grid(images, columns), artifact_file=f"samples/step_{step:06d}.png")
+        from PIL import Image
+
+        with tempfile.TemporaryDirectory(prefix="ganorch-samples-") as tmp:
+            path = Path(tmp) / f"step_{step:06d}.png"
+            Image.fromarray(image_grid(images, columns)).save(path)
+            self.outbox.artifacts([path], "samples")
 
     def log_checkpoint(self, step: int, path: Path, keep: int | None = None) -> str:
         """Log the checkpoint (and its checksum) as `checkpoints/step_N/`; with `keep`, delete all but the latest
         `keep` of those. Returns the checkpoint's artifact path."""
         artifact_dir = f"checkpoints/step_{step:06d}"
-        self.client.log_artifacts(self.run_id, str(path.parent), artifact_dir)
+        self.outbox.artifacts(sorted(path.parent.iterdir()), artifact_dir)
         if keep is not None:
-            self.prune_checkpoints(keep)
+            self.outbox.prune(keep)
         return f"{artifact_dir}/{path.name}"
-
-    def prune_checkpoints(self, keep: int) -> None:
-        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-        periodic = sorted(a.path for a in self.client.list_artifacts(self.run_id, "checkpoints")
-                          if a.is_dir and a.path.rpartition("/")[2].startswith("step_"))
-        if len(periodic) <= keep:
-            return
-        run = self.client.get_run(self.run_id)
-        repo = get_artifact_repository(run.info.artifact_uri, tracking_uri=self.client.tracking_uri)
-        for old in periodic[:-keep]:
-            repo.delete_artifacts(old)
 
     def log_best_checkpoint(self, step: int, path: Path, fid: float) -> None:
         """Replace the run's best checkpoint (`checkpoints/best/`) and say which step and FID it holds."""
-        self.client.log_artifacts(self.run_id, str(path.parent), BEST_CHECKPOINT_DIR)
-        for key, value in ((TAG_BEST_CHECKPOINT, f"{BEST_CHECKPOINT_DIR}/{path.name}"), (TAG_BEST_FID, f"{fid:.4f}"),
-                           (TAG_BEST_STEP, step)):
-            self.set_tag(key, value)
+        self.outbox.artifacts(sorted(path.parent.iterdir()), BEST_CHECKPOINT_DIR)
+        self.outbox.tags({TAG_BEST_CHECKPOINT: f"{BEST_CHECKPOINT_DIR}/{path.name}", TAG_BEST_FID: f"{fid:.4f}",
+                          TAG_BEST_STEP: step})
 
     def log_flag(self, flag: "Flag") -> None:
         """A stability flag: metric `unstable.<flag>` = 1 at its step, and a tag with the reason."""
         self.log_metrics(flag.step, {f"unstable.{flag.name}": 1.0})
         self.set_tag(TAG_UNSTABLE + flag.name, flag.describe())
 
-    def record_restart(self, where: str) -> int:
-        return record_restart(self.client, self.run_id, where)
+    def record_restart(self, where: str) -> None:
+        self.outbox.restart(where)
 
     def set_tag(self, key: str, value: Any) -> None:
-        self.client.set_tag(self.run_id, key, str(value))
+        self.outbox.tags({key: value})
+
+    def close(self, wait_s: float) -> Path | None:
+        """Send what is left, waiting up to `wait_s` for MLflow; returns where what it did not take was kept."""
+        return self.outbox.close(wait_s)
+
+
+def prune_checkpoints(c: "MlflowClient", run_id: str, keep: int) -> None:
+    """Delete all but the latest `keep` of the run's periodic checkpoints (`checkpoints/step_N/`)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    periodic = sorted(a.path for a in c.list_artifacts(run_id, "checkpoints")
+                      if a.is_dir and a.path.rpartition("/")[2].startswith("step_"))
+    if len(periodic) <= keep:
+        return
+    repo = get_artifact_repository(c.get_run(run_id).info.artifact_uri, tracking_uri=c.tracking_uri)
+    for old in periodic[:-keep]:
+        repo.delete_artifacts(old)

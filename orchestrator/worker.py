@@ -1,6 +1,7 @@
 """The per-worker training loop, top to bottom. Ray Train runs `train_loop_per_worker` on every worker."""
 
 import math
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -67,8 +68,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
 def placement(device: torch.device) -> str:
     """Where this worker runs: its Ray node, host and device."""
-    import socket
-
     import ray
 
     return f"node {ray.get_runtime_context().get_node_id()[:12]} ({socket.gethostname()}, {device})"
@@ -76,30 +75,49 @@ def placement(device: torch.device) -> str:
 
 def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
     """Train G and D up to step `spec.train.steps`, from the start or from `context.resume`. Returns rank 0's
-    summary (final metrics, state digests)."""
+    summary (final metrics, state digests; `unsent`: where what MLflow did not take was kept)."""
+    logger = open_logger(context) if distributed.rank() == 0 and context.run_id else None
+    try:
+        summary = train_logged(spec, context, logger, report)
+    except BaseException:
+        if logger:
+            logger.close(0)  # what was not sent yet is kept; a restart from a checkpoint logs its steps again
+        raise
+    unsent = logger.close(spec.tracking.outage_wait_s) if logger else None
+    return {**summary, "unsent": f"{socket.gethostname()}:{unsent}" if unsent else None}
+
+
+def open_logger(context: WorkerContext) -> Any:
+    """Rank 0's RunLogger, with the tags of where the ranks run and what this start continues from."""
+    from orchestrator.tracking import TAG_PASSED_OVER, TAG_RESUMED_FROM, TAG_WORKERS, RunLogger  # rank 0 only
+
+    board = context.progress
+    logger = RunLogger(context.tracking_uri, context.run_id,
+                       notify=(lambda line: board.notice.remote(line)) if board is not None else None)
+    if context.placement:
+        logger.set_tag(TAG_WORKERS, "; ".join(f"rank {r}: {where}" for r, where in enumerate(context.placement)))
+    if context.resume or context.restarted_after:
+        logger.resuming(context.resume["step"] if context.resume else 0)
+    if context.resume and context.resumed_from:
+        logger.set_tag(TAG_RESUMED_FROM, f"step {context.resume['step']}: {context.resumed_from}")
+    if context.passed_over:
+        logger.set_tag(TAG_PASSED_OVER, "; ".join(context.passed_over))
+        if board is not None:
+            board.notice.remote(f"passed over a corrupted checkpoint: {context.passed_over[0]}")
+    if context.restarted_after:
+        origin = (f"step {context.resume['step']}: {context.resumed_from}" if context.resume
+                  else "the start (no checkpoint yet)")
+        logger.record_restart(f"workers restarted after a failure ({context.restarted_after}); continued "
+                              f"from {origin}")
+    return logger
+
+
+def train_logged(spec: JobSpec, context: WorkerContext, logger: Any, report=None) -> dict[str, Any]:
+    """The loop itself; rank 0 logs through `logger` (None elsewhere, and without a run)."""
     rank, world_size = distributed.rank(), distributed.world_size()
     is_rank0 = rank == 0
     device = context.device
     batch = spec.batch_per_worker
-    logger = None
-    if is_rank0 and context.run_id:
-        from orchestrator.tracking import TAG_PASSED_OVER, TAG_RESUMED_FROM, TAG_WORKERS, RunLogger  # rank 0 only
-        logger = RunLogger(context.tracking_uri, context.run_id)
-        if context.placement:
-            logger.set_tag(TAG_WORKERS, "; ".join(f"rank {r}: {where}" for r, where in enumerate(context.placement)))
-        if context.resume or context.restarted_after:
-            logger.resuming()
-        if context.resume and context.resumed_from:
-            logger.set_tag(TAG_RESUMED_FROM, f"step {context.resume['step']}: {context.resumed_from}")
-        if context.passed_over:
-            logger.set_tag(TAG_PASSED_OVER, "; ".join(context.passed_over))
-            if context.progress:
-                context.progress.notice.remote(f"passed over a corrupted checkpoint: {context.passed_over[0]}")
-        if context.restarted_after:
-            origin = (f"step {context.resume['step']}: {context.resumed_from}" if context.resume
-                      else "the start (no checkpoint yet)")
-            logger.record_restart(f"workers restarted after a failure ({context.restarted_after}); continued "
-                                  f"from {origin}")
 
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # tiny activations of a saturated D can be denormals, slow on CPU

@@ -1,6 +1,8 @@
 """One Ray instance per test session; a fresh MLflow store and working directory per test that needs one."""
 
+import atexit
 import os
+import shutil
 import socket
 import tempfile
 from pathlib import Path
@@ -15,6 +17,9 @@ os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="ganorch-test-torch-home-")
 # Ray Train's controller looks at its workers every 2 s by default, and a report waits for that look: tests, whose
 # runs report every few steps, let it look every 0.5 s.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+# What runs keep while MLflow cannot be reached goes here, not to this machine's ~/.ganorch.
+os.environ["GANORCH_HOME"] = tempfile.mkdtemp(prefix="ganorch-home-")
+atexit.register(shutil.rmtree, os.environ["GANORCH_HOME"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +32,7 @@ def ray_session():
     # died (a Tune trial stopped by ASHA), and without it leaks the trial's workers' CPUs.
     ray.init(num_cpus=2, log_to_driver=False, include_dashboard=True, dashboard_port=free_port(),
              logging_level="WARNING",
-             runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+             runtime_env={"env_vars": {"PYTHONPATH": pythonpath, "GANORCH_HOME": os.environ["GANORCH_HOME"]}})
     yield ray
     ray.shutdown()
 
