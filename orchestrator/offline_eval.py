@@ -134,6 +134,9 @@ def evaluate(source: Source, spec: JobSpec, uri: str, samples: int = 0, grid_pat
         from PIL import Image
 
         Image.fromarray(tracking.image_grid(images, columns)).save(grid_path)
+    kept = logger.close(spec.tracking.outage_wait_s)
+    if kept:
+        print(f"MLflow could not take all of the evaluation: the rest is kept in {kept}; send it with ganorch sync")
     client.set_terminated(run.info.run_id, "FINISHED")
     return Evaluation(scores, step, run.info.run_id, evaluator.classifier_accuracy, grid_path if samples else None,
                       inception_line)

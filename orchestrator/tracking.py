@@ -1,6 +1,7 @@
 """MLflow: where results go, the run's lifecycle on the driver, and rank 0's logging during training."""
 
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -40,6 +41,10 @@ TAG_RESUMED_FROM = "ganorch.resumed_from"        # the checkpoint the latest sta
 TAG_PASSED_OVER = "ganorch.passed_over"          # corrupted checkpoints a start of the workers passed over, and why
 TAG_WORKERS = "ganorch.workers"                  # where each rank ran: "rank 0: node ... (host, device); ..."
 BEST_CHECKPOINT_DIR = "checkpoints/best"
+
+
+# Keys whose values are never logged (param values, spec.yaml): they name secrets.
+SECRET_KEY = re.compile(r"token|key|secret|password|passwd|credential", re.IGNORECASE)
 
 
 def tracking_uri() -> str:
@@ -101,11 +106,30 @@ def create_run(spec: JobSpec, uri: str, experiment_id: str, run_name: str, tags:
     c = client(uri)
     run = c.create_run(experiment_id, run_name=run_name, tags={TAG_JOB: spec.name, **(tags or {})})
     values = {**flatten(spec.to_dict()), **(params or {})}
-    items = [Param(k, str(v)) for k, v in values.items()]
+    items = [Param(k, redact_value(k, v)) for k, v in values.items()]
     for start in range(0, len(items), 100):
         c.log_batch(run.info.run_id, params=items[start:start + 100])
-    c.log_text(run.info.run_id, spec.to_yaml(), "spec.yaml")
+    c.log_text(run.info.run_id, spec_text(spec), "spec.yaml")
     return run.info.run_id
+
+
+def redact_value(key: str, value: Any) -> str:
+    """A param's value fit to log: masked when its key names a secret, credentials masked in a URI."""
+    if SECRET_KEY.search(key.rpartition(".")[2]):
+        return "***"
+    return redact(value) if isinstance(value, str) and "://" in value else str(value)
+
+
+def spec_text(spec: JobSpec) -> str:
+    """The spec as YAML, with what `redact_value` masks masked."""
+    import yaml
+
+    def masked(data: dict[str, Any]) -> dict[str, Any]:
+        return {k: masked(v) if isinstance(v, dict) else
+                (redact_value(k, v) if SECRET_KEY.search(k) or (isinstance(v, str) and "://" in v) else v)
+                for k, v in data.items()}
+
+    return yaml.safe_dump(masked(spec.to_dict()), sort_keys=False, default_flow_style=None)
 
 
 def job_run(spec: JobSpec, uri: str, run_name: str) -> tuple[str, int]:
@@ -127,7 +151,7 @@ def reopen_run(uri: str, run_id: str, spec: JobSpec, where: str) -> int:
     runs is `restarts/<n>/spec.yaml` (params, logged at the first start, cannot change)."""
     c = client(uri)
     start = record_restart(c, run_id, where)
-    c.log_text(run_id, spec.to_yaml(), f"restarts/{start}/spec.yaml")
+    c.log_text(run_id, spec_text(spec), f"restarts/{start}/spec.yaml")
     c.update_run(run_id, status="RUNNING")
     return start
 

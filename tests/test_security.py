@@ -1,0 +1,79 @@
+"""Security defaults: the embedded default's job server listens on loopback only, and nothing named like a secret, nor the
+credentials in a URI, reaches MLflow."""
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from orchestrator import tracking
+from orchestrator.spec import load, parse
+
+REPO = Path(__file__).resolve().parents[1]
+
+LISTING = r"""
+import os, sys
+from pathlib import Path
+
+from orchestrator.launch import init_ray
+
+init_ray()  # the embedded default: what `ganorch run` starts without RAY_ADDRESS
+import ray
+
+@ray.remote
+def touch():
+    return os.getpid()
+
+ray.get([touch.remote() for _ in range(2)])  # workers too
+context = ray.get_runtime_context()
+print("node", ray.nodes()[0]["NodeManagerAddress"], "dashboard", ray._private.worker.global_worker.node.webui_url)
+temp = os.environ["RAY_TMPDIR"]
+pids = {os.getpid()} | {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+                        and temp.encode() in (p / "cmdline").read_bytes()}
+inodes = set()
+for pid in pids:
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+for table in ("tcp", "tcp6"):
+    for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+            print(table, fields[1])
+ray.shutdown()
+"""
+
+LOOPBACK = {"tcp": "0100007F", "tcp6": "00000000000000000000000001000000"}
+
+
+def test_the_embedded_defaults_job_server_listens_on_loopback_only(tmp_path):
+    temp = tempfile.mkdtemp(prefix="rs-", dir="/tmp")  # short: Ray's socket paths must fit in 107 characters
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["RAY_TMPDIR"] = temp
+    listing = subprocess.run([sys.executable, "-c", LISTING], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=180)
+    assert listing.returncode == 0, listing.stderr[-3000:]
+    lines = listing.stdout.splitlines()
+    dashboard = lines[0].split()[3]
+    host, port = dashboard.rsplit(":", 1)
+    assert host == "127.0.0.1"
+    # Ray's dashboard and job server (HTTP, the way to submit code) listen on loopback alone. (Ray's core gRPC
+    # servers listen on the node's address, which Ray never lets be loopback; see README's trust model.)
+    http = [line.split() for line in lines[1:] if int(line.split()[1].split(":")[1], 16) == int(port)]
+    assert http and all(address.split(":")[0] == LOOPBACK[table] for table, address in http), lines
+
+def test_secrets_and_uri_credentials_never_reach_mlflow(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = parse({"name": "s", "data": {"source": "ray-data", "path": "s3://AKIAEXAMPLE:hunter2@bucket/images"}})
+    c = tracking.client(uri)
+    run_id = tracking.create_run(spec, uri, c.create_experiment("s"), "s-1", params={"api_token": "hunter3"})
+    params = c.get_run(run_id).data.params
+    assert params["data.path"] == "s3://***@bucket/images" and params["api_token"] == "***"
+    spec_yaml = Path(c.download_artifacts(run_id, "spec.yaml", str(tmp_path))).read_text()
+    assert "hunter2" not in spec_yaml and "s3://***@bucket/images" in spec_yaml
+    assert parse(__import__("yaml").safe_load(spec_yaml)).data.source == "ray-data"
