@@ -174,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
         return run_sweep(spec, getattr(args, "export", None))
     try:
+        from orchestrator import tracking
+
+        tracking.check_reachable(tracking.tracking_uri())
         resume = resumption(getattr(args, "resume", None), spec)
     except ValueError as err:
         print(f"ganorch: cannot run {args.job}: {err}", file=sys.stderr)
@@ -328,9 +331,14 @@ def check_inception(spec: JobSpec) -> str:
 
 
 def check_output_file(flag: str, path: str | None) -> None:
-    """A file the command writes at its end: its folder must exist before the work starts."""
-    if path is not None and not Path(path).expanduser().resolve().parent.is_dir():
+    """A file the command writes at its end: its folder must exist before the work starts, and the file must not
+    (a result written before is never overwritten)."""
+    if path is None:
+        return
+    if not Path(path).expanduser().resolve().parent.is_dir():
         raise ValueError(f"{flag}: no directory {Path(path).expanduser().resolve().parent} to write {path} into")
+    if Path(path).expanduser().exists():
+        raise ValueError(f"{flag}: {path} exists; name a new file, or remove it first")
 
 
 def run_sweep(spec: JobSpec, export: str | None) -> int:

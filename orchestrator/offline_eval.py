@@ -130,7 +130,7 @@ def evaluate(source: Source, spec: JobSpec, uri: str, samples: int = 0, grid_pat
         z, labels, columns = fixed_samples(spec, classes, device, count=samples)
         images = sample(G, z, labels)
         logger.log_samples(step, images, columns)
-        grid_path = grid_path or Path(f"eval_step_{step:06d}.png")
+        grid_path = grid_path or unused(Path(f"eval_step_{step:06d}.png"))
         from PIL import Image
 
         Image.fromarray(tracking.image_grid(images, columns)).save(grid_path)
@@ -140,3 +140,13 @@ def evaluate(source: Source, spec: JobSpec, uri: str, samples: int = 0, grid_pat
     client.set_terminated(run.info.run_id, "FINISHED")
     return Evaluation(scores, step, run.info.run_id, evaluator.classifier_accuracy, grid_path if samples else None,
                       inception_line)
+
+
+def unused(path: Path) -> Path:
+    """`path`, or `path` with -2, -3, ... before its suffix when a file of that name is there already."""
+    n = 1
+    candidate = path
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate

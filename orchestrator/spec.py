@@ -24,6 +24,8 @@ TORCHVISION_DATASETS = ("MNIST", "FashionMNIST", "KMNIST", "CIFAR10", "CIFAR100"
 PATH_SOURCES = ("folder", "torchvision", "ray-data")
 # D steps per G step when train.n_critic is null; WGAN-GP's critic needs several (Gulrajani et al., 2017).
 DEFAULT_N_CRITIC = {"nonsaturating": 1, "hinge": 1, "wgan-gp": 5, "lsgan": 1}
+# URI schemes of tracking.storage_path: those of pyarrow's filesystems, which Ray Train writes checkpoints through.
+STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "file")
 # train.nonfinite 'skip': skipped steps of one network in a row that stop the run as diverged.
 NONFINITE_PATIENCE = 20
 
@@ -133,6 +135,12 @@ class TrackingSpec:
     storage_path: str | None = setting(None, help="Where Ray Train keeps checkpoints (local path, NFS or s3://); null means Ray's default, ~/ray_results.")
     outage_wait_s: float = setting(120.0, ge=0, help="While MLflow cannot be reached, training goes on and what it logs waits; at the end of the run, how long to wait for MLflow to come back before keeping what it did not take on local disk (~/.ganorch/unsent/<run id>/, sent later with `ganorch sync`).")
     keep_checkpoints: int | None = setting(None, ge=1, help="How many of the latest periodic checkpoints are kept, in Ray Train's storage and in the MLflow run (`checkpoints/step_N`; the best by FID is kept apart); null keeps all. A corrupted latest checkpoint is passed over for the one before it, so keep at least 2.")
+
+    def problems(self) -> Iterator[Problem]:
+        scheme = self.storage_path.partition("://")[0] if self.storage_path and "://" in self.storage_path else None
+        if scheme is not None and scheme not in STORAGE_SCHEMES:
+            yield ("storage_path",), (f"got {self.storage_path!r}; a local path or a URI of "
+                                      f"{', '.join(s + '://' for s in STORAGE_SCHEMES)}")
 
 
 @dataclass

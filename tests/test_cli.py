@@ -9,11 +9,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def ganorch(*args, cwd):
+def ganorch(*args, cwd, env=None):
     code = ("import sys; from orchestrator.cli import main; rc = main(sys.argv[1:]); "
             "print('IMPORTED', sorted(m for m in ('ray', 'mlflow') if m in sys.modules), file=sys.stderr); "
             "sys.exit(rc)")
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True, timeout=120,
+                          env=env)
 
 
 def flat_folder(path: Path, count: int) -> None:
@@ -199,3 +200,37 @@ def test_tune_export_into_a_missing_directory_exits_2_before_ray_starts(tmp_path
     out = ganorch("tune", str(REPO / "jobs/tune_quickstart.yaml"), "--export", "no/such/dir/best.yaml", cwd=tmp_path)
     assert out.returncode == 2 and "--export: no directory" in out.stderr and "Traceback" not in out.stderr
     assert "IMPORTED []" in out.stderr
+
+
+def test_results_written_before_are_never_overwritten(tmp_path):
+    (tmp_path / "grid.png").write_text("an earlier grid")
+    (tmp_path / "best.yaml").write_text("an earlier export")
+    out = ganorch("eval", "0123456789abcdef0123456789abcdef", "--output", "grid.png", cwd=tmp_path)
+    assert out.returncode == 2 and "--output: grid.png exists" in out.stderr and "Traceback" not in out.stderr
+    out = ganorch("tune", str(REPO / "jobs/tune_quickstart.yaml"), "--export", "best.yaml", cwd=tmp_path)
+    assert out.returncode == 2 and "--export: best.yaml exists" in out.stderr and "IMPORTED []" in out.stderr
+    assert (tmp_path / "grid.png").read_text() == "an earlier grid"
+    assert (tmp_path / "best.yaml").read_text() == "an earlier export"
+
+    from orchestrator.offline_eval import unused  # the default grid name of `ganorch eval --samples`
+    (tmp_path / "eval_step_000006-2.png").touch()
+    (tmp_path / "eval_step_000006.png").touch()
+    assert unused(tmp_path / "eval_step_000006.png") == tmp_path / "eval_step_000006-3.png"
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("http://127.0.0.1:1", "MLFLOW_TRACKING_URI: cannot reach the MLflow tracking server at http://127.0.0.1:1"),
+    ("ftp://host/store", "MLFLOW_TRACKING_URI: cannot open the MLflow tracking store ftp://host/store"),
+])
+def test_a_tracking_uri_that_cannot_be_used_exits_2_before_ray_starts(tmp_path, uri, message):
+    import os
+
+    out = ganorch("run", str(REPO / "jobs/debug_dcgan.yaml"), cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert "'ray'" not in out.stderr.rpartition("IMPORTED")[2]
+
+
+def test_a_storage_uri_ray_cannot_write_is_a_spec_error(tmp_path):
+    out = ganorch("validate", str(REPO / "jobs/debug_dcgan.yaml"), "--set", "tracking.storage_path=foo://bucket/x",
+                  cwd=tmp_path)
+    assert out.returncode == 2 and "tracking.storage_path: got 'foo://bucket/x'" in out.stderr
