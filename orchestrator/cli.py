@@ -139,9 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("status", "logs", "stop", "list"):
         return manage_job(args)
     if args.command in ("run", "tune"):
+        from orchestrator.launch import keep_local
         from orchestrator.submit import adopt_submitted_environment
 
         adopt_submitted_environment()
+        keep_local()
     try:
         spec = load(args.job, args.overrides)
     except SpecError as err:

@@ -92,8 +92,22 @@ def scaling(spec: JobSpec) -> dict[str, Any]:
             "torch_config": TorchConfig(backend="nccl" if r.use_gpu else "gloo")}
 
 
+# Ray's switch for single-machine instances (its default on macOS and Windows): with it off, Ray gives the node the
+# loopback address, and its servers (GCS, raylet, workers, dashboard, job server) listen on 127.0.0.1 only.
+MULTI_NODE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def keep_local() -> None:
+    """Without RAY_ADDRESS the Ray instance ganorch starts is this machine's alone: nothing of it listens beyond
+    127.0.0.1. Ray reads the switch when it is imported, so this comes first; Ray's processes inherit it."""
+    if not os.environ.get("RAY_ADDRESS") and "ray" not in sys.modules:
+        os.environ.setdefault(MULTI_NODE, "0")
+
+
 def init_ray() -> None:
-    """Join the cluster at RAY_ADDRESS, or start a local instance; keep Ray's worker logs out of the terminal."""
+    """Join the cluster at RAY_ADDRESS, or start a local instance (on loopback); keep Ray's worker logs out of the
+    terminal."""
+    keep_local()
     import ray
 
     if ray.is_initialized():
@@ -131,6 +145,7 @@ def run(spec: JobSpec, loop: Callable[[dict], Any] | None = None, show_progress:
     A `run_name` that Ray Train ran before under the same storage path (a resubmitted job) continues from that
     run's latest checkpoint, in the same MLflow run. `resume` (`ganorch run --resume`) continues from its
     checkpoint, in the MLflow run it came from when it names one."""
+    keep_local()
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
