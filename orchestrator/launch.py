@@ -99,8 +99,11 @@ MULTI_NODE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 def keep_local() -> None:
     """Without RAY_ADDRESS the Ray instance ganorch starts is this machine's alone: nothing of it listens beyond
-    127.0.0.1. Ray reads the switch when it is imported, so this comes first; Ray's processes inherit it."""
-    if not os.environ.get("RAY_ADDRESS") and "ray" not in sys.modules:
+    127.0.0.1. Ray reads the switch when it is imported, so this comes first; Ray's processes inherit it. Not when
+    a `ray start` cluster runs here, which ray.init() joins as it is."""
+    temp = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"  # where Ray looks, on Linux and macOS
+    running = Path(temp, "ray", "ray_current_cluster").exists()
+    if not os.environ.get("RAY_ADDRESS") and "ray" not in sys.modules and not running:
         os.environ.setdefault(MULTI_NODE, "0")
 
 

@@ -77,3 +77,19 @@ def test_secrets_and_uri_credentials_never_reach_mlflow(tmp_path):
     spec_yaml = Path(c.download_artifacts(run_id, "spec.yaml", str(tmp_path))).read_text()
     assert "hunter2" not in spec_yaml and "s3://***@bucket/images" in spec_yaml
     assert parse(__import__("yaml").safe_load(spec_yaml)).data.source == "ray-data"
+
+
+def test_a_ray_start_cluster_on_this_machine_is_joined_as_it_is(tmp_path):
+    """With `ray start` running here, ray.init() joins it: ganorch leaves Ray's multi-node switch alone then."""
+    probe = "import os; from orchestrator.launch import keep_local; keep_local(); " \
+            "print(os.environ.get('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'))"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+
+    def switch() -> str:
+        return subprocess.run([sys.executable, "-c", probe], env={**env, "RAY_TMPDIR": str(tmp_path)},
+                              capture_output=True, text=True, timeout=60).stdout.strip()
+
+    assert switch() == "0"
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "ray_current_cluster").write_text("127.0.0.1:6379")
+    assert switch() == "None"
