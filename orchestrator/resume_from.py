@@ -23,7 +23,6 @@ class Resumption:
     state: dict[str, Any]     # the checkpoint, loaded and verified
     origin: str               # where it came from, for people and the run's tags
     run_id: str | None        # the MLflow run that continues (None: a new run)
-    train_run: str | None     # that run's Ray Train run name, when it has one
 
 
 def find(flag: str, spec: JobSpec, uri: str) -> Resumption | None:
@@ -39,10 +38,7 @@ def find(flag: str, spec: JobSpec, uri: str) -> Resumption | None:
     except ValueError as err:
         raise ValueError(f"--resume {err}") from None
     check_compatible(source.state, spec)
-    train_run = None
-    if source.run_id:
-        train_run = tracking.client(uri).get_run(source.run_id).data.tags.get(tracking.TAG_TRAIN_RUN)
-    return Resumption(source.state, source.description, source.run_id, train_run)
+    return Resumption(source.state, source.description, source.run_id)
 
 
 def latest_run(spec: JobSpec, uri: str) -> Any:

@@ -234,3 +234,10 @@ def test_a_storage_uri_ray_cannot_write_is_a_spec_error(tmp_path):
     out = ganorch("validate", str(REPO / "jobs/debug_dcgan.yaml"), "--set", "tracking.storage_path=foo://bucket/x",
                   cwd=tmp_path)
     assert out.returncode == 2 and "tracking.storage_path: got 'foo://bucket/x'" in out.stderr
+
+
+def test_sync_refuses_a_folder_no_run_kept(tmp_path):
+    (tmp_path / "other").mkdir()
+    out = ganorch("sync", "other", cwd=tmp_path)
+    assert out.returncode == 2 and "other is not a folder a run kept (no run.json)" in out.stderr
+    assert "Traceback" not in out.stderr

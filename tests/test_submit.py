@@ -108,3 +108,9 @@ def test_attempts_of_an_id_are_ordered_by_number_and_listed_as_one_job():
     assert [row[:3] for row in rows] == [["a", "RUNNING", "3"], ["b", "SUCCEEDED", "1"], ["raw", "SUCCEEDED", "1"]]
     with pytest.raises(ValueError, match="job a is RUNNING; stop it first"):
         submit.submit(client, "jobs/a.yaml", [], "a")
+
+
+@pytest.mark.parametrize("job_id", ["", "a/b", "life--attempt-2"])
+def test_an_id_that_cannot_name_a_job_is_refused_before_the_server_is_asked(job_id):
+    with pytest.raises(ValueError, match="cannot name a job"):
+        submit.submit(None, str(REPO / "jobs/debug_dcgan.yaml"), [], job_id)  # None: any use of the client fails
