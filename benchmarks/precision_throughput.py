@@ -1,6 +1,6 @@
 """Images/s of one DCGAN-64 worker in fp32, bf16 and fp16, with and without channels_last.
 
-The real per-worker loop (`orchestrator.worker.train`) in this process on a one-process group: no Ray, no MLflow.
+The real per-worker loop (`orchestrator.train.loop.train`) in this process on a one-process group: no Ray, no MLflow.
 Each configuration is timed over its second half of steps, after warm-up (cuDNN autotuning, allocator).
 
     python benchmarks/precision_throughput.py                 # GPU if there is one, else CPU
@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from orchestrator.spec import parse
-from orchestrator.worker import WorkerContext, train
+from orchestrator.train.loop import WorkerContext, train
 
 
 def one_process_group(device: torch.device) -> None:

@@ -1,8 +1,8 @@
 """Networks, losses and sampling for GAN training. Imports torch only: no Ray, no MLflow."""
 
 from gan_models.ema import GeneratorEMA
-from gan_models.registry import build_models, FAMILIES
 from gan_models.losses import LOSSES, GANLoss, build_loss
+from gan_models.registry import FAMILIES, build_models
 from gan_models.regularizers import GradientPenalty, R1Penalty, Regularizer
 from gan_models.sampling import sample_latent
 

@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from orchestrator.cluster.client import DEFAULT_ADDRESS
 from orchestrator.spec import JobSpec, SpecError, load
-from orchestrator.submit import DEFAULT_ADDRESS
 
 EXIT_USAGE = 2
 EXIT_STOPPED = 3  # the run ended early on a train.stop_on flag
@@ -84,8 +84,9 @@ def add_job_commands(commands: Any) -> None:
 
 
 def dry_run_report(spec: JobSpec) -> str:
-    from orchestrator.launch import ray_target, resources_line
-    from orchestrator.tracking import tracking_uri
+    from orchestrator.track.store import tracking_uri
+    from orchestrator.train.ray_init import ray_target
+    from orchestrator.train.trainer import resources_line
 
     lines = [
         "# resolved job spec",
@@ -102,7 +103,8 @@ def dry_run_report(spec: JobSpec) -> str:
 
 def sweep_line(spec: JobSpec) -> str:
     """How many trials the sweep runs, and how many at once on the cluster this machine sees."""
-    from orchestrator import search_space, sweep
+    from orchestrator.spec import search_space
+    from orchestrator.tune.schedulers import concurrent_trials
 
     if os.environ.get("RAY_ADDRESS"):
         import ray
@@ -119,7 +121,7 @@ def sweep_line(spec: JobSpec) -> str:
         search_space.num_grid_points([d if d.kind == "grid" else search_space.Dimension(d.key, "grid", d.values)
                                       for d in dimensions])
     line = (f"{grid * spec.tune.num_samples} trials ({spec.tune.searcher} search, {spec.tune.scheduler} scheduler); "
-            f"{sweep.concurrent_trials(spec, cpus, gpus)} at once on {cpus:g} CPUs, {gpus:g} GPUs")
+            f"{concurrent_trials(spec, cpus, gpus)} at once on {cpus:g} CPUs, {gpus:g} GPUs")
     if spec.tune.scheduler == "pbt":
         perturbed = [d.key for d in dimensions if search_space.perturbable(d.key)]
         line += (f"; PBT perturbs {', '.join(perturbed)} every "
@@ -139,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("status", "logs", "stop", "list"):
         return manage_job(args)
     if args.command in ("run", "tune"):
-        from orchestrator.launch import keep_local
-        from orchestrator.submit import adopt_submitted_environment
+        from orchestrator.cluster.environment import adopt_submitted_environment
+        from orchestrator.train.ray_init import keep_local
 
         adopt_submitted_environment()
         keep_local()
@@ -176,9 +178,9 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
         return run_sweep(spec, getattr(args, "export", None))
     try:
-        from orchestrator import tracking
+        from orchestrator.track import store
 
-        tracking.check_reachable(tracking.tracking_uri())
+        store.check_reachable(store.tracking_uri())
         resume = resumption(getattr(args, "resume", None), spec)
     except ValueError as err:
         print(f"ganorch: cannot run {args.job}: {err}", file=sys.stderr)
@@ -190,9 +192,10 @@ def resumption(flag: str | None, spec: JobSpec) -> Any:
     """--resume's checkpoint, checked against the spec; None without --resume (or auto with nothing to resume)."""
     if flag is None:
         return None
-    from orchestrator import resume_from, tracking
+    from orchestrator.track import store
+    from orchestrator.train import resume_from
 
-    found = resume_from.find(flag, spec, tracking.tracking_uri())
+    found = resume_from.find(flag, spec, store.tracking_uri())
     if found is None:
         print(f"--resume auto: no earlier run of job {spec.name} with a checkpoint in experiment "
               f"{spec.experiment}; starting afresh")
@@ -204,17 +207,18 @@ def resumption(flag: str | None, spec: JobSpec) -> Any:
 
 def submit_job(args: argparse.Namespace, spec: JobSpec) -> int:
     """The spec is valid (checked before this); the cluster is reached and lets us in before anything is sent."""
-    from orchestrator import submit
-    from orchestrator.tracking import default_run_name
+    from orchestrator.cluster import client as cluster
+    from orchestrator.cluster import environment, jobs
+    from orchestrator.track.runs import default_run_name
 
-    address = submit.address_of(args.address)
+    address = cluster.address_of(args.address)
     try:
-        client = submit.connect(address)
-        sent = submit.submit(client, args.job, args.overrides, args.job_id or default_run_name(spec))
+        client = cluster.connect(address)
+        sent = jobs.submit(client, args.job, args.overrides, args.job_id or default_run_name(spec))
     except ValueError as err:
         print(f"ganorch: cannot submit {args.job}: {err}", file=sys.stderr)
         return EXIT_USAGE
-    submit.warn_local_tracking()
+    environment.warn_local_tracking()
     if sent.resubmitted:
         print(f"resubmitted {sent.job_id} (it had {sent.resubmitted}) as Ray job {sent.ray_id}: its Ray Train run "
               "continues from its latest checkpoint, in the same MLflow run")
@@ -225,21 +229,22 @@ def submit_job(args: argparse.Namespace, spec: JobSpec) -> int:
 
 
 def manage_job(args: argparse.Namespace) -> int:
-    from orchestrator import submit
+    from orchestrator.cluster import client as cluster
+    from orchestrator.cluster import jobs
 
-    address = submit.address_of(args.address)
+    address = cluster.address_of(args.address)
     try:
-        client = submit.connect(address)
+        client = cluster.connect(address)
         if args.command == "list":
-            print(submit.listing(client))
+            print(jobs.listing(client))
         elif args.command == "status":
-            print(submit.describe(client, args.job_id))
+            print(jobs.describe(client, args.job_id))
         elif args.command == "logs":
-            ended = submit.logs(client, args.job_id, args.follow)
+            ended = jobs.logs(client, args.job_id, args.follow)
             if args.follow and ended != "SUCCEEDED":  # `submit ... && logs ID --follow` fails with its job
                 return 1
         else:
-            print(f"job {args.job_id}: {submit.stop(client, args.job_id)}")
+            print(f"job {args.job_id}: {jobs.stop(client, args.job_id)}")
     except ValueError as err:
         print(f"ganorch: {args.command}: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -249,8 +254,9 @@ def manage_job(args: argparse.Namespace) -> int:
 
 
 def evaluate_checkpoint(args: argparse.Namespace) -> int:
-    from orchestrator import offline_eval
-    from orchestrator.tracking import tracking_uri, ui_hint
+    from orchestrator.generate import offline_eval
+    from orchestrator.track.store import tracking_uri, ui_hint
+    from orchestrator.train import locate
 
     if not 0 <= args.samples <= MAX_GRID_SAMPLES:
         print(f"ganorch: --samples: got {args.samples}; must be between 0 and {MAX_GRID_SAMPLES}", file=sys.stderr)
@@ -258,7 +264,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> int:
     uri = tracking_uri()
     try:
         check_output_file("--output", args.output)
-        source = offline_eval.resolve(args.target, args.best, uri)
+        source = locate.resolve(args.target, args.best, uri)
         spec = offline_eval.checkpoint_spec(source.state, args.overrides, source.description)
         check_inception(spec)
         result = offline_eval.evaluate(source, spec, uri, args.samples, Path(args.output) if args.output else None)
@@ -283,13 +289,13 @@ def check_data_and_models(spec: JobSpec) -> str:
     folder or a network that cannot be imported or has the wrong interface stops the job before it starts.
     The data is not opened for a remote cluster (RAY_ADDRESS), whose workers may see paths this machine does not."""
     from gan_models.registry import check_interface
-    from orchestrator.data import check_conditional, describe, load_dataset, num_classes
-    from orchestrator.worker import build_networks
+    from orchestrator.data.sources import check_conditional, describe, load_dataset, num_classes
+    from orchestrator.train.networks import build_networks
 
     if os.environ.get("RAY_ADDRESS"):
         summary, classes = "opened by the workers", 0
     elif spec.data.source == "ray-data":  # listed, not decoded: the data may be larger than this machine
-        from orchestrator.ray_images import survey
+        from orchestrator.data.ray_data import survey
 
         found = survey(spec.data.path)
         check_enough_images(spec, found.images)
@@ -311,7 +317,7 @@ def check_data_and_models(spec: JobSpec) -> str:
 
 def check_evaluation(spec: JobSpec, data_classes: int) -> None:
     """Evaluation needs labelled data; say whether it will use Inception features."""
-    from orchestrator.evaluation import check_labelled
+    from orchestrator.evaluate.domain_classifier import check_labelled
 
     check_labelled(data_classes)
     print(f"Inception features: {check_inception(spec)}")
@@ -321,7 +327,7 @@ def check_inception(spec: JobSpec) -> str:
     """Whether evaluation will use Inception features; a weights file is read once here, so a wrong one stops
     the job before it starts, naming eval.inception_weights."""
     from gan_models.inception import check_weights
-    from orchestrator.evaluation import inception_weights
+    from orchestrator.evaluate.inception import inception_weights
 
     path, line = inception_weights(spec.eval)
     if path is not None:
@@ -344,8 +350,8 @@ def check_output_file(flag: str, path: str | None) -> None:
 
 
 def run_sweep(spec: JobSpec, export: str | None) -> int:
-    from orchestrator import sweep
-    from orchestrator.tracking import ui_hint
+    from orchestrator.track.store import ui_hint
+    from orchestrator.tune import sweep
 
     try:
         outcome = sweep.run(spec, export)
@@ -394,7 +400,8 @@ def check_enough_images(spec: JobSpec, count: int) -> None:
 
 
 def sync_unsent(folders: list[str]) -> int:
-    from orchestrator import outbox, tracking
+    from orchestrator.track import outbox, store
+    from orchestrator.track.redact import redact
 
     found = [Path(f) for f in folders] or sorted(p.parent for p in outbox.unsent_root().glob("*/*/run.json"))
     for folder in found:
@@ -404,12 +411,12 @@ def sync_unsent(folders: list[str]) -> int:
     if not found:
         print(f"nothing to send: no folder under {outbox.unsent_root()}")
         return 0
-    uri = tracking.tracking_uri()
+    uri = store.tracking_uri()
     for folder in found:
         try:
             run_id, count = outbox.sync(folder, uri)
         except Exception as err:
-            print(f"ganorch: sync: could not send {folder} to MLflow at {tracking.redact(uri)}: "
+            print(f"ganorch: sync: could not send {folder} to MLflow at {redact(uri)}: "
                   f"{outbox.first_line(err)}", file=sys.stderr)
             return 1
         print(f"sent {count} item(s) of run {run_id} from {folder}")
@@ -417,7 +424,7 @@ def sync_unsent(folders: list[str]) -> int:
 
 
 def run_job(spec: JobSpec, run_name: str | None = None, resume: Any = None) -> int:
-    from orchestrator import launch
+    from orchestrator.train import launch
 
     try:
         outcome = launch.run(spec, run_name=run_name, resume=resume)
@@ -437,7 +444,7 @@ def run_job(spec: JobSpec, run_name: str | None = None, resume: Any = None) -> i
     print(f"done: step {outcome.summary.get('step')}, "
           + ", ".join(f"{k} {metrics[k]:.3f}" for k in ("loss_d", "loss_g", "d_real", "d_fake") if k in metrics))
     print(ranks_line(outcome.summary))
-    from orchestrator.tracking import ui_hint
+    from orchestrator.track.store import ui_hint
 
     print(f"MLflow run {outcome.run_id}; {ui_hint(outcome.tracking_uri)}")
     if outcome.checkpoint_path:

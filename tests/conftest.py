@@ -41,8 +41,8 @@ def ray_session():
 def mnist_classifier(tmp_path_factory):
     """The mnist5k domain classifier, trained once for the session; returns it and the cache dir holding it, for
     tests and runs to load (eval.cache_dir) instead of training their own."""
-    from orchestrator.data import load_dataset
-    from orchestrator.evaluation import domain_classifier
+    from orchestrator.data.sources import load_dataset
+    from orchestrator.evaluate.domain_classifier import domain_classifier
     from orchestrator.spec import DataSpec, ModelSpec
 
     cache = tmp_path_factory.mktemp("classifiers")

@@ -7,8 +7,8 @@ import pickle
 import pytest
 import torch
 
-from orchestrator import checkpoint
-from orchestrator.checkpoint import CheckpointError
+from orchestrator.train import checkpoint
+from orchestrator.train.checkpoint import CheckpointError
 
 
 def small_state() -> dict:

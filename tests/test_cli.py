@@ -212,7 +212,7 @@ def test_results_written_before_are_never_overwritten(tmp_path):
     assert (tmp_path / "grid.png").read_text() == "an earlier grid"
     assert (tmp_path / "best.yaml").read_text() == "an earlier export"
 
-    from orchestrator.offline_eval import unused  # the default grid name of `ganorch eval --samples`
+    from orchestrator.generate.offline_eval import unused  # the default grid name of `ganorch eval --samples`
     (tmp_path / "eval_step_000006-2.png").touch()
     (tmp_path / "eval_step_000006.png").touch()
     assert unused(tmp_path / "eval_step_000006.png") == tmp_path / "eval_step_000006-3.png"

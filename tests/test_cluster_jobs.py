@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 from torch.utils.data import TensorDataset
 
-from orchestrator.data import ImageFolderDataset, ShardedBatches, ToModelImage, load_dataset, load_mnist5k
+from orchestrator.data.sharding import ShardedBatches
+from orchestrator.data.sources import ImageFolderDataset, ToModelImage, load_dataset, load_mnist5k
 from orchestrator.spec import DataSpec, ModelSpec
 
 

@@ -29,7 +29,7 @@ def train_each(config):
     import ray.train.torch
 
     from orchestrator.spec import parse
-    from orchestrator.worker import WorkerContext, train
+    from orchestrator.train.loop import WorkerContext, train
 
     device = ray.train.torch.get_device()
     results = []
@@ -44,9 +44,9 @@ def train_and_keep_final_state(config):
     refuses tensors in return values)."""
     import ray.train.torch
 
-    from orchestrator import checkpoint
     from orchestrator.spec import parse
-    from orchestrator.worker import WorkerContext, train
+    from orchestrator.train import checkpoint
+    from orchestrator.train.loop import WorkerContext, train
 
     states = []
     real_build = checkpoint.build
@@ -87,8 +87,8 @@ def test_loss_regularizer_n_critic_matrix_on_two_workers(ray_session, tmp_path):
 
 def test_n_workers_match_one_worker_with_n_times_the_batch(ray_session, tmp_path, process_group, monkeypatch):
     """No batch-dependent layers, n_critic 2: 2 workers x 8 images must end where 1 worker x 16 images ends."""
-    from orchestrator import checkpoint
-    from orchestrator.worker import WorkerContext, train
+    from orchestrator.train import checkpoint
+    from orchestrator.train.loop import WorkerContext, train
 
     common = ["model.g_norm=none", "model.d_norm=none", "train.n_critic=2", "train.steps=4",
               "train.batch_size=16", "optim.g.lr=1e-3", "optim.d.lr=1e-3"]
@@ -108,7 +108,7 @@ def test_n_workers_match_one_worker_with_n_times_the_batch(ray_session, tmp_path
             torch.testing.assert_close(torch.tensor(two_workers[net][name]), reference, rtol=1e-4, atol=1e-6,
                                        msg=lambda m: f"{net}.{name}: {m}")
     # the comparison means something: training moved the weights far beyond the tolerance
-    from orchestrator.worker import build_networks
+    from orchestrator.train.networks import build_networks
 
     torch.manual_seed(0)  # as the workers seed before building
     initial_G, _ = build_networks(debug_spec(*common))

@@ -7,8 +7,8 @@ import torch
 
 from gan_models.classifier import split_held_out
 from gan_models.metrics import class_kl, mode_coverage, quality
-from orchestrator.data import ImageFolderDataset, ToModelImage, load_dataset
-from orchestrator.evaluation import domain_classifier, fingerprint
+from orchestrator.data.sources import ImageFolderDataset, ToModelImage, load_dataset
+from orchestrator.evaluate.domain_classifier import domain_classifier, fingerprint
 from orchestrator.spec import DataSpec, ModelSpec
 
 

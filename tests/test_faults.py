@@ -7,11 +7,11 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 from conftest import wait_for
-from orchestrator import launch, tracking
+
 from orchestrator.spec import load
+from orchestrator.track import store
+from orchestrator.train import launch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,7 +24,7 @@ def traced_worker(folder: str, hold_s: float):
     def loop(config):
         import ray.train
 
-        from orchestrator import worker
+        from orchestrator.train import worker
 
         trace = Path(folder, f"{ray.train.get_context().get_world_rank()}.{os.getpid()}")
         started = time.time()
@@ -95,7 +95,7 @@ def test_a_run_survives_three_killed_workers_in_one_run(ray_session, mlflow_stor
     assert outcome.summary["step"] == steps
     digests = outcome.summary["parameter_digests"]
     assert all(len(set(per_rank)) == 1 and len(per_rank) == 2 for per_rank in digests.values()), digests
-    c = tracking.client(mlflow_store)
+    c = store.client(mlflow_store)
     [run] = c.search_runs([c.get_experiment_by_name("debug_dcgan").experiment_id])
     assert run.info.status == "FINISHED" and run.info.run_id == outcome.run_id
     tags = run.data.tags
@@ -123,7 +123,7 @@ def test_a_corrupted_latest_checkpoint_gives_way_to_the_one_before(ray_session, 
                        show_progress=False)
     kept = sorted(p for p in storage.glob("again/checkpoint_*") if p.is_dir())
     assert [torch_step(p) for p in kept] == [4, 6]
-    c = tracking.client(mlflow_store)
+    c = store.client(mlflow_store)
     assert [a.path for a in c.list_artifacts(first.run_id, "checkpoints")] == \
         ["checkpoints/step_000004", "checkpoints/step_000006"]
 
@@ -139,6 +139,6 @@ def test_a_corrupted_latest_checkpoint_gives_way_to_the_one_before(ray_session, 
 
 
 def torch_step(ray_checkpoint: Path) -> int:
-    from orchestrator import checkpoint
+    from orchestrator.train import checkpoint
 
     return checkpoint.load(ray_checkpoint)["step"]

@@ -8,8 +8,9 @@ import torch
 
 from gan_models import inception
 from gan_models.inception import InceptionFeatures, check_weights, hub_file
-from orchestrator.data import load_dataset
-from orchestrator.evaluation import Evaluator, inception_weights
+from orchestrator.data.sources import load_dataset
+from orchestrator.evaluate.evaluator import Evaluator
+from orchestrator.evaluate.inception import inception_weights
 from orchestrator.spec import DataSpec, EvalSpec, ModelSpec
 
 

@@ -1,4 +1,4 @@
-"""Every shipped job spec validates, and README documents every spec key."""
+"""Every shipped job spec validates, docs/spec.md documents every spec key, and CI runs README's test command."""
 
 import re
 from pathlib import Path
@@ -29,7 +29,7 @@ def test_debug_job_trains(path, process_group):
     """Each debug job's networks, loss and data train a few steps in this process (one worker)."""
     import torch
 
-    from orchestrator.worker import WorkerContext, train
+    from orchestrator.train.loop import WorkerContext, train
 
     spec = load(path, ["resources.num_workers=1"])
     summary = train(spec, WorkerContext(device=torch.device("cpu")))
@@ -48,12 +48,16 @@ def test_quickstart_is_two_cpu_workers():
     assert spec.resources.num_workers == 2 and not spec.resources.use_gpu
 
 
-def test_readme_documents_every_spec_key():
-    readme = (REPO / "README.md").read_text()
-    rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| `([a-z0-9_.]+)` \|.*$", readme, re.M)}
+def test_spec_reference_is_generated_from_the_code_and_up_to_date():
+    from orchestrator.spec.reference import markdown
+
+    assert (REPO / "docs/spec.md").read_text() == markdown(), \
+        "docs/spec.md is out of date: run `python docs/generate_spec.py` and commit it"
+    reference = (REPO / "docs/spec.md").read_text()
+    rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| `([a-z0-9_.]+)` \|.*$", reference, re.M)}
     for key, type_, default, meaning in field_reference():
-        assert key in rows, f"README's spec reference lacks {key}"
-        assert f"`{default}`" in rows[key], f"README's default for {key} is not {default}"
+        assert key in rows, f"docs/spec.md lacks {key}"
+        assert f"`{default}`" in rows[key] and meaning.replace("|", "/") in rows[key], key
 
 
 def test_ci_runs_readme_test_command():
@@ -61,5 +65,5 @@ def test_ci_runs_readme_test_command():
     commands = re.findall(r"```(?:bash|sh)\n(.*?)```", readme.split("## Quickstart", 1)[1].split("\n## ", 1)[0], re.S)
     assert len(commands) == 2, "Quickstart holds exactly two commands"
     test_command = commands[1].strip()
-    assert "pytest" in test_command
+    assert all(step in test_command for step in ("pytest", "ruff check", "lint-imports"))
     assert test_command in (REPO / ".ci/run").read_text()

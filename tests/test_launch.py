@@ -1,7 +1,7 @@
 """Launch helpers that need no cluster."""
 
-from orchestrator.launch import for_workers, resources_line
 from orchestrator.spec import parse
+from orchestrator.train.trainer import for_workers, resources_line
 
 
 def test_local_paths_are_made_absolute_for_workers_unless_a_uri(tmp_path, monkeypatch):

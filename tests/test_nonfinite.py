@@ -7,9 +7,10 @@ from pathlib import Path
 
 import torch
 
-from orchestrator import launch, tracking
 from orchestrator.spec import load
-from orchestrator.worker import WorkerContext, train
+from orchestrator.track import store
+from orchestrator.train import launch
+from orchestrator.train.loop import WorkerContext, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,7 +30,7 @@ def train_keeping_last_state(spec):
     states = {}
 
     def report(metrics, checkpoint=None):
-        from orchestrator.checkpoint import load as load_checkpoint
+        from orchestrator.train.checkpoint import load as load_checkpoint
 
         states["last"] = load_checkpoint(checkpoint.path)
 
@@ -68,5 +69,5 @@ def test_a_loss_not_finite_on_one_rank_is_skipped_on_both(ray_session, mlflow_st
     outcome = launch.run(spec, show_progress=False)
     digests = outcome.summary["parameter_digests"]
     assert all(len(set(per_rank)) == 1 for per_rank in digests.values()), digests
-    history = tracking.client(mlflow_store).get_metric_history(outcome.run_id, "skipped_d")
+    history = store.client(mlflow_store).get_metric_history(outcome.run_id, "skipped_d")
     assert [(m.step, m.value) for m in history] == [(1, 0), (2, 0), (3, 1), (4, 1), (5, 1)]

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 import requests
-
 import test_faults
 from conftest import free_port, stop_process_group, wait_for
-from orchestrator import launch, tracking
+from test_faults import reporting_worker, traced_worker
+
 from orchestrator.cli import main
 from orchestrator.spec import load
-from test_faults import reporting_worker, traced_worker
+from orchestrator.track import store
+from orchestrator.train import launch
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 16
@@ -98,7 +99,7 @@ def test_training_goes_on_through_an_outage_and_everything_lands_when_mlflow_is_
     printed = capsys.readouterr().out
     assert printed.count(f"warning: MLflow at {server.uri} cannot be reached") == 1, printed
     assert f"MLflow at {server.uri} answers again after" in printed
-    c = tracking.client(server.uri)
+    c = store.client(server.uri)
     run = c.get_run(outcome.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["ganorch.outcome"] == "completed"
     assert [m.step for m in c.get_metric_history(outcome.run_id, "loss_d")] == list(range(1, STEPS + 1))
@@ -125,7 +126,7 @@ def test_without_mlflow_to_the_end_the_run_is_kept_on_disk_and_synced_later(serv
     assert main(["sync"]) == 0
     printed = capsys.readouterr().out
     assert printed.count(f"of run {outcome.run_id} from") == 2, printed
-    c = tracking.client(server.uri)
+    c = store.client(server.uri)
     run = c.get_run(outcome.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["ganorch.outcome"] == "completed"
     assert [m.step for m in c.get_metric_history(outcome.run_id, "loss_d")] == list(range(1, STEPS + 1))

@@ -5,15 +5,15 @@ import copy
 import torch
 
 from gan_models import build_loss, build_models
-from orchestrator import distributed
-from orchestrator.phases import build_phases, run_phase
+from orchestrator.distributed import collectives, ddp
+from orchestrator.train.phases import build_phases, run_phase
 
 
 def make(process_group, n_critic=2):
     torch.manual_seed(0)
     G, D = build_models("dcgan", latent_dim=8, image_size=28, channels=1, g_width=4, d_width=4)
     cpu = torch.device("cpu")
-    G_ddp, D_ddp = distributed.wrap_ddp(G, cpu), distributed.wrap_ddp(D, cpu)
+    G_ddp, D_ddp = ddp.wrap_ddp(G, cpu), ddp.wrap_ddp(D, cpu)
     opt_g = torch.optim.Adam(G.parameters(), lr=1e-2)
     opt_d = torch.optim.Adam(D.parameters(), lr=1e-2)
     phases = build_phases(G_ddp, D_ddp, opt_g, opt_d, build_loss("nonsaturating"), n_critic)
@@ -64,7 +64,7 @@ def test_alternation_runs_repeatedly_without_ddp_errors(process_group):
 
 
 def test_stats_reduce_means_and_clears():
-    stats = distributed.StatsAccumulator(torch.device("cpu"))
+    stats = collectives.StatsAccumulator(torch.device("cpu"))
     stats.add({"a": torch.tensor(1.0), "b": torch.tensor([2.0, 4.0])})
     stats.add({"a": torch.tensor(3.0)})
     assert stats.reduce() == {"a": 2.0, "b": 3.0}
@@ -75,13 +75,13 @@ def test_digest_sees_every_bit():
     torch.manual_seed(0)
     G, _ = build_models("dcgan", latent_dim=8, image_size=28, channels=1, g_width=4, d_width=4)
     twin = copy.deepcopy(G)
-    assert distributed.state_digest(G) == distributed.state_digest(twin)
+    assert ddp.state_digest(G) == ddp.state_digest(twin)
     with torch.no_grad():
         p = next(twin.parameters())
         p.view(-1)[0] = torch.nextafter(p.view(-1)[0], torch.tensor(1.0))
-    assert distributed.state_digest(G) != distributed.state_digest(twin)
-    assert distributed.state_digest(G, parameters_only=True) != distributed.state_digest(twin, parameters_only=True)
+    assert ddp.state_digest(G) != ddp.state_digest(twin)
+    assert ddp.state_digest(G, parameters_only=True) != ddp.state_digest(twin, parameters_only=True)
     twin2 = copy.deepcopy(G)
     next(b for b in twin2.buffers() if b.is_floating_point()).add_(1)
-    assert distributed.state_digest(G) != distributed.state_digest(twin2)
-    assert distributed.state_digest(G, parameters_only=True) == distributed.state_digest(twin2, parameters_only=True)
+    assert ddp.state_digest(G) != ddp.state_digest(twin2)
+    assert ddp.state_digest(G, parameters_only=True) == ddp.state_digest(twin2, parameters_only=True)

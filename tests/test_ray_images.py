@@ -8,10 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
-from orchestrator import launch, tracking
-from orchestrator.data import ImageFolderDataset, ToModelImage, load_mnist5k
-from orchestrator.ray_images import SkippedFiles, StreamedBatches, build_dataset, eval_sample, list_classes, survey
+from orchestrator.data.ray_data import SkippedFiles, StreamedBatches, build_dataset, eval_sample, list_classes, survey
+from orchestrator.data.sources import ImageFolderDataset, ToModelImage, load_mnist5k
 from orchestrator.spec import parse
+from orchestrator.track import store
+from orchestrator.track.tags import TAG_CLASSIFIER, TAG_DATA_SKIPPED
+from orchestrator.train import launch
 
 PER_CLASS = 12
 
@@ -136,18 +138,18 @@ def test_two_workers_train_on_the_stream(ray_session, mlflow_store, digit_folder
     for name, per_rank in outcome.summary["parameter_digests"].items():
         assert len(per_rank) == 2 and len(set(per_rank)) == 1, f"{name} differs across ranks"
     assert outcome.skipped_files == [str(digit_folder / "3" / "broken.png")]
-    client = tracking.client(mlflow_store)
+    client = store.client(mlflow_store)
     run = client.get_run(outcome.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["data.source"] == "ray-data" and run.data.params["data.path"] == str(digit_folder)
-    assert run.data.tags[tracking.TAG_DATA_SKIPPED] == "1"
+    assert run.data.tags[TAG_DATA_SKIPPED] == "1"
     listed = Path(client.download_artifacts(outcome.run_id, "data/skipped_files.txt", str(tmp_path))).read_text()
     assert listed == f"{digit_folder / '3' / 'broken.png'}\n"
     assert [m.step for m in client.get_metric_history(outcome.run_id, "loss_d")] == [2, 4]
     # evaluated on a sample of the same files, read into memory
     assert [m.step for m in client.get_metric_history(outcome.run_id, "fid")] == [4]
     assert 0 < outcome.summary["eval"]["mode_coverage"] <= 1 and outcome.summary["best_fid"] > 0
-    assert Path(run.data.tags[tracking.TAG_CLASSIFIER]).parent == tmp_path / "cache" / "classifiers"
+    assert Path(run.data.tags[TAG_CLASSIFIER]).parent == tmp_path / "cache" / "classifiers"
     # 10 classes: one sample row per class
     grid = Image.open(client.download_artifacts(outcome.run_id, "samples/step_000004.png", str(tmp_path)))
     assert grid.size[1] == 10 * 30 + 2
@@ -158,4 +160,4 @@ def test_no_cpu_left_for_ray_data_is_refused_before_a_run(ray_session, mlflow_st
     with pytest.raises(ValueError, match="resources.cpus_per_worker: .* need at least 1 CPU besides the training "
                                          "workers'; a local Ray instance has 2 CPUs and the workers reserve 2"):
         launch.run(spec, show_progress=False)
-    assert tracking.client(mlflow_store).get_experiment_by_name("ray_data") is None, "no MLflow run was made"
+    assert store.client(mlflow_store).get_experiment_by_name("ray_data") is None, "no MLflow run was made"

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator import checkpoint, tracking
 from orchestrator.cli import main
 from orchestrator.spec import load
+from orchestrator.track import store
+from orchestrator.train import checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 JOB = str(REPO / "jobs/debug_dcgan.yaml")
@@ -22,7 +23,7 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
 
 
 def final_checkpoint(uri: str, run_id: str, tmp_path: Path) -> dict:
-    c = tracking.client(uri)
+    c = store.client(uri)
     artifact = c.get_run(run_id).data.tags["ganorch.checkpoint"]
     folder = c.download_artifacts(run_id, artifact.rpartition("/")[0], str(tmp_path / run_id))
     return checkpoint.load(folder)
@@ -40,7 +41,7 @@ def test_a_run_stopped_at_k_and_resumed_to_n_is_the_run_never_stopped(ray_sessio
 
     code, out, err = run_cli(capsys, *common, "--set", "train.steps=6", "--resume", "auto")
     assert code == 0, err
-    assert f"resuming from step 3: run debug_dcgan" in out and f"(MLflow run {stopped} goes on)" in out, out
+    assert "resuming from step 3: run debug_dcgan" in out and f"(MLflow run {stopped} goes on)" in out, out
     assert f"MLflow run {stopped};" in out  # the run that stopped went on
 
     expected, resumed = final_checkpoint(mlflow_store, whole, tmp_path), final_checkpoint(mlflow_store, stopped, tmp_path)
@@ -51,7 +52,7 @@ def test_a_run_stopped_at_k_and_resumed_to_n_is_the_run_never_stopped(ray_sessio
     for part in ("optimizer_g", "optimizer_d"):
         for index, moments in expected[part]["state"].items():
             assert all(torch.equal(resumed[part]["state"][index][k], v) for k, v in moments.items()), part
-    c = tracking.client(mlflow_store)
+    c = store.client(mlflow_store)
     assert [m.step for m in c.get_metric_history(stopped, "loss_d")] == list(range(1, 7))
     assert [m.value for m in c.get_metric_history(stopped, "loss_d")] == \
         [m.value for m in c.get_metric_history(whole, "loss_d")]
@@ -62,7 +63,7 @@ def test_a_run_stopped_at_k_and_resumed_to_n_is_the_run_never_stopped(ray_sessio
 @pytest.fixture
 def saved_checkpoint(tmp_path) -> Path:
     """A real checkpoint of debug_dcgan at step 3."""
-    from orchestrator.worker import build_networks
+    from orchestrator.train.networks import build_networks
 
     spec = load(JOB)
     G, D = build_networks(spec)
@@ -90,5 +91,5 @@ def test_what_cannot_be_resumed_exits_2_before_anything_starts(mlflow_store, sav
     code = main(["run", JOB, "--resume", target, *(a for o in overrides for a in ("--set", o))])
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err, err
-    assert not Path("mlflow.db").exists() or not tracking.client(mlflow_store).search_experiments(
+    assert not Path("mlflow.db").exists() or not store.client(mlflow_store).search_experiments(
         filter_string="name = 'debug_dcgan'")  # nothing was started

@@ -7,8 +7,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from orchestrator import tracking
-from orchestrator.spec import load, parse
+from orchestrator.spec import parse
+from orchestrator.track import runs, store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -16,7 +16,7 @@ LISTING = r"""
 import os, sys
 from pathlib import Path
 
-from orchestrator.launch import init_ray
+from orchestrator.train.ray_init import init_ray
 
 init_ray()  # the embedded default: what `ganorch run` starts without RAY_ADDRESS
 import ray
@@ -70,8 +70,8 @@ def test_the_embedded_default_listens_on_loopback_only(tmp_path):
 def test_secrets_and_uri_credentials_never_reach_mlflow(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = parse({"name": "s", "data": {"source": "ray-data", "path": "s3://AKIAEXAMPLE:hunter2@bucket/images"}})
-    c = tracking.client(uri)
-    run_id = tracking.create_run(spec, uri, c.create_experiment("s"), "s-1", params={"api_token": "hunter3"})
+    c = store.client(uri)
+    run_id = runs.create_run(spec, uri, c.create_experiment("s"), "s-1", params={"api_token": "hunter3"})
     params = c.get_run(run_id).data.params
     assert params["data.path"] == "s3://***@bucket/images" and params["api_token"] == "***"
     spec_yaml = Path(c.download_artifacts(run_id, "spec.yaml", str(tmp_path))).read_text()
@@ -81,7 +81,7 @@ def test_secrets_and_uri_credentials_never_reach_mlflow(tmp_path):
 
 def test_a_ray_start_cluster_on_this_machine_is_joined_as_it_is(tmp_path):
     """With `ray start` running here, ray.init() joins it: ganorch leaves Ray's multi-node switch alone then."""
-    probe = "import os; from orchestrator.launch import keep_local; keep_local(); " \
+    probe = "import os; from orchestrator.train.ray_init import keep_local; keep_local(); " \
             "print(os.environ.get('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'))"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
 

@@ -2,7 +2,7 @@
 
 import math
 
-from orchestrator.stability import StabilityMonitor
+from orchestrator.evaluate.stability import StabilityMonitor
 
 HEALTHY = {"loss_d": 1.2, "loss_g": 0.9, "d_real": 0.6, "d_fake": 0.4, "d_accuracy_real": 0.7,
            "d_accuracy_fake": 0.7, "grad_norm_d": 2.0, "grad_norm_g": 1.5}

@@ -6,8 +6,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator import search_space, sweep, tracking
-from orchestrator.spec import load, parse
+from orchestrator.spec import load, parse, search_space
+from orchestrator.track import store
+from orchestrator.track.tags import TAG_BEST_TRIAL, TAG_CHECKPOINT, TAG_OUTCOME, TAG_RESTART, TAG_SWEEP, TAG_TRIAL
+from orchestrator.tune import schedulers, sweep
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,7 +23,7 @@ def test_param_space_maps_every_kind_to_tune():
                                      "optim.g.betas": {"choice": [[0.5, 0.999], [0.0, 0.9]]},
                                      "train.n_critic": {"grid": [1, 2]},
                                      "optim.lr_ratio": {"uniform": [1, 4]}}}})
-    space = sweep.param_space(spec)
+    space = schedulers.param_space(spec)
     assert isinstance(space["optim.g.lr"], Float) and space["optim.g.lr"].lower == 1.0e-5
     assert isinstance(space["optim.g.betas"], Categorical)
     assert space["train.n_critic"] == tune.grid_search([1, 2])
@@ -40,11 +42,11 @@ def test_a_sample_becomes_a_job_spec_with_ttur_ratio():
 def test_concurrent_trials_counts_workers_and_the_limit():
     spec = parse({"name": "t", "resources": {"num_workers": 2, "cpus_per_worker": 1}, "eval": {"every": 10},
                   "tracking": {"checkpoint_every": 10}, "tune": {"space": {"optim.g.lr": {"choice": [1.0e-4]}}}})
-    assert sweep.concurrent_trials(spec, cpus=8, gpus=0) == 3   # 2.01 CPUs a trial
+    assert schedulers.concurrent_trials(spec, cpus=8, gpus=0) == 3   # 2.01 CPUs a trial
     gpu = parse({**spec.to_dict(), "resources": {"num_workers": 1, "use_gpu": True, "gpus_per_worker": 0.25},
                  "tune": {"space": {"optim.g.lr": {"choice": [1.0e-4]}}, "max_concurrent_trials": 6}})
-    assert sweep.concurrent_trials(gpu, cpus=16, gpus=1) == 4   # four quarter-GPU trials share one GPU
-    assert sweep.concurrent_trials(gpu, cpus=16, gpus=2) == 6   # the limit
+    assert schedulers.concurrent_trials(gpu, cpus=16, gpus=1) == 4   # four quarter-GPU trials share one GPU
+    assert schedulers.concurrent_trials(gpu, cpus=16, gpus=2) == 6   # the limit
 
 
 def test_pbt_perturbs_optimizer_keys_and_n_critic_within_the_space():
@@ -56,7 +58,7 @@ def test_pbt_perturbs_optimizer_keys_and_n_critic_within_the_space():
                                      "optim.g.betas": {"choice": [[0.5, 0.999], [0.0, 0.99]]},
                                      "train.n_critic": {"choice": [1, 2, 5]},
                                      "model.g_width": {"choice": [4, 8]}}}})
-    pbt = sweep.population_based_training(spec)
+    pbt = schedulers.population_based_training(spec)
     assert set(pbt._hyperparam_mutations) == {"optim.g.lr", "optim.g.betas", "train.n_critic"}
     assert pbt._hyperparam_mutations["train.n_critic"] == [1, 2, 5]
     assert pbt._time_attr == "step" and pbt._perturbation_interval == 4
@@ -76,10 +78,10 @@ def test_asha_sweep_records_parent_and_child_runs_and_exports_the_best_job(
     export = tmp_path / "best.yaml"
     outcome = sweep.run(spec, export)
 
-    client = tracking.client(mlflow_store)
+    client = store.client(mlflow_store)
     parent = client.get_run(outcome.parent_run_id)
     assert parent.info.status == "FINISHED"
-    assert "optim.lr_ratio" in parent.data.tags[sweep.TAG_SWEEP]
+    assert "optim.lr_ratio" in parent.data.tags[TAG_SWEEP]
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{outcome.parent_run_id}'")
     assert len(children) == len(outcome.trials) == 4
@@ -87,7 +89,7 @@ def test_asha_sweep_records_parent_and_child_runs_and_exports_the_best_job(
     by_id = {c.info.run_id: c for c in children}
     for trial in outcome.trials:
         child = by_id[trial["run_id"]]
-        assert child.data.tags[sweep.TAG_TRIAL] == trial["trial"]
+        assert child.data.tags[TAG_TRIAL] == trial["trial"]
         assert float(child.data.params["optim.g.lr"]) == pytest.approx(trial["params"]["optim.g.lr"])
         assert float(child.data.params["optim.d.lr"]) == pytest.approx(
             trial["params"]["optim.g.lr"] * trial["params"]["optim.lr_ratio"])
@@ -96,8 +98,8 @@ def test_asha_sweep_records_parent_and_child_runs_and_exports_the_best_job(
 
     best = outcome.best
     assert best["metric"] == min(t["metric"] for t in outcome.trials if t["metric"] is not None)
-    assert parent.data.tags[sweep.TAG_BEST_TRIAL] == best["run_id"]
-    assert by_id[best["run_id"]].data.tags[sweep.TAG_BEST_TRIAL] == "true"
+    assert parent.data.tags[TAG_BEST_TRIAL] == best["run_id"]
+    assert by_id[best["run_id"]].data.tags[TAG_BEST_TRIAL] == "true"
     assert parent.data.metrics["best_fid"] == pytest.approx(best["metric"])
     exported = yaml.safe_load(export.read_text())
     artifact = Path(client.download_artifacts(outcome.parent_run_id, sweep.BEST_JOB_ARTIFACT, str(tmp_path)))
@@ -120,9 +122,9 @@ def test_unstable_trial_is_stopped_and_marked_while_the_sweep_finishes(ray_sessi
         "num_samples: 1, max_concurrent_trials: 2, scheduler: none}"])
     assert run_sweep(spec, None) == 0
     out = capsys.readouterr().out
-    client = tracking.client(mlflow_store)
+    client = store.client(mlflow_store)
     (parent,) = client.search_runs([client.get_experiment_by_name("debug_dcgan").experiment_id],
-                                   filter_string=f"tags.{sweep.TAG_SWEEP} LIKE '%'")
+                                   filter_string=f"tags.{TAG_SWEEP} LIKE '%'")
     rows = (Path(client.download_artifacts(parent.info.run_id, "stability_map.csv", str(tmp_path)))
             .read_text().splitlines())
     assert rows[0] == "trial,run_id,lr_g,lr_d,n_critic,status,reason,step,loss_g"
@@ -137,7 +139,7 @@ def test_unstable_trial_is_stopped_and_marked_while_the_sweep_finishes(ray_sessi
     assert re.search(r": trial \w+ DONE step 6 loss_g [0-9.]+  optim.d.lr=1e-06", out)
     child = client.get_run(unstable[1])
     assert child.info.status == "FINISHED"
-    assert child.data.tags[tracking.TAG_OUTCOME] == f"stopped: {unstable[6]}"
+    assert child.data.tags[TAG_OUTCOME] == f"stopped: {unstable[6]}"
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"stability_map.png", "stability_map.csv"}
 
 
@@ -146,8 +148,8 @@ def test_optuna_searcher_suggests_valid_trial_specs():
     spec = parse({"name": "t", "eval": {"every": 10}, "tracking": {"checkpoint_every": 10},
                   "tune": {"searcher": "optuna", "space": {"optim.g.lr": {"loguniform": [1.0e-5, 1.0e-3]},
                                                            "optim.lr_ratio": {"choice": [1, 4]}}}})
-    searcher = sweep.search_algorithm(spec)
-    searcher.set_search_properties(spec.tune.metric, spec.tune.mode, sweep.param_space(spec))
+    searcher = schedulers.search_algorithm(spec)
+    searcher.set_search_properties(spec.tune.metric, spec.tune.mode, schedulers.param_space(spec))
     for trial in ("a", "b", "c"):
         config = searcher.suggest(trial)
         trial_spec = sweep.trial_spec(spec.to_dict(), config, list(spec.tune.space))
@@ -165,8 +167,8 @@ def test_pbt_exploit_continues_from_the_donors_checkpoint_with_new_learning_rate
     under the recipient's new spec, gives the recipient's step-4 networks."""
     import torch
 
-    from orchestrator.checkpoint import load as load_checkpoint
-    from orchestrator.worker import WorkerContext, train
+    from orchestrator.train.checkpoint import load as load_checkpoint
+    from orchestrator.train.loop import WorkerContext, train
 
     spec = load(REPO / "jobs/debug_dcgan.yaml", [
         "resources.num_workers=1", "resources.cpus_per_worker=0.5", "train.steps=4", "train.batch_size=8",
@@ -176,12 +178,12 @@ def test_pbt_exploit_continues_from_the_donors_checkpoint_with_new_learning_rate
         "perturbation_interval: 2, quantile_fraction: 0.5, synchronous: true}"])
     outcome = sweep.run(spec, show_progress=False)
 
-    client = tracking.client(mlflow_store)
-    children = {c.data.tags[sweep.TAG_TRIAL]: c for c in client.search_runs(
+    client = store.client(mlflow_store)
+    children = {c.data.tags[TAG_TRIAL]: c for c in client.search_runs(
         [client.get_run(outcome.parent_run_id).info.experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{outcome.parent_run_id}'")}
     assert len(children) == 2 and {c.info.status for c in children.values()} == {"FINISHED"}
-    restarts = {trial: child.data.tags.get(sweep.TAG_RESTART + "1", "") for trial, child in children.items()}
+    restarts = {trial: child.data.tags.get(TAG_RESTART + "1", "") for trial, child in children.items()}
     (recipient,) = [trial for trial, text in restarts.items() if "cloned trial" in text]
     (donor,) = set(children) - {recipient}
     assert restarts[donor].startswith("its own checkpoint at step 2;")
@@ -201,8 +203,8 @@ def test_pbt_exploit_continues_from_the_donors_checkpoint_with_new_learning_rate
 
     donor_state = load_checkpoint(cloned.group(4))
     assert donor_state["step"] == 2
-    recipient_final = load_checkpoint(artifact(recipient_id, children[recipient].data.tags[tracking.TAG_CHECKPOINT]))
-    donor_final = load_checkpoint(artifact(donor_id, children[donor].data.tags[tracking.TAG_CHECKPOINT]))
+    recipient_final = load_checkpoint(artifact(recipient_id, children[recipient].data.tags[TAG_CHECKPOINT]))
+    donor_final = load_checkpoint(artifact(donor_id, children[donor].data.tags[TAG_CHECKPOINT]))
     assert recipient_final["step"] == donor_final["step"] == 4
     replayed = {}
     train(new_spec, WorkerContext(device=torch.device("cpu"), resume=donor_state),

@@ -6,29 +6,43 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator import checkpoint, launch, tracking
 from orchestrator.spec import load, parse
-from orchestrator.worker import build_networks
+from orchestrator.track import store
+from orchestrator.track.tags import (
+    TAG_BEST_CHECKPOINT,
+    TAG_BEST_FID,
+    TAG_BEST_STEP,
+    TAG_CHECKPOINT,
+    TAG_CLASSIFIER,
+    TAG_CLASSIFIER_ACCURACY,
+    TAG_EVALUATED,
+    TAG_OUTCOME,
+    TAG_RAY_CHECKPOINT,
+    TAG_UNSTABLE,
+)
+from orchestrator.train import checkpoint, launch
+from orchestrator.train.networks import build_networks
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def compare_ranks_after_every_phase(config):
     """The real per-worker loop, with every rank's G and D parameters compared after each phase."""
-    import orchestrator.worker as worker
-    from orchestrator import distributed
+    import orchestrator.train.loop as loop
+    from orchestrator.distributed import ddp
+    from orchestrator.train import worker
 
     checks = []
-    real_run_phase = worker.run_phase
+    real_run_phase = loop.run_phase
 
     def run_phase_then_compare(phase, *args):
         stats = real_run_phase(phase, *args)
-        digests = distributed.gather_digests({"trained": phase.trains.module, "frozen": phase.frozen},
+        digests = ddp.gather_digests({"trained": phase.trains.module, "frozen": phase.frozen},
                                              parameters_only=True)
         checks.append((phase.name, all(len(set(per_rank)) == 1 for per_rank in digests.values())))
         return stats
 
-    worker.run_phase = run_phase_then_compare
+    loop.run_phase = run_phase_then_compare
     summary = worker.train_loop_per_worker(config)
     summary["phase_checks"] = checks
     return summary
@@ -57,7 +71,7 @@ def debug_run(ray_session, tmp_path_factory, mnist_classifier):
             os.environ.pop("MLFLOW_TRACKING_URI")
         else:
             os.environ["MLFLOW_TRACKING_URI"] = old_uri
-    return spec, outcome, tracking.client(outcome.tracking_uri), workdir
+    return spec, outcome, store.client(outcome.tracking_uri), workdir
 
 
 def test_parameters_identical_on_every_rank_after_every_phase(debug_run):
@@ -96,8 +110,8 @@ def test_sample_quality_is_evaluated_across_both_workers(debug_run):
     """301 samples: shares of 151 and 150 generated on the two ranks, gathered, scored the same on both."""
     spec, outcome, client, workdir = debug_run
     run = client.get_run(outcome.run_id)
-    assert float(run.data.tags[tracking.TAG_CLASSIFIER_ACCURACY]) >= 0.95
-    assert Path(run.data.tags[tracking.TAG_CLASSIFIER]).parent == Path(spec.eval.cache_dir) / "classifiers"
+    assert float(run.data.tags[TAG_CLASSIFIER_ACCURACY]) >= 0.95
+    assert Path(run.data.tags[TAG_CLASSIFIER]).parent == Path(spec.eval.cache_dir) / "classifiers"
     for key in ("fid", "kid", "is", "precision", "recall", "density", "manifold_coverage", "mode_coverage",
                 "class_kl"):
         history = client.get_metric_history(outcome.run_id, key)
@@ -122,7 +136,7 @@ def test_sample_grid_is_a_png_of_the_fixed_batch(debug_run):
 def test_final_checkpoint_loads_into_fresh_networks(debug_run):
     spec, outcome, client, workdir = debug_run
     run = client.get_run(outcome.run_id)
-    artifact = run.data.tags[tracking.TAG_CHECKPOINT]
+    artifact = run.data.tags[TAG_CHECKPOINT]
     assert artifact == "checkpoints/step_000006/checkpoint.pt"
     assert [f.path for f in client.list_artifacts(outcome.run_id, "checkpoints")] == [
         "checkpoints/best", "checkpoints/step_000003", "checkpoints/step_000006"]
@@ -138,7 +152,7 @@ def test_final_checkpoint_loads_into_fresh_networks(debug_run):
     torch.optim.Adam(D.parameters()).load_state_dict(state["optimizer_d"])
     assert G(torch.randn(2, spec.model.latent_dim)).shape == (2, 1, 28, 28)
     # the same checkpoint is in Ray Train's storage, and the run points at it
-    ray_path = Path(run.data.tags[tracking.TAG_RAY_CHECKPOINT])
+    ray_path = Path(run.data.tags[TAG_RAY_CHECKPOINT])
     assert ray_path == Path(outcome.checkpoint_path) and ray_path.is_relative_to(workdir / "ray_storage")
     assert torch.equal(checkpoint.load(ray_path)["generator"]["net.0.weight"], state["generator"]["net.0.weight"])
 
@@ -148,10 +162,10 @@ def test_best_checkpoint_is_kept_by_fid(debug_run):
     tags = client.get_run(outcome.run_id).data.tags
     fids = {m.step: m.value for m in client.get_metric_history(outcome.run_id, "fid")}
     best_step = min(fids, key=fids.get)
-    assert int(tags[tracking.TAG_BEST_STEP]) == best_step
-    assert float(tags[tracking.TAG_BEST_FID]) == pytest.approx(fids[best_step], abs=1e-4)
+    assert int(tags[TAG_BEST_STEP]) == best_step
+    assert float(tags[TAG_BEST_FID]) == pytest.approx(fids[best_step], abs=1e-4)
     assert outcome.summary["best_fid"] == pytest.approx(fids[best_step])
-    assert tags[tracking.TAG_BEST_CHECKPOINT] == "checkpoints/best/checkpoint.pt"
+    assert tags[TAG_BEST_CHECKPOINT] == "checkpoints/best/checkpoint.pt"
     state = checkpoint.load(client.download_artifacts(outcome.run_id, "checkpoints/best/checkpoint.pt",
                                                       str(workdir / "best")))
     assert state["step"] == best_step
@@ -162,7 +176,7 @@ def test_best_checkpoint_is_kept_by_fid(debug_run):
 
 def test_a_run_that_was_not_stopped_is_recorded_as_completed(debug_run):
     _, outcome, client, _ = debug_run
-    assert client.get_run(outcome.run_id).data.tags[tracking.TAG_OUTCOME] == "completed"
+    assert client.get_run(outcome.run_id).data.tags[TAG_OUTCOME] == "completed"
     assert outcome.summary["stopped"] is None
 
 
@@ -182,7 +196,7 @@ def test_eval_command_scores_a_run_as_training_did(debug_run, capsys, monkeypatc
     assert Image.open(workdir / "eval_step_000006.png").size == (3 * 30 + 2, 3 * 30 + 2)
     (run,) = client.search_runs([client.get_run(outcome.run_id).info.experiment_id],
                                 filter_string=f"tags.mlflow.parentRunId = '{outcome.run_id}'")
-    assert run.data.tags[tracking.TAG_EVALUATED].endswith("checkpoints/step_000006/checkpoint.pt")
+    assert run.data.tags[TAG_EVALUATED].endswith("checkpoints/step_000006/checkpoint.pt")
     assert run.data.metrics["fid"] == pytest.approx(outcome.summary["eval"]["fid"], rel=1e-3)
     assert run.data.metrics["mode_coverage"] == outcome.summary["eval"]["mode_coverage"]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "fid")] == [6]
@@ -190,7 +204,7 @@ def test_eval_command_scores_a_run_as_training_did(debug_run, capsys, monkeypatc
 
     # the best checkpoint by run id, and a checkpoint file given by path
     assert main(["eval", outcome.run_id, "--best", "--set", "eval.num_samples=50"]) == 0
-    best_step = client.get_run(outcome.run_id).data.tags[tracking.TAG_BEST_STEP]
+    best_step = client.get_run(outcome.run_id).data.tags[TAG_BEST_STEP]
     assert f"checkpoints/best/checkpoint.pt: step {best_step}, 50 samples" in capsys.readouterr().out
     assert main(["eval", outcome.checkpoint_path, "--set", "eval.num_samples=50"]) == 0
     out = capsys.readouterr().out
@@ -243,34 +257,34 @@ def test_stop_on_ends_the_run_early_with_its_reason(ray_session, mlflow_store, t
     assert run_job(spec) == EXIT_STOPPED
     out = capsys.readouterr().out
     assert "stopped early (train.stop_on): d_overpowering at step" in out
-    client = tracking.client(mlflow_store)
+    client = store.client(mlflow_store)
     (run,) = client.search_runs([client.get_experiment_by_name("debug_dcgan").experiment_id])
     assert run.info.status == "FINISHED"
-    outcome = run.data.tags[tracking.TAG_OUTCOME]
+    outcome = run.data.tags[TAG_OUTCOME]
     assert outcome.startswith("stopped: d_overpowering at step ")
     step = int(outcome.removeprefix("stopped: d_overpowering at step ").split(":")[0])
     assert 3 <= step < 200
-    assert run.data.tags[tracking.TAG_UNSTABLE + "d_overpowering"] == outcome.removeprefix("stopped: ")
+    assert run.data.tags[TAG_UNSTABLE + "d_overpowering"] == outcome.removeprefix("stopped: ")
     assert [m.step for m in client.get_metric_history(run.info.run_id, "unstable.d_overpowering")] == [step]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss_d")] == list(range(1, step + 1))
-    assert run.data.tags[tracking.TAG_CHECKPOINT] == f"checkpoints/step_{step:06d}/checkpoint.pt"
+    assert run.data.tags[TAG_CHECKPOINT] == f"checkpoints/step_{step:06d}/checkpoint.pt"
 
 
 def diverge_rank_one(config):
     """Rank 1 nudges one weight; the snapshot check must refuse to go on."""
     import ray.train.torch
 
-    from orchestrator import distributed
+    from orchestrator.distributed import collectives, ddp
 
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)
-    distributed.wrap_ddp(model, ray.train.torch.get_device())
-    if distributed.rank() == 1:
+    ddp.wrap_ddp(model, ray.train.torch.get_device())
+    if collectives.rank() == 1:
         with torch.no_grad():
             model.weight[0, 0] += 1e-6
     try:
-        distributed.check_consistency({"model": model})
-    except distributed.RankDivergence as err:
+        ddp.check_consistency({"model": model})
+    except ddp.RankDivergence as err:
         return str(err)
     return None
 
@@ -287,11 +301,11 @@ def test_consistency_check_catches_diverged_rank(ray_session, tmp_path):
 
 
 def fail_on_rank_one(config):
-    from orchestrator import distributed
+    from orchestrator.distributed import collectives
 
-    if distributed.rank() == 1:
+    if collectives.rank() == 1:
         raise RuntimeError("worker lost its data")
-    import orchestrator.worker as worker
+    from orchestrator.train import worker
     return worker.train_loop_per_worker(config)
 
 
@@ -302,6 +316,6 @@ def test_failed_training_marks_the_run_failed(ray_session, mlflow_store, tmp_pat
     spec = load(REPO / "jobs/debug_dcgan.yaml", [f"tracking.storage_path={tmp_path / 'ray_storage'}"])
     with pytest.raises(Exception, match="worker lost its data"):
         launch.run(spec, loop=fail_on_rank_one, show_progress=False)
-    (run,) = tracking.client(mlflow_store).search_runs(
-        [tracking.client(mlflow_store).get_experiment_by_name("debug_dcgan").experiment_id])
+    (run,) = store.client(mlflow_store).search_runs(
+        [store.client(mlflow_store).get_experiment_by_name("debug_dcgan").experiment_id])
     assert run.info.status == "FAILED"

@@ -5,9 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator.checkpoint import load as load_checkpoint
 from orchestrator.spec import load
-from orchestrator.worker import Throughput, WorkerContext, train
+from orchestrator.train.checkpoint import load as load_checkpoint
+from orchestrator.train.loop import WorkerContext, train
+from orchestrator.train.periodic import Throughput
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,7 +112,7 @@ def test_mixed_precision_trains_on_cpu(process_group, precision, recipe):
 
 
 def test_precision_is_autocast_only_for_mixed_modes():
-    from orchestrator.precision import Precision
+    from orchestrator.train.precision import Precision
 
     cpu = torch.device("cpu")
     assert Precision("fp32", cpu).new_scaler() is None and Precision("bf16", cpu).new_scaler() is None
@@ -123,7 +124,7 @@ def test_precision_is_autocast_only_for_mixed_modes():
 
 
 def test_conditional_grid_has_one_row_per_class():
-    from orchestrator.worker import fixed_samples
+    from orchestrator.train.networks import fixed_samples
 
     spec = load(REPO / "jobs/debug_dcgan.yaml", ["tracking.num_samples=64"])
     z, labels, columns = fixed_samples(spec, 10, torch.device("cpu"))
@@ -136,19 +137,19 @@ def test_conditional_grid_has_one_row_per_class():
 def test_conditional_training_logs_a_grid_per_class(process_group, mlflow_store, tmp_path):
     from PIL import Image
 
-    from orchestrator import tracking
+    from orchestrator.track import runs, store
 
     spec = load(REPO / "jobs/debug_dcgan.yaml", ["resources.num_workers=1", "train.steps=2", "model.conditional=true",
                                                  "tracking.num_samples=20"])
-    run_id, _ = tracking.start_run(spec, mlflow_store)
+    run_id, _ = runs.start_run(spec, mlflow_store)
     summary = train(spec, WorkerContext(device=torch.device("cpu"), tracking_uri=mlflow_store, run_id=run_id))
     assert summary["metrics"]["grad_norm_g"] > 0
-    client = tracking.client(mlflow_store)
+    client = store.client(mlflow_store)
     grid = Image.open(client.download_artifacts(run_id, "samples/step_000002.png", str(tmp_path)))
     assert grid.size == (2 * 30 + 2, 10 * 30 + 2), "10 classes x 2 samples: one row per class"
-    from orchestrator import checkpoint
     from orchestrator.spec import parse
-    from orchestrator.worker import build_networks
+    from orchestrator.train import checkpoint
+    from orchestrator.train.networks import build_networks
 
     state = checkpoint.load(client.download_artifacts(run_id, "checkpoints/step_000002/checkpoint.pt", str(tmp_path)))
     assert state["num_classes"] == 10

@@ -1,0 +1,92 @@
+"""The domain classifier behind FID, KID and IS: trained once per dataset, cached by a fingerprint of the data.
+
+The cache holds one file per (data, image size, channels, recipe): `classifiers/<fingerprint>.pt`, a dict of plain
+state loaded with weights_only=True. The default cache is `$XDG_CACHE_HOME/ganorch` (`~/.cache/ganorch`).
+"""
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from gan_models.classifier import DomainClassifier, fit_classifier
+from orchestrator.data.sources import ImageFolderDataset
+
+# Bump when DomainClassifier or fit_classifier change: cached classifiers of the old recipe stop matching.
+RECIPE = 1
+# The classifier trains on at most this many images of a larger dataset (a seeded random subset).
+MAX_TRAIN_IMAGES = 20_000
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ganorch"
+
+
+def fingerprint(dataset: Dataset, image_size: int, channels: int) -> str:
+    """What the classifier was trained on, without reading every image of a folder: the tensors of an
+    in-memory source; the files (relative path, size, modification time) and labels of a folder; the
+    class, length and labels of a torchvision dataset."""
+    h = hashlib.sha256(f"recipe {RECIPE}; {image_size}px; {channels} channels; {type(dataset).__name__}".encode())
+    if isinstance(dataset, TensorDataset):
+        for tensor in dataset.tensors:
+            h.update(tensor.contiguous().numpy().tobytes())
+    elif isinstance(dataset, ImageFolderDataset):
+        for path, label in zip(dataset.files, dataset.labels):
+            stat = path.stat()
+            h.update(f"{path.relative_to(dataset.root)}|{stat.st_size}|{stat.st_mtime_ns}|{label}\n".encode())
+    else:  # a torchvision dataset
+        h.update(f"{len(dataset)}".encode())
+        h.update(torch.as_tensor(dataset.targets).numpy().tobytes() if hasattr(dataset, "targets")
+                 else torch.as_tensor(dataset.labels).numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def labelled_tensors(dataset: Dataset, limit: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, labels) of the whole dataset, or of a seeded random `limit` of it."""
+    if isinstance(dataset, TensorDataset):
+        images, labels = dataset.tensors
+        if len(images) <= limit:
+            return images, labels
+    indices = torch.arange(len(dataset))
+    if len(dataset) > limit:
+        indices = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+    pairs = [dataset[i] for i in indices.tolist()]
+    return torch.stack([image for image, _ in pairs]), torch.as_tensor([label for _, label in pairs])
+
+
+def check_labelled(num_classes: int) -> None:
+    if num_classes < 2:
+        raise ValueError("eval.every: the data has a single class (a folder without class subfolders?); the domain "
+                         "classifier behind FID, KID and IS needs labelled data: set eval.every: 0")
+
+
+@dataclass
+class Classifier:
+    model: DomainClassifier    # in eval mode
+    accuracy: float            # on its held-out share of the data
+    path: Path                 # the cached file
+    trained_now: bool          # False when it came from the cache
+
+
+def domain_classifier(dataset: Dataset, num_classes: int, *, image_size: int, channels: int,
+                      cache_dir: str | Path | None = None, seed: int = 0) -> Classifier:
+    """The dataset's classifier from the cache, or trained now and cached."""
+    check_labelled(num_classes)
+    path = Path(cache_dir or default_cache_dir()).expanduser() / "classifiers" / \
+        f"{fingerprint(dataset, image_size, channels)}.pt"
+    if path.exists():
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model = DomainClassifier(state["channels"], state["num_classes"])
+        model.load_state_dict(state["model"])
+        return Classifier(model.eval(), state["accuracy"], path, trained_now=False)
+    images, labels = labelled_tensors(dataset, MAX_TRAIN_IMAGES, seed)
+    model, accuracy = fit_classifier(images, labels, num_classes, seed=seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save({"model": model.state_dict(), "accuracy": accuracy, "num_classes": num_classes,
+                "channels": channels, "image_size": image_size, "recipe": RECIPE}, tmp)
+    os.replace(tmp, path)  # whole or not at all, also when two runs train the same classifier at once
+    return Classifier(model, accuracy, path, trained_now=True)

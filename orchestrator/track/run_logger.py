@@ -1,0 +1,88 @@
+"""Rank 0's handle on its MLflow run during training: metrics, sample grids, checkpoints, flags and tags."""
+
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from orchestrator.track.outbox import Outbox
+from orchestrator.track.store import client
+from orchestrator.track.tags import BEST_CHECKPOINT_DIR, TAG_BEST_CHECKPOINT, TAG_BEST_FID, TAG_BEST_STEP, TAG_UNSTABLE
+
+if TYPE_CHECKING:
+    import torch
+
+
+def image_grid(images: "torch.Tensor", nrow: int) -> np.ndarray:
+    """Images in [-1, 1], shape (N, C, H, W) -> one uint8 HxWxC grid."""
+    from torchvision.utils import make_grid
+
+    grid = make_grid(images.detach().float().cpu(), nrow=nrow, padding=2, normalize=True, value_range=(-1, 1))
+    return (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+class RunLogger:
+    """Rank 0's handle on the run the driver created. Reads happen at once; writes go through an Outbox, so an
+    MLflow outage never stops training (`close` says where what could not be sent was kept)."""
+
+    def __init__(self, uri: str, run_id: str, notify: Callable[[str], None] | None = None):
+        self.client = client(uri)
+        self.run_id = run_id
+        self.outbox = Outbox(uri, run_id, "rank0", notify)
+        self.logged_through: dict[str, int] = {}  # metric -> the last step logged before a resume
+        self.floor = -1                            # when those could not be read: the checkpoint's step
+
+    def resuming(self, step: int) -> None:
+        """Training goes on from the checkpoint of `step`, so it takes again steps that may have been logged after
+        it: those are not logged twice. On the same hardware a resume retakes them exactly. (With MLflow out of
+        reach, only the steps up to the checkpoint's are known to be logged.)"""
+        try:
+            for key in self.client.get_run(self.run_id).data.metrics:
+                history = self.client.get_metric_history(self.run_id, key)
+                self.logged_through[key] = max((m.step for m in history), default=-1)
+        except Exception:
+            self.floor = step
+
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        fresh = {k: v for k, v in metrics.items() if step > max(self.logged_through.get(k, -1), self.floor)}
+        if fresh:
+            self.outbox.metrics(step, fresh)
+
+    def log_samples(self, step: int, images: "torch.Tensor", columns: int) -> None:
+        from PIL import Image
+
+        with tempfile.TemporaryDirectory(prefix="ganorch-samples-") as tmp:
+            path = Path(tmp) / f"step_{step:06d}.png"
+            Image.fromarray(image_grid(images, columns)).save(path)
+            self.outbox.artifacts([path], "samples")
+
+    def log_checkpoint(self, step: int, path: Path, keep: int | None = None) -> str:
+        """Log the checkpoint (and its checksum) as `checkpoints/step_N/`; with `keep`, delete all but the latest
+        `keep` of those. Returns the checkpoint's artifact path."""
+        artifact_dir = f"checkpoints/step_{step:06d}"
+        self.outbox.artifacts(sorted(path.parent.iterdir()), artifact_dir)
+        if keep is not None:
+            self.outbox.prune(keep)
+        return f"{artifact_dir}/{path.name}"
+
+    def log_best_checkpoint(self, step: int, path: Path, fid: float) -> None:
+        """Replace the run's best checkpoint (`checkpoints/best/`) and say which step and FID it holds."""
+        self.outbox.artifacts(sorted(path.parent.iterdir()), BEST_CHECKPOINT_DIR)
+        self.outbox.tags({TAG_BEST_CHECKPOINT: f"{BEST_CHECKPOINT_DIR}/{path.name}", TAG_BEST_FID: f"{fid:.4f}",
+                          TAG_BEST_STEP: step})
+
+    def log_flag(self, name: str, step: int, description: str) -> None:
+        """A stability flag: metric `unstable.<name>` = 1 at its step, and a tag with `description`."""
+        self.log_metrics(step, {f"unstable.{name}": 1.0})
+        self.set_tag(TAG_UNSTABLE + name, description)
+
+    def record_restart(self, where: str) -> None:
+        self.outbox.restart(where)
+
+    def set_tag(self, key: str, value: Any) -> None:
+        self.outbox.tags({key: value})
+
+    def close(self, wait_s: float) -> Path | None:
+        """Send what is left, waiting up to `wait_s` for MLflow; returns where what it did not take was kept."""
+        return self.outbox.close(wait_s)

@@ -1,0 +1,87 @@
+"""An MLflow run's life on the driver: created with the resolved spec as params and `spec.yaml`, reopened when a run
+continues (a restart, a resubmitted job, `--resume`), ended with its outcome."""
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from orchestrator.spec import JobSpec
+from orchestrator.spec.schema import flatten
+from orchestrator.track.outbox import Outbox
+from orchestrator.track.redact import redact_value, spec_text
+from orchestrator.track.store import client, record_restart
+from orchestrator.track.tags import TAG_DATA_SKIPPED, TAG_JOB, TAG_TRAIN_RUN
+
+
+def start_run(spec: JobSpec, uri: str) -> tuple[str, str]:
+    """Create the job's run (experiment made if missing) with the resolved spec as params and as `spec.yaml`.
+    Returns the run's id and name."""
+    c = client(uri)
+    experiment = c.get_experiment_by_name(spec.experiment)
+    experiment_id = experiment.experiment_id if experiment else c.create_experiment(spec.experiment)
+    run_name = default_run_name(spec)
+    return create_run(spec, uri, experiment_id, run_name), run_name
+
+
+def default_run_name(spec: JobSpec) -> str:
+    """The job's name and the time: names both the MLflow run and the Ray Train run."""
+    return f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def create_run(spec: JobSpec, uri: str, experiment_id: str, run_name: str, tags: dict[str, str] | None = None,
+               params: dict[str, Any] | None = None) -> str:
+    """A run holding the spec's keys (and `params`) as params and the spec as `spec.yaml`; returns its id.
+    A tag `mlflow.parentRunId` nests it under that run."""
+    from mlflow.entities import Param
+
+    c = client(uri)
+    run = c.create_run(experiment_id, run_name=run_name, tags={TAG_JOB: spec.name, **(tags or {})})
+    values = {**flatten(spec.to_dict()), **(params or {})}
+    items = [Param(k, redact_value(k, v)) for k, v in values.items()]
+    for start in range(0, len(items), 100):
+        c.log_batch(run.info.run_id, params=items[start:start + 100])
+    c.log_text(run.info.run_id, spec_text(spec), "spec.yaml")
+    return run.info.run_id
+
+
+def job_run(spec: JobSpec, uri: str, run_name: str) -> tuple[str, int]:
+    """The run of Ray Train run `run_name`, and how many times it was started before. A first start creates it;
+    a later one (a resubmitted job, which Ray Train continues from its latest checkpoint) reopens it."""
+    c = client(uri)
+    experiment = c.get_experiment_by_name(spec.experiment)
+    experiment_id = experiment.experiment_id if experiment else c.create_experiment(spec.experiment)
+    found = c.search_runs([experiment_id], filter_string=f"tags.`{TAG_TRAIN_RUN}` = '{run_name}'")
+    if not found:
+        return create_run(spec, uri, experiment_id, run_name, tags={TAG_TRAIN_RUN: run_name}), 0
+    run_id = found[0].info.run_id
+    return run_id, reopen_run(uri, run_id, spec, f"resubmitted: Ray Train run {run_name} continues from its "
+                                                 "latest checkpoint")
+
+
+def reopen_run(uri: str, run_id: str, spec: JobSpec, where: str) -> int:
+    """Mark a run RUNNING again for restart n (returned): tags say what it continues from, and the spec it now
+    runs is `restarts/<n>/spec.yaml` (params, logged at the first start, cannot change)."""
+    c = client(uri)
+    start = record_restart(c, run_id, where)
+    c.log_text(run_id, spec_text(spec), f"restarts/{start}/spec.yaml")
+    c.update_run(run_id, status="RUNNING")
+    return start
+
+
+def end_run(uri: str, run_id: str, status: str, tags: dict[str, str] | None = None,
+            skipped_files: list[str] | None = None, wait_s: float = 60.0) -> Path | None:
+    """The driver's last writes: `tags`, the training images that could not be decoded (a count tag and
+    `data/skipped_files.txt`), and the run's status. MLflow gets `wait_s` to take them; returns where what it
+    did not take was kept."""
+    outbox = Outbox(uri, run_id, "driver")
+    if skipped_files:
+        tags = {**(tags or {}), TAG_DATA_SKIPPED: str(len(skipped_files))}
+    outbox.tags(tags or {})
+    if skipped_files:
+        with tempfile.TemporaryDirectory(prefix="ganorch-skipped-") as tmp:
+            listing = Path(tmp) / "skipped_files.txt"
+            listing.write_text("".join(f"{p}\n" for p in skipped_files))
+            outbox.artifacts([listing], "data")
+    outbox.end(status)
+    return outbox.close(wait_s)

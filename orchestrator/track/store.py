@@ -1,0 +1,96 @@
+"""Where results go: the tracking URI (the embedded SQLite default, or a server), an MLflow client on it, and the
+two writes that read the run first (counting a restart, pruning checkpoints)."""
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from orchestrator.track.redact import redact
+from orchestrator.track.tags import TAG_RESTART, TAG_RESTARTS
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+
+def tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI` when set, else the embedded default: an SQLite store in the working directory.
+    Absolute, because Ray Train workers run in directories of their own."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def environment() -> dict[str, str]:
+    """This process's MLflow settings (MLFLOW_*: tracking URI, credentials, TLS, timeouts), for the processes that
+    log on other machines. They hold secrets, so they travel as task arguments (train_loop_config, a trial's
+    parameters) and never in Ray's runtime environment, whose every value Ray's runtime-env agent writes to its
+    log; nor into params, tags, artifacts or output."""
+    return {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+
+
+def adopt(env: dict[str, str] | None) -> None:
+    """Take the driver's MLflow settings (`environment()`) in a worker or trial process."""
+    os.environ.update(env or {})
+
+
+def is_local_store(uri: str) -> bool:
+    """An SQLite database or a folder of files: a store on this machine's disk, not a server."""
+    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
+
+
+def client(uri: str):
+    import logging
+
+    from mlflow import MlflowClient
+
+    # The first use of an SQLite store runs schema migrations that log at INFO.
+    for name in ("alembic", "mlflow.store.db.utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return MlflowClient(uri)
+
+
+def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
+    """A tracking server must answer before a run starts; ValueError naming MLFLOW_TRACKING_URI if not."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if not uri.startswith(("http://", "https://")):
+        try:
+            client(uri).search_experiments(max_results=1)  # an unsupported scheme, a store that cannot be opened
+        except Exception as err:
+            raise ValueError(f"MLFLOW_TRACKING_URI: cannot open the MLflow tracking store {redact(uri)}: "
+                             f"{str(err).strip().splitlines()[0][:300]}") from None
+        return
+    parts = urlsplit(uri)
+    try:
+        socket.create_connection((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)),
+                                 timeout=timeout_s).close()
+    except (OSError, ValueError) as err:
+        raise ValueError(f"MLFLOW_TRACKING_URI: cannot reach the MLflow tracking server at {redact(uri)} "
+                         f"({err}); is it up, and is the address right?") from None
+
+
+def ui_hint(uri: str) -> str:
+    """How to look at the results in a browser."""
+    if uri.startswith("sqlite:///"):
+        return f"see it with: mlflow ui --backend-store-uri {uri}   (then http://127.0.0.1:5000)"
+    return f"see it at {redact(uri)}" if uri.startswith("http") else f"tracking store: {redact(uri)}"
+
+
+def record_restart(c: "MlflowClient", run_id: str, where: str) -> int:
+    """Count one more restart of the run (returned) and say in its tag what it continues from."""
+    start = int(c.get_run(run_id).data.tags.get(TAG_RESTARTS, 0)) + 1
+    c.set_tag(run_id, TAG_RESTARTS, str(start))
+    c.set_tag(run_id, f"{TAG_RESTART}{start}", where)
+    return start
+
+
+def prune_checkpoints(c: "MlflowClient", run_id: str, keep: int) -> None:
+    """Delete all but the latest `keep` of the run's periodic checkpoints (`checkpoints/step_N/`)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    periodic = sorted(a.path for a in c.list_artifacts(run_id, "checkpoints")
+                      if a.is_dir and a.path.rpartition("/")[2].startswith("step_"))
+    if len(periodic) <= keep:
+        return
+    repo = get_artifact_repository(c.get_run(run_id).info.artifact_uri, tracking_uri=c.tracking_uri)
+    for old in periodic[:-keep]:
+        repo.delete_artifacts(old)

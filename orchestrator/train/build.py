@@ -1,0 +1,148 @@
+"""Everything the per-worker loop works on, built from the spec and, when the run continues, a checkpoint's state:
+data and noise, the networks and their DDP wrappers, the optimizers, the D/G phases, G_ema, and the evaluator."""
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterator
+
+import torch
+
+from gan_models import GeneratorEMA, GradientPenalty, R1Penalty, Regularizer, build_loss, sample_latent
+from orchestrator.data.sharding import ShardedBatches
+from orchestrator.data.sources import check_conditional, load_dataset, num_classes
+from orchestrator.distributed import collectives, ddp
+from orchestrator.spec import JobSpec
+from orchestrator.track.tags import TAG_CLASSIFIER, TAG_CLASSIFIER_ACCURACY, TAG_INCEPTION
+from orchestrator.train import checkpoint, resume
+from orchestrator.train.networks import build_networks, fixed_samples
+from orchestrator.train.phases import Phase, build_phases
+from orchestrator.train.precision import Precision
+
+if TYPE_CHECKING:
+    from orchestrator.evaluate.evaluator import Evaluator
+
+
+@dataclass
+class Training:
+    """The loop's state: what it trains, what it draws from, and where it stands (`step`, `images_seen`)."""
+    spec: JobSpec
+    device: torch.device
+    rank: int
+    world_size: int
+    classes: int                 # the model's classes; 0 when unconditional
+    G: torch.nn.Module           # the bare networks (their DDP wrappers live in the phases)
+    D: torch.nn.Module
+    ema: GeneratorEMA
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    phases: list[Phase]
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
+    source: ShardedBatches | None  # None for a Ray Data stream, which has no position to resume at
+    noise: torch.Generator
+    fixed: tuple[torch.Tensor, torch.Tensor | None, int]  # the sample grids' z, labels and columns
+    evaluator: "Evaluator | None"
+    step: int
+    images_seen: int
+
+    def draw_latent(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This rank's slice of the global z (and class) batch. Every rank draws the whole batch, so N workers x
+        batch B see exactly the noise that 1 worker x batch N*B sees."""
+        batch, global_batch = self.spec.batch_per_worker, self.spec.train.batch_size
+        mine = slice(self.rank * batch, (self.rank + 1) * batch)
+        z = sample_latent(global_batch, self.spec.model.latent_dim, generator=self.noise, device=self.device)
+        if not self.classes:
+            return z[mine], None
+        labels = torch.randint(self.classes, (global_batch,), generator=self.noise, device=self.device)
+        return z[mine], labels[mine]
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"generator": self.G, "generator_ema": self.ema.module, "discriminator": self.D}
+
+    def snapshot(self, checked: bool = False) -> dict[str, Any] | None:
+        """The checkpoint state on rank 0 (None elsewhere), after every rank proved it holds the same networks.
+        Every rank calls it; `checked` when the caller ran the consistency check already."""
+        if not checked:
+            ddp.check_consistency(self.modules())
+        if self.rank != 0:
+            return None
+        loop = resume.loop_state(self.phases, self.noise, self.source.position if self.source else None, self.device)
+        return checkpoint.build(G=self.G, G_ema=self.ema.module, D=self.D, opt_g=self.opt_g, opt_d=self.opt_d,
+                                step=self.step, images_seen=self.images_seen, spec=self.spec.to_dict(),
+                                num_classes=self.classes, loop=loop)
+
+
+def build(spec: JobSpec, context: Any, logger: Any) -> Training:
+    """The loop's state from `spec`, continued from `context.resume` when set (a WorkerContext). Rank 0 tags the run
+    with the evaluator's classifier through `logger`."""
+    rank, world_size, device = collectives.rank(), collectives.world_size(), context.device
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # tiny activations of a saturated D can be denormals, slow on CPU
+    if context.data_shard is None:
+        dataset = load_dataset(spec.data, spec.model)
+        data_classes = num_classes(dataset)
+    else:  # streamed by Ray Data: only the class folders are looked at here
+        from orchestrator.data import ray_data
+        dataset, data_classes = None, max(len(ray_data.list_classes(spec.data.path)), 1)
+    classes = check_conditional(data_classes, spec.model.conditional)
+
+    torch.manual_seed(spec.seed)
+    G, D = build_networks(spec, classes)
+    if context.resume:
+        resume.restore_networks(context.resume, G, D, classes)
+    memory_format = torch.channels_last if spec.train.channels_last else torch.contiguous_format
+    G_ddp = ddp.wrap_ddp(G.to(device, memory_format=memory_format), device)
+    D_ddp = ddp.wrap_ddp(D.to(device, memory_format=memory_format), device)
+    opt_g = torch.optim.Adam(G.parameters(), lr=spec.optim.g.lr, betas=spec.optim.g.betas)
+    opt_d = torch.optim.Adam(D.parameters(), lr=spec.optim.d.lr, betas=spec.optim.d.betas)
+    phases = build_phases(G_ddp, D_ddp, opt_g, opt_d, build_loss(spec.train.loss), spec.train.n_critic,
+                          build_regularizers(spec), Precision(spec.train.precision, device), classes > 0)
+    ema = GeneratorEMA(G, spec.train.ema_decay, spec.train.ema_rampup)  # on every rank: samples and evaluation
+    if context.resume:
+        resume.restore_training(context.resume, ema.module, opt_g, opt_d, phases, spec)
+
+    if context.data_shard is None:
+        source = ShardedBatches(dataset, batch_size=spec.batch_per_worker, rank=rank, world_size=world_size,
+                                seed=spec.seed, device=device, memory_format=memory_format,
+                                position=resume.data_position(context.resume))
+        batches = iter(source)
+    else:  # a resumed run starts a new pass over the stream
+        source = None
+        batches = iter(ray_data.StreamedBatches(context.data_shard, batch_size=spec.batch_per_worker,
+                                                seed=spec.seed + rank, device=device, memory_format=memory_format))
+    noise = torch.Generator(device=device).manual_seed(spec.seed + 1)
+    fixed = fixed_samples(spec, classes, device)
+    evaluator = build_evaluator(spec, context, logger, dataset, data_classes, classes) if spec.eval.every else None
+    step, images_seen = (context.resume["step"], context.resume["images_seen"]) if context.resume else (0, 0)
+    if context.resume:
+        resume.restore_rng(context.resume, noise, device)
+    return Training(spec, device, rank, world_size, classes, G, D, ema, opt_g, opt_d, phases, batches, source, noise,
+                    fixed, evaluator, step, images_seen)
+
+
+def build_evaluator(spec: JobSpec, context: Any, logger: Any, dataset: Any, data_classes: int,
+                    classes: int) -> "Evaluator":
+    from orchestrator.evaluate.evaluator import Evaluator
+    from orchestrator.evaluate.inception import inception_weights
+
+    m = spec.model
+    inception, inception_line = inception_weights(spec.eval)
+    if context.data_shard is not None:  # a sample of the stream's files, read into memory
+        from orchestrator.data import ray_data
+        dataset = ray_data.eval_sample(spec.data.path, num_samples=spec.eval.num_samples, image_size=m.image_size,
+                                       channels=m.channels, seed=spec.seed)
+    evaluator = Evaluator(dataset, data_classes, classes, num_samples=spec.eval.num_samples,
+                          latent_dim=m.latent_dim, image_size=m.image_size, channels=m.channels,
+                          cache_dir=spec.eval.cache_dir, seed=spec.seed, device=context.device, inception=inception)
+    if logger:
+        logger.set_tag(TAG_CLASSIFIER, evaluator.classifier_path)
+        logger.set_tag(TAG_CLASSIFIER_ACCURACY, f"{evaluator.classifier_accuracy:.4f}")
+        logger.set_tag(TAG_INCEPTION, inception_line)
+    return evaluator
+
+
+def build_regularizers(spec: JobSpec) -> list[Regularizer]:
+    regularizers: list[Regularizer] = []
+    if spec.train.loss == "wgan-gp":
+        regularizers.append(GradientPenalty(spec.train.gp_lambda))
+    if spec.train.r1_gamma > 0:
+        regularizers.append(R1Penalty(spec.train.r1_gamma, spec.train.r1_every))
+    return regularizers

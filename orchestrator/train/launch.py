@@ -1,0 +1,113 @@
+"""From a validated JobSpec to a finished Ray Train run recorded in MLflow."""
+
+import dataclasses
+import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from orchestrator.spec import JobSpec
+from orchestrator.track import runs, store
+from orchestrator.track.tags import TAG_OUTCOME, TAG_RAY_CHECKPOINT, TAG_STORAGE, TAG_TRAIN_RUN
+from orchestrator.train import checkpoint
+from orchestrator.train.ray_init import check_data_cpus, check_tracking_store, init_ray, keep_local
+from orchestrator.train.trainer import for_workers, scaling
+
+if TYPE_CHECKING:
+    from orchestrator.train.resume_from import Resumption
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    tracking_uri: str
+    summary: dict[str, Any]          # rank 0's return value: final step, metrics, state digests
+    checkpoint_path: str | None      # the final checkpoint in Ray Train's storage
+    skipped_files: list[str] = dataclasses.field(default_factory=list)  # images Ray Data could not decode
+    unsent: list[str] = dataclasses.field(default_factory=list)  # host:folder where what MLflow did not take is
+
+
+def run(spec: JobSpec, loop: Callable[[dict], Any] | None = None, show_progress: bool = True,
+        run_name: str | None = None, resume: "Resumption | None" = None) -> RunOutcome:
+    """Train `spec` on Ray Train and record it in MLflow. `loop` replaces the per-worker function (tests wrap it).
+    A `run_name` that Ray Train ran before under the same storage path (a resubmitted job) continues from that
+    run's latest checkpoint, in the same MLflow run. `resume` (`ganorch run --resume`) continues from its
+    checkpoint, in the MLflow run it came from when it names one."""
+    keep_local()
+    import ray
+
+    init_ray()  # an unreachable cluster fails here, before an MLflow run exists
+    spec = for_workers(spec)
+    datasets, skipped = None, None
+    if spec.data.source == "ray-data":  # checked and opened before a run exists, like an unreachable cluster
+        from orchestrator.data import ray_data
+
+        check_data_cpus(spec)
+        skipped = ray.remote(num_cpus=0)(ray_data.SkippedFiles).remote()
+        datasets = {"train": ray_data.build_dataset(spec, skipped)}
+    uri = store.tracking_uri()
+    store.check_reachable(uri)
+    check_tracking_store(uri)
+    run_name = run_name or runs.default_run_name(spec)
+    run_id = open_run(spec, uri, run_name, resume)
+    handed_over = {"resume_state": resume.state, "resume_origin": resume.origin} if resume else {}
+    status, tags = "FAILED", {}
+    try:
+        result = fit(spec, uri, run_id, run_name, loop, datasets, handed_over, show_progress)
+        checkpoint_path = checkpoint.location(result.checkpoint) if result.checkpoint else None
+        if checkpoint_path:
+            tags[TAG_RAY_CHECKPOINT] = checkpoint_path
+        outcome = RunOutcome(run_id, uri, result.return_value or {}, checkpoint_path)
+        stopped = outcome.summary.get("stopped")
+        tags[TAG_OUTCOME] = f"stopped: {stopped}" if stopped else "completed"
+        status = "FINISHED"
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C; SIGTERM (`ganorch stop`), which Ray's driver turns into exit
+        status = "KILLED"
+        raise
+    finally:
+        skipped_files = ray.get(skipped.read.remote()) if skipped is not None else []
+        kept = runs.end_run(uri, run_id, status, tags, skipped_files, spec.tracking.outage_wait_s)
+    outcome.skipped_files = skipped_files
+    outcome.unsent = [where for where in (outcome.summary.get("unsent"), f"{socket.gethostname()}:{kept}" if kept
+                                          else None) if where]
+    return outcome
+
+
+def open_run(spec: JobSpec, uri: str, run_name: str, resume: "Resumption | None") -> str:
+    """The MLflow run this start goes to: the one `--resume` names (reopened), or the run of Ray Train run
+    `run_name` (created at its first start)."""
+    if resume is not None and resume.run_id:
+        runs.reopen_run(uri, resume.run_id, spec, f"resumed (ganorch run --resume) from step "
+                                                  f"{resume.state['step']}: {resume.origin}; Ray Train run {run_name}")
+        store.client(uri).set_tag(resume.run_id, TAG_TRAIN_RUN, run_name)
+        return resume.run_id
+    return runs.job_run(spec, uri, run_name)[0]
+
+
+def fit(spec: JobSpec, uri: str, run_id: str, run_name: str, loop: Callable[[dict], Any] | None,
+        datasets: dict[str, Any] | None, handed_over: dict[str, Any], show_progress: bool) -> Any:
+    """Build the run's TorchTrainer and fit it, with the progress line drawn while it trains; Ray Train's Result."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train.torch import TorchTrainer
+
+    from orchestrator.track.progress import ProgressBoard, ProgressView, WorkerFailures
+    from orchestrator.train.worker import train_loop_per_worker
+
+    board = ProgressBoard.remote()
+    # After a worker fails, Ray Train restarts the worker group from the latest checkpoint it registered.
+    run_config = RunConfig(name=run_name, storage_path=spec.tracking.storage_path,
+                           checkpoint_config=CheckpointConfig(num_to_keep=spec.tracking.keep_checkpoints),
+                           failure_config=FailureConfig(max_failures=spec.resources.max_failures),
+                           callbacks=[WorkerFailures(board)])
+    store.client(uri).set_tag(run_id, TAG_STORAGE, f"{run_config.storage_path.rstrip('/')}/{run_name}")
+    trainer = TorchTrainer(
+        loop or train_loop_per_worker,
+        train_loop_config={"spec": spec.to_dict(), "tracking_uri": uri, "run_id": run_id, "progress": board,
+                           "mlflow_env": store.environment(), **handed_over},
+        **scaling(spec),
+        datasets=datasets,
+        run_config=run_config,
+    )
+    if not show_progress:
+        return trainer.fit()
+    with ProgressView(board, spec.train.steps, spec.name):
+        return trainer.fit()

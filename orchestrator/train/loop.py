@@ -1,0 +1,111 @@
+"""The per-worker training loop, top to bottom: fetch batches, D phase(s), G phase, EMA, then at interval ends
+metrics, samples, evaluation, stop decisions and checkpoints. `train` runs it on any process group."""
+
+import math
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from orchestrator.distributed import collectives, ddp
+from orchestrator.distributed.collectives import StatsAccumulator
+from orchestrator.evaluate.stability import FLAGS, StabilityMonitor
+from orchestrator.spec import JobSpec
+from orchestrator.train.build import Training, build
+from orchestrator.train.periodic import (
+    Outcome,
+    ProgressPost,
+    Throughput,
+    checkpoint_and_report,
+    interval_metrics,
+    keep_if_best,
+    log_samples,
+    stop_decision,
+)
+from orchestrator.train.phases import run_phase
+from orchestrator.train.rank0_logger import open_logger
+
+
+@dataclass
+class WorkerContext:
+    """What a worker needs besides the spec: where it runs and who it reports to (rank 0 only)."""
+    device: torch.device
+    tracking_uri: str | None = None
+    run_id: str | None = None
+    progress: Any = None    # a ProgressBoard handle
+    data_shard: Any = None  # this worker's share of a Ray Data stream (data.source 'ray-data')
+    resume: dict[str, Any] | None = None  # a checkpoint's state to continue from
+    resumed_from: str | None = None       # where that checkpoint is, for the run's tags
+    passed_over: list[str] | None = None  # later checkpoints that were corrupted, and why
+    placement: list[str] | None = None    # per rank: where it runs, for the run's tags
+    restarted_after: str | None = None    # rank 0 of workers Ray Train restarted: why the ones before failed
+    verdicts: Any = None    # in a Tune trial: a queue that gives rank 0 Tune's go-ahead after each report
+
+
+def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
+    """Train G and D up to step `spec.train.steps`, from the start or from `context.resume`. Returns rank 0's
+    summary (final metrics, state digests; `unsent`: where what MLflow did not take was kept)."""
+    logger = open_logger(context) if collectives.rank() == 0 and context.run_id else None
+    try:
+        summary = train_logged(spec, context, logger, report)
+    except BaseException:
+        if logger:
+            logger.close(0)  # what was not sent yet is kept; a restart from a checkpoint logs its steps again
+        raise
+    unsent = logger.close(spec.tracking.outage_wait_s) if logger else None
+    return {**summary, "unsent": f"{socket.gethostname()}:{unsent}" if unsent else None}
+
+
+def train_logged(spec: JobSpec, context: WorkerContext, logger: Any, report=None) -> dict[str, Any]:
+    """The loop itself; rank 0 logs through `logger` (None elsewhere, and without a run)."""
+    t = build(spec, context, logger)
+    track = spec.tracking
+    stats = StatsAccumulator(t.device)
+    monitor = StabilityMonitor(spec.train.stability_window, spec.train.loss)
+    stop_on = [name for name in FLAGS if name in spec.train.stop_on]
+    speed = Throughput(spec.train.batch_size * spec.train.n_critic, t.step)
+    progress = ProgressPost(context.progress if t.rank == 0 else None)
+    out = Outcome()
+    if logger and not t.step:
+        log_samples(logger, t)
+    while t.step < spec.train.steps and out.stopped is None:
+        t.step += 1
+        t.images_seen += speed.images_per_step
+        for phase in t.phases:
+            for step_stats in run_phase(phase, t.batches, t.draw_latent):
+                stats.add(step_stats)
+        t.ema.update(t.G, t.step)
+        progress.step(t.step, speed)
+
+        last = t.step == spec.train.steps
+        flags = []
+        if t.step % track.metrics_every == 0 or last:
+            out.metrics = interval_metrics(t, stats, speed)
+            flags += monitor.observe(t.step, out.metrics)
+            if logger:
+                logger.log_metrics(t.step, out.metrics)
+            progress.metrics(t.step, out.metrics)
+        if logger and (t.step % track.samples_every == 0 or last):
+            log_samples(logger, t)
+        if t.evaluator and (t.step % spec.eval.every == 0 or last):
+            out.scores = t.evaluator.evaluate(t.ema.module)
+            flags += monitor.observe_eval(t.step, out.scores)
+            if logger:
+                logger.log_metrics(t.step, out.scores)
+            keep_if_best(t, out, logger)
+        out.stopped = stop_decision(t, monitor, stop_on, flags, logger)
+        if t.step % track.checkpoint_every == 0 or last or out.stopped is not None:
+            checkpoint_and_report(t, out, logger, report, context.verdicts)
+    return summary(t, out, monitor, context)
+
+
+def summary(t: Training, out: Outcome, monitor: StabilityMonitor, context: WorkerContext) -> dict[str, Any]:
+    """What the run ended with. Parameters are hashed alone, without the buffer alignment a checkpoint does: proof
+    that DDP kept the ranks in step."""
+    parameters = ddp.gather_digests(t.modules(), parameters_only=True)
+    return {"step": t.step, "metrics": out.metrics, "eval": out.scores, "snapshot_digests": out.digests,
+            "parameter_digests": parameters, "workers": context.placement,
+            "flags": [f.describe() for f in monitor.raised.values()],
+            "stopped": out.stopped.describe() if out.stopped else None,
+            "best_fid": out.best_fid if math.isfinite(out.best_fid) else None}

@@ -1,0 +1,147 @@
+"""What the per-worker loop does at the ends of its intervals: metrics, sample grids, evaluation and the best
+checkpoint, stop decisions, checkpoints and reports. Each is one call in the loop; the ones that lead to
+collectives are taken by every rank, with decisions agreed from rank 0."""
+
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.distributed import collectives, ddp
+from orchestrator.distributed.collectives import StatsAccumulator
+from orchestrator.evaluate.stability import Flag, StabilityMonitor
+from orchestrator.spec.job import NONFINITE_PATIENCE
+from orchestrator.track.tags import TAG_CHECKPOINT
+from orchestrator.train import checkpoint
+from orchestrator.train.build import Training
+from orchestrator.train.networks import sample
+from orchestrator.train.phases import Phase
+
+PROGRESS_EVERY_S = 1.0
+
+
+@dataclass
+class Outcome:
+    """What the loop has found so far: the latest interval's metrics and evaluation, the state digests of the latest
+    checkpoint, the best FID, and the flag that stopped the run."""
+    metrics: dict[str, float] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)
+    digests: dict[str, list[str]] = field(default_factory=dict)
+    best_fid: float = math.inf
+    stopped: Flag | None = None
+
+
+class Throughput:
+    """Real images through D per second, across all workers, since the last restart."""
+
+    def __init__(self, images_per_step: int, step: int = 0):
+        self.images_per_step = images_per_step
+        self.restart(step)
+
+    def restart(self, step: int) -> None:
+        self.start_step, self.start_time = step, time.perf_counter()
+
+    def rate(self, step: int) -> float:
+        return (step - self.start_step) * self.images_per_step / (time.perf_counter() - self.start_time)
+
+
+class ProgressPost:
+    """Rank 0's latest numbers for the driver's progress line (a ProgressBoard), at most once a second; a no-op
+    without a board."""
+
+    def __init__(self, board: Any):
+        self.board, self.last = board, 0.0
+
+    def step(self, step: int, speed: Throughput) -> None:
+        if self.board and time.perf_counter() - self.last > PROGRESS_EVERY_S:
+            self.board.post.remote({"step": step, "images_per_sec": speed.rate(step)})
+            self.last = time.perf_counter()
+
+    def metrics(self, step: int, metrics: dict[str, float]) -> None:
+        if self.board:
+            self.board.post.remote({"step": step, "metrics_step": step, **metrics})
+
+
+def interval_metrics(t: Training, stats: StatsAccumulator, speed: Throughput) -> dict[str, float]:
+    """The interval's means over steps and ranks (one all-reduce), with throughput, rates and skipped steps."""
+    metrics = {**stats.reduce(), "images_per_sec": speed.rate(t.step), "images_seen": t.images_seen,
+               "lr_g": t.opt_g.param_groups[0]["lr"], "lr_d": t.opt_d.param_groups[0]["lr"],
+               **{f"skipped_{p.name.lower()}": p.skipped for p in t.phases}}
+    speed.restart(t.step)
+    return metrics
+
+
+def log_samples(logger: Any, t: Training) -> None:
+    z, labels, columns = t.fixed
+    logger.log_samples(t.step, sample(t.ema.module, z, labels), columns)
+
+
+def keep_if_best(t: Training, out: Outcome, logger: Any) -> None:
+    """After an evaluation with the lowest FID so far (rank 0 decides; NaN, a diverged G, is never best), every rank
+    checks the networks and rank 0 replaces the run's best checkpoint."""
+    if collectives.agree(int(out.scores["fid"] < out.best_fid), t.device):
+        out.best_fid = out.scores["fid"]
+        state = t.snapshot()
+        if logger:
+            with tempfile.TemporaryDirectory(prefix="ganorch-best-") as tmp:
+                logger.log_best_checkpoint(t.step, checkpoint.save(state, tmp), out.best_fid)
+
+
+def stop_decision(t: Training, monitor: StabilityMonitor, stop_on: list[str], flags: list[Flag],
+                  logger: Any) -> Flag | None:
+    """The flag that stops the run at this step, if any, taken by all ranks together; rank 0 logs this step's flags."""
+    stopped = None
+    not_finite = nonfinite_stop(t.phases, t.spec.train.nonfinite, t.step)  # taken by all ranks together
+    if not_finite:
+        flags.append(not_finite)
+        stopped = monitor.raised.setdefault(not_finite.name, not_finite)
+    if logger:
+        for flag in flags:
+            logger.log_flag(flag.name, flag.step, flag.describe())
+    first_stop = next((i for i, name in enumerate(stop_on) if name in monitor.raised), -1)
+    if collectives.agree(first_stop, t.device) >= 0 and stopped is None:
+        stopped = monitor.raised[stop_on[first_stop]]
+    return stopped
+
+
+def nonfinite_stop(phases: list[Phase], policy: str, step: int) -> Flag | None:
+    """The `diverged` flag when steps were skipped for a non-finite loss or gradient: at the first with
+    train.nonfinite 'stop', after NONFINITE_PATIENCE of a network in a row with 'skip'."""
+    worst = max(phases, key=lambda p: p.skipped_in_a_row)
+    if worst.skipped_in_a_row < (1 if policy == "stop" else NONFINITE_PATIENCE):
+        return None
+    return Flag("diverged", step, f"{worst.skipped_in_a_row} {worst.name} step(s) in a row had a non-finite loss or "
+                                  f"gradient and were not applied (train.nonfinite {policy!r})")
+
+
+def checkpoint_and_report(t: Training, out: Outcome, logger: Any, report: Any, verdicts: Any) -> None:
+    """Every rank: check the ranks hold the same networks, report the checkpoint (rank 0 writes it) and, in a Tune
+    trial, wait for Tune's verdict on it."""
+    out.digests = ddp.check_consistency(t.modules())
+    state = t.snapshot(checked=True)
+    save_and_report(report, t.step, {**out.metrics, **out.scores}, state, logger, t.spec.tracking.keep_checkpoints)
+    if verdicts is not None:
+        # Wait while Tune decides on the report: a trial it stops or pauses (ASHA, PBT) takes no steps past it,
+        # steps that a restart from this checkpoint would take and log again.
+        if t.rank == 0:
+            verdicts.get()
+        collectives.agree(0, t.device)
+
+
+def save_and_report(report: Any, step: int, metrics: dict[str, float], state: dict[str, Any] | None, logger: Any,
+                    keep: int | None = None) -> None:
+    """Every rank calls `ray.train.report` once per checkpoint, and only then: each report waits for
+    Ray Train's controller to take the previous one (it polls every few seconds). Rank 0 passes the
+    checkpoint `state`, which goes to MLflow and to Ray's storage."""
+    with tempfile.TemporaryDirectory(prefix="ganorch-ckpt-") as tmp:
+        ckpt = None
+        if state is not None:
+            path = checkpoint.save(state, tmp)
+            if logger:
+                logger.set_tag(TAG_CHECKPOINT, logger.log_checkpoint(step, path, keep))
+            if report is not None:
+                from ray.train import Checkpoint
+                ckpt = Checkpoint.from_directory(tmp)
+        if report is not None:
+            report({"step": step, **metrics}, checkpoint=ckpt)

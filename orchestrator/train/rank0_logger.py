@@ -1,0 +1,30 @@
+"""Rank 0's RunLogger for one start of the workers, with the tags that say where the ranks run and what this start
+continues from (a checkpoint, a restart after a failure, corrupted checkpoints passed over)."""
+
+from typing import Any
+
+from orchestrator.track.run_logger import RunLogger
+from orchestrator.track.tags import TAG_PASSED_OVER, TAG_RESUMED_FROM, TAG_WORKERS
+
+
+def open_logger(context: Any) -> RunLogger:
+    """The logger of `context` (a WorkerContext) on rank 0, its start recorded in the run."""
+    board = context.progress
+    logger = RunLogger(context.tracking_uri, context.run_id,
+                       notify=(lambda line: board.notice.remote(line)) if board is not None else None)
+    if context.placement:
+        logger.set_tag(TAG_WORKERS, "; ".join(f"rank {r}: {where}" for r, where in enumerate(context.placement)))
+    if context.resume or context.restarted_after:
+        logger.resuming(context.resume["step"] if context.resume else 0)
+    if context.resume and context.resumed_from:
+        logger.set_tag(TAG_RESUMED_FROM, f"step {context.resume['step']}: {context.resumed_from}")
+    if context.passed_over:
+        logger.set_tag(TAG_PASSED_OVER, "; ".join(context.passed_over))
+        if board is not None:
+            board.notice.remote(f"passed over a corrupted checkpoint: {context.passed_over[0]}")
+    if context.restarted_after:
+        origin = (f"step {context.resume['step']}: {context.resumed_from}" if context.resume
+                  else "the start (no checkpoint yet)")
+        logger.record_restart(f"workers restarted after a failure ({context.restarted_after}); continued "
+                              f"from {origin}")
+    return logger

@@ -1,0 +1,85 @@
+"""Starting or joining Ray: the cluster at RAY_ADDRESS, or a local instance that listens on loopback only; and the
+checks a cluster must pass before a run starts on it."""
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from orchestrator.spec import JobSpec
+from orchestrator.track.redact import redact
+from orchestrator.track.store import is_local_store
+
+# Ray's switch for single-machine instances (its default on macOS and Windows): with it off, Ray gives the node the
+# loopback address, and its servers (GCS, raylet, workers, dashboard, job server) listen on 127.0.0.1 only.
+MULTI_NODE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def keep_local() -> None:
+    """Without RAY_ADDRESS the Ray instance ganorch starts is this machine's alone: nothing of it listens beyond
+    127.0.0.1. Ray reads the switch when it is imported, so this comes first; Ray's processes inherit it. Not when
+    a `ray start` cluster runs here, which ray.init() joins as it is."""
+    temp = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"  # where Ray looks, on Linux and macOS
+    running = Path(temp, "ray", "ray_current_cluster").exists()
+    if not os.environ.get("RAY_ADDRESS") and "ray" not in sys.modules and not running:
+        os.environ.setdefault(MULTI_NODE, "0")
+
+
+def init_ray() -> None:
+    """Join the cluster at RAY_ADDRESS, or start a local instance (on loopback); keep Ray's worker logs out of the
+    terminal."""
+    keep_local()
+    import ray
+
+    if ray.is_initialized():
+        return
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
+        # A submitted job's driver: its runtime environment (working directory, ganorch's code) is the workers'
+        # already. Another one here would make Ray unpack the working directory again, under this process's feet.
+        ray.init(log_to_driver=False, logging_level=logging.ERROR, configure_logging=True)
+        return
+    # Workers run in directories of their own: let them import what the driver imports from its
+    # working directory (a model.generator in the user's project, say).
+    pythonpath = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)
+    ray.init(log_to_driver=False, logging_level=logging.ERROR, configure_logging=True,
+             runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+
+
+def ray_target() -> str:
+    address = os.environ.get("RAY_ADDRESS")
+    return f"the Ray cluster at {address}" if address else "a local Ray instance"
+
+
+def check_tracking_store(uri: str) -> None:
+    """A local MLflow store (SQLite, files) is only shared by workers on this machine: refuse a cluster with
+    nodes on other hosts, where rank 0 would write to a store of its own."""
+    import ray
+
+    if not is_local_store(uri):
+        return
+    here = ray.util.get_node_ip_address()
+    hosts = {node["NodeManagerAddress"] for node in ray.nodes() if node["Alive"]}
+    if hosts - {here}:
+        raise ValueError(f"MLFLOW_TRACKING_URI: the run would be tracked in {redact(uri)}, a store on this "
+                         f"machine, but {ray_target()} has nodes on other hosts ({', '.join(sorted(hosts - {here}))})"
+                         "; set MLFLOW_TRACKING_URI to an MLflow server they all reach (cluster.yaml runs one)")
+# CPUs Ray Data needs beside the training workers to read and decode a `ray-data` source.
+DATA_CPUS = 1.0
+
+
+def check_data_cpus(spec: JobSpec) -> None:
+    """Ray Data's tasks may only use CPUs the training workers have not reserved: with none left they would
+    wait forever. Raises on a cluster without enough; warns on a remote one, whose autoscaler may add nodes."""
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 0)
+    reserved = spec.resources.num_workers * spec.resources.cpus_per_worker
+    if total - reserved >= DATA_CPUS:
+        return
+    message = (f"resources.cpus_per_worker: data.source 'ray-data' decodes images in Ray Data tasks, which need "
+               f"at least {DATA_CPUS:g} CPU besides the training workers'; {ray_target()} has {total:g} CPUs and "
+               f"the workers reserve {reserved:g} (resources.num_workers x resources.cpus_per_worker): lower "
+               "resources.cpus_per_worker or add CPUs")
+    if not os.environ.get("RAY_ADDRESS"):
+        raise ValueError(message)
+    print(f"ganorch: warning: {message}; going on in case the cluster scales up", file=sys.stderr)

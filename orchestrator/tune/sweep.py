@@ -1,0 +1,166 @@
+"""A Ray Tune sweep over a job spec: one Tune trial per sampled spec, each trial a Ray Train run of its own.
+
+Ray Train V2's pattern: the Tune trainable is a small driver function that builds a TorchTrainer for its trial's
+spec and fits it. The trial driver reserves almost nothing (DRIVER_CPUS); the trainer reserves its workers
+itself, so `max_concurrent_trials` is what keeps trials from waiting on each other's workers.
+
+Each of rank 0's reports (one per checkpoint) becomes a Tune result with a Tune checkpoint: a small file naming
+the Train checkpoint (Ray's TuneReportCallback forwards metrics only, and PBT can only clone what Tune holds).
+When Tune restarts a trial (a retry, a PBT pause or exploit) the driver hands that checkpoint to the workers,
+which continue from it; each start is a fresh Train run, which would otherwise restore its own latest checkpoint.
+
+In MLflow the sweep is one parent run (its spec, the search space, the best trial) with a nested child run per
+trial, which the trial's rank 0 fills as `ganorch run` would; a restarted trial goes on in the same child run.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator.spec import JobSpec, parse, search_space
+from orchestrator.track import runs, store
+from orchestrator.track.tags import TAG_BEST_TRIAL, TAG_OUTCOME, TAG_SWEEP, TAG_TRIAL, TAG_UNSTABLE
+from orchestrator.tune.schedulers import (
+    DRIVER_CPUS,
+    concurrent_trials,
+    param_space,
+    population_based_training,
+    search_algorithm,
+)
+from orchestrator.tune.trial import run_trial, trial_spec
+
+BEST_JOB_ARTIFACT = "best_job.yaml"
+
+
+@dataclass
+class SweepOutcome:
+    parent_run_id: str
+    tracking_uri: str
+    trials: list[dict[str, Any]]     # per trial: id, child run id, params, status, last metric
+    best: dict[str, Any] | None      # the best trial's entry
+    best_spec: JobSpec | None        # its job spec, ready to run
+
+
+def run(spec: JobSpec, export: str | Path | None = None, show_progress: bool = True) -> SweepOutcome:
+    """Run the sweep `spec.tune` describes; returns every trial and the best one."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from orchestrator.train.ray_init import check_tracking_store, init_ray
+    from orchestrator.train.trainer import for_workers
+    from orchestrator.tune.trial_table import TrialTable
+
+    init_ray()
+    spec = for_workers(spec)
+    t = spec.tune
+    uri = store.tracking_uri()
+    check_tracking_store(uri)
+    parent_run_id, sweep_name = runs.start_run(spec, uri)
+    client = store.client(uri)
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    client.set_tag(parent_run_id, TAG_SWEEP, yaml.safe_dump(t.space, default_flow_style=True).strip())
+    keys = list(t.space)
+    if t.scheduler == "asha":
+        # max_t past the last step: ASHA would otherwise stop every trial at its last report, before the trial
+        # closes its MLflow run.
+        scheduler = ASHAScheduler(time_attr="step", max_t=spec.train.steps + 1, reduction_factor=t.reduction_factor,
+                                  grace_period=t.grace_period or spec.tracking.checkpoint_every)
+    elif t.scheduler == "pbt":
+        scheduler = population_based_training(spec)
+    else:
+        scheduler = FIFOScheduler()
+    resources = ray.cluster_resources()
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=spec.to_dict(), keys=keys, tracking_uri=uri, experiment_id=experiment_id,
+                             parent_run_id=parent_run_id, sweep_name=sweep_name, mlflow_env=store.environment()),
+        {"cpu": DRIVER_CPUS})
+    tuner = tune.Tuner(
+        trainable, param_space=param_space(spec),
+        tune_config=tune.TuneConfig(metric=t.metric, mode=t.mode, num_samples=t.num_samples, scheduler=scheduler,
+                                    search_alg=search_algorithm(spec), reuse_actors=False,
+                                    max_concurrent_trials=concurrent_trials(spec, resources.get("CPU", 0),
+                                                                            resources.get("GPU", 0))),
+        run_config=tune.RunConfig(name=sweep_name, storage_path=spec.tracking.storage_path,
+                                  failure_config=tune.FailureConfig(max_failures=t.max_failures), verbose=0,
+                                  callbacks=[TrialTable(keys, t.metric, sweep_name)] if show_progress else None))
+    status = "FAILED"
+    try:
+        grid = tuner.fit()
+        outcome = summarise(spec, grid, uri, parent_run_id, keys, export)
+        status = "FINISHED"
+    finally:
+        runs.end_run(uri, parent_run_id, status)
+    return outcome
+
+
+def summarise(spec: JobSpec, grid: Any, uri: str, parent_run_id: str, keys: list[str],
+              export: str | Path | None) -> SweepOutcome:
+    """Close the child runs Tune stopped, tag the best trial, and write its job spec (artifact and `export`)."""
+    client = store.client(uri)
+    t = spec.tune
+    children: dict[str, Any] = {}
+    for run in client.search_runs([client.get_run(parent_run_id).info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                                  order_by=["attributes.start_time DESC"]):
+        children.setdefault(run.data.tags.get(TAG_TRIAL), run)
+    trials, best = [], None
+    for result in grid:
+        trial_id = result.metrics.get("trial_id") if result.metrics else None
+        trial_id = trial_id or Path(result.path).name
+        child = children.get(trial_id)
+        value = (result.metrics or {}).get(t.metric)
+        params = {k: result.config[k] for k in keys}
+        effective = trial_spec(spec.to_dict(), params, keys)
+        entry = {"trial": trial_id, "run_id": child.info.run_id if child else None, "params": params,
+                 "metric": value, "step": (result.metrics or {}).get("step"), "reason": "",
+                 "status": "ERROR" if result.error else "TERMINATED", "lr_g": effective.optim.g.lr,
+                 "lr_d": effective.optim.d.lr, "n_critic": effective.train.n_critic}
+        flags = {name: (child.data.tags.get(TAG_UNSTABLE + name) if child else None)
+                 for name in effective.train.stop_on}
+        raised = [reason for reason in flags.values() if reason]
+        if raised:  # its stability monitor stopped it (ASHA may have ended it in the same report)
+            entry["status"], entry["reason"] = "UNSTABLE", min(raised, key=lambda r: int(r.split(" at step ")[1].split(":")[0]))
+            if child.info.status == "RUNNING":
+                client.set_tag(child.info.run_id, TAG_OUTCOME, f"stopped: {entry['reason']}")
+                client.set_terminated(child.info.run_id, "FINISHED")
+        elif child is not None and not result.error and child.info.status in ("RUNNING", "FAILED") and \
+                (entry["step"] or 0) < spec.train.steps:
+            # Stopped by the scheduler mid-training: Tune ends the trial's driver, either killing it (the run stays
+            # RUNNING) or failing its `fit` at the next report (the run ended FAILED).
+            client.set_tag(child.info.run_id, TAG_OUTCOME, f"stopped by {t.scheduler} at step {entry['step']}")
+            client.set_terminated(child.info.run_id, "KILLED")
+            entry["status"] = "STOPPED"
+        if result.error:
+            entry["reason"] = str(result.error).splitlines()[0][:200]
+        trials.append(entry)
+        if entry["status"] in ("TERMINATED", "STOPPED") and value is not None and value == value and (
+                best is None or (value < best["metric"] if t.mode == "min" else value > best["metric"])):
+            best = entry
+    log_stability_map(client, parent_run_id, trials, spec)
+    best_spec = None
+    if best is not None:
+        best_spec = parse(search_space.apply(spec.to_dict(), best["params"]))
+        client.set_tag(parent_run_id, TAG_BEST_TRIAL, best["run_id"])
+        if best["run_id"]:
+            client.set_tag(best["run_id"], TAG_BEST_TRIAL, "true")
+        client.log_metric(parent_run_id, f"best_{t.metric}", best["metric"])
+        text = best_spec.to_yaml()
+        client.log_text(parent_run_id, text, BEST_JOB_ARTIFACT)
+        if export:
+            Path(export).write_text(text)
+    return SweepOutcome(parent_run_id, uri, trials, best, best_spec)
+
+
+def log_stability_map(client: Any, parent_run_id: str, trials: list[dict[str, Any]], spec: JobSpec) -> None:
+    from orchestrator.tune import stability_map
+
+    t = spec.tune
+    client.log_text(parent_run_id, stability_map.to_csv(trials, t.metric), "stability_map.csv")
+    figure = stability_map.plot(trials, t.metric, t.mode, f"{spec.name}: {len(trials)} trials")
+    client.log_figure(parent_run_id, figure, "stability_map.png")
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
