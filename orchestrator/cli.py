@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "submit":
         return submit_job(args, spec)
     if args.command == "tune" and spec.tune is None:
-        print(f"ganorch: {args.job} has no tune section; see README's Tune section, or use ganorch run",
+        print(f"ganorch: {args.job} has no tune section; see docs/tune.md, or use ganorch run",
               file=sys.stderr)
         return EXIT_USAGE
     if args.dry_run:

@@ -2,15 +2,15 @@
 May import nothing else of ganorch, and neither Ray, MLflow nor torch: a spec is checked before any of them loads."""
 
 from orchestrator.spec.job import (
-                                   DataSpec,
-                                   EvalSpec,
-                                   JobSpec,
-                                   ModelSpec,
-                                   OptimSpec,
-                                   ResourcesSpec,
-                                   TrackingSpec,
-                                   TrainSpec,
-                                   TuneSpec,
+    DataSpec,
+    EvalSpec,
+    JobSpec,
+    ModelSpec,
+    OptimSpec,
+    ResourcesSpec,
+    TrackingSpec,
+    TrainSpec,
+    TuneSpec,
 )
 from orchestrator.spec.load import SpecError, apply_overrides, load, parse, parse_with_overrides
 from orchestrator.spec.reference import field_reference

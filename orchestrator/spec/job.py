@@ -7,7 +7,7 @@ from typing import Any, Iterator, Literal
 import yaml
 
 from orchestrator.spec import search_space
-from orchestrator.spec.schema import setting, to_plain
+from orchestrator.spec.schema import Parser, leaf_fields, setting, to_plain
 
 Problem = tuple[tuple[str, ...], str]
 StabilityFlag = Literal["diverged", "d_overpowering", "mode_collapse", "oscillation"]  # orchestrator.evaluate.stability.FLAGS
@@ -252,11 +252,40 @@ class JobSpec:
             yield (("tracking.checkpoint_every", "eval.every", "tune.metric"),
                    f"got {self.tracking.checkpoint_every}; trials report {tune.metric} at every checkpoint, so it "
                    f"must be a multiple of eval.every ({self.eval.every})")
+        for keys, message in self.space_problems():
+            yield tuple(f"tune.{k}" for k in keys), message
         if tune.scheduler == "pbt" and tune.perturbation_interval and \
                 tune.perturbation_interval % self.tracking.checkpoint_every:
             yield (("tune.perturbation_interval", "tracking.checkpoint_every"),
                    f"got {tune.perturbation_interval}; a trial can only be cloned at a checkpoint: use a multiple of "
                    f"tracking.checkpoint_every ({self.tracking.checkpoint_every})")
+
+    def space_problems(self) -> Iterator[Problem]:
+        """Everything wrong with `tune.space`, as (keys under `tune`, message). Every value a dimension can take is
+        checked by building the job spec with it, so a bad bound or choice gets the message the key itself would."""
+        LR_RATIO = search_space.LR_RATIO
+        dimensions, shape_problems = search_space.parse_dimensions(self.tune.space)
+        yield from shape_problems
+        known = {key for key, _, _ in leaf_fields(JobSpec) if not key.startswith("tune.")}
+        keys = {d.key for d in dimensions}
+        if LR_RATIO in keys and "optim.d.lr" in keys:
+            yield (f"space.{LR_RATIO}",), "sets optim.d.lr from optim.g.lr: do not search optim.d.lr as well"
+        base = self.to_dict()
+        for dimension in dimensions:
+            where = (f"space.{dimension.key}",)
+            if dimension.key not in known | {LR_RATIO}:
+                yield where, f"unknown spec key; a dotted key of the job spec (e.g. optim.g.lr) or {LR_RATIO}"
+                continue
+            if dimension.key == LR_RATIO and not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                                                    for v in dimension.values):
+                yield where, f"{dimension.kind}: got {list(dimension.values)}; ratios must be numbers > 0"
+                continue
+            for value in dimension.values:  # a range is checked at both ends; the candidate has no tune section
+                parser = Parser()
+                parser.build(JobSpec, search_space.apply(base, {dimension.key: value}), "")
+                if parser.problems:
+                    yield where, f"{dimension.kind} value {value!r}: " + "; ".join(parser.problems)
+                    break
 
     @property
     def experiment(self) -> str:

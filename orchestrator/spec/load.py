@@ -1,16 +1,13 @@
-"""Reading a job spec: YAML, `--set` overrides, and the checks that need the whole spec built (every value a
-tune.space dimension can take)."""
+"""Reading a job spec: YAML files, `--set` overrides, plain data; every problem reported at once (SpecError)."""
 
 import copy
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
-from orchestrator.spec.job import JobSpec, Problem
-from orchestrator.spec.reference import field_reference
+from orchestrator.spec.job import JobSpec
 from orchestrator.spec.schema import Parser
-from orchestrator.spec.search_space import LR_RATIO, apply, parse_dimensions
 
 
 class SpecError(ValueError):
@@ -24,11 +21,9 @@ class SpecError(ValueError):
 
 
 def parse(data: Any, source: str = "<spec>") -> JobSpec:
-    """A JobSpec from plain data; SpecError listing every problem, the values of tune.space's dimensions included."""
+    """A JobSpec from plain data; SpecError listing every problem."""
     parser = Parser()
     spec = parser.build(JobSpec, data, "")
-    if spec is not None and spec.tune is not None:
-        parser.report(space_problems(spec), "tune")
     if parser.problems:
         raise SpecError(source, parser.problems)
     return spec
@@ -104,29 +99,3 @@ def apply_overrides(data: dict, overrides: list[str]) -> list[str]:
             node[parts[-1]] = value
     return problems
 
-
-def space_problems(spec: JobSpec) -> Iterator[Problem]:
-    """Everything wrong with `spec.tune.space`, as (keys under `tune`, message). Every value a dimension can take is
-    checked by building the job spec with it, so a bad bound or choice gets the message the key itself would."""
-    dimensions, shape_problems = parse_dimensions(spec.tune.space)
-    yield from shape_problems
-    known = {row[0] for row in field_reference() if not row[0].startswith("tune.")}
-    keys = {d.key for d in dimensions}
-    if LR_RATIO in keys and "optim.d.lr" in keys:
-        yield (f"space.{LR_RATIO}",), "sets optim.d.lr from optim.g.lr: do not search optim.d.lr as well"
-    base = spec.to_dict()
-    for dimension in dimensions:
-        where = (f"space.{dimension.key}",)
-        if dimension.key not in known | {LR_RATIO}:
-            yield where, f"unknown spec key; a dotted key of the job spec (e.g. optim.g.lr) or {LR_RATIO}"
-            continue
-        if dimension.key == LR_RATIO and not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
-                                                for v in dimension.values):
-            yield where, f"{dimension.kind}: got {list(dimension.values)}; ratios must be numbers > 0"
-            continue
-        for value in dimension.values:  # a range is checked at both ends
-            try:
-                parse(apply(base, {dimension.key: value}))
-            except SpecError as err:
-                yield where, f"{dimension.kind} value {value!r}: " + "; ".join(err.problems)
-                break

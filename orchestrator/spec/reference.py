@@ -2,12 +2,11 @@
 `python docs/generate_spec.py` (run it after changing a field; a test fails while the file is out of date)."""
 
 import dataclasses
-import typing
 
 import yaml
 
 from orchestrator.spec.job import JobSpec
-from orchestrator.spec.schema import describe_type, to_plain
+from orchestrator.spec.schema import describe_type, leaf_fields, to_plain
 
 Row = tuple[str, str, str, str]  # (dotted key, type, default, meaning)
 
@@ -15,24 +14,14 @@ Row = tuple[str, str, str, str]  # (dotted key, type, default, meaning)
 def field_reference() -> list[Row]:
     """(dotted key, type, default, meaning) for every spec key."""
     rows: list[Row] = []
-
-    def walk(cls: type, prefix: str) -> None:
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            key = f"{prefix}{f.name}"
-            nested = [t for t in (hints[f.name], *typing.get_args(hints[f.name])) if dataclasses.is_dataclass(t)]
-            if nested:
-                walk(nested[0], key + ".")
-                continue
-            default = (f.default if f.default is not dataclasses.MISSING else f.default_factory()
-                       if f.default_factory is not dataclasses.MISSING else "(file name)")
-            bounds = [f"{symbol} {f.metadata[k]:g}" for k, symbol in (("ge", ">="), ("gt", ">"), ("le", "<="))
-                      if f.metadata.get(k) is not None]
-            type_text = " ".join([describe_type(hints[f.name]), ", ".join(bounds)]).strip()
-            default_text = yaml.safe_dump(to_plain(default), default_flow_style=True).removesuffix("...\n").strip()
-            rows.append((key, type_text, default_text, f.metadata["help"]))
-
-    walk(JobSpec, "")
+    for key, f, tp in leaf_fields(JobSpec):
+        default = (f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                   if f.default_factory is not dataclasses.MISSING else "(file name)")
+        bounds = [f"{symbol} {f.metadata[k]:g}" for k, symbol in (("ge", ">="), ("gt", ">"), ("le", "<="))
+                  if f.metadata.get(k) is not None]
+        type_text = " ".join([describe_type(tp), ", ".join(bounds)]).strip()
+        default_text = yaml.safe_dump(to_plain(default), default_flow_style=True).removesuffix("...\n").strip()
+        rows.append((key, type_text, default_text, f.metadata["help"]))
     return rows
 
 

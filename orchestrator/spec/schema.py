@@ -9,7 +9,7 @@ import dataclasses
 import difflib
 import types
 import typing
-from typing import Any, Iterable, Literal, Union, get_args, get_origin
+from typing import Any, Iterable, Iterator, Literal, Union, get_args, get_origin
 
 MISSING = dataclasses.MISSING
 
@@ -181,6 +181,17 @@ def _unknown_key(key: str, fields: dict) -> str:
     close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
     hint = f"did you mean {close[0]!r}? " if close else ""
     return f"unknown key; {hint}(allowed here: {', '.join(fields)})"
+
+
+def leaf_fields(cls: type, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field, Any]]:
+    """(dotted key, field, type) of every key below the dataclass `cls` that is not a section of its own."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        nested = [t for t in (hints[f.name], *get_args(hints[f.name])) if dataclasses.is_dataclass(t)]
+        if nested:
+            yield from leaf_fields(nested[0], f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f, hints[f.name]
 
 
 def to_plain(obj: Any) -> Any:

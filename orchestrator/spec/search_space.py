@@ -37,7 +37,7 @@ class Dimension:
 
 
 def parse_dimensions(space: dict[str, Any]) -> tuple[list[Dimension], list[Problem]]:
-    """The dimensions of `space`, and the problems of its entries' shape (keys are checked by `problems`)."""
+    """The dimensions of `space`, and the problems of its entries' shape (keys and values are checked by `JobSpec.space_problems`)."""
     dimensions, found = [], []
     for key, entry in space.items():
         where = (f"space.{key}",)

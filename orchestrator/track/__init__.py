@@ -1,2 +1,2 @@
 """MLflow and the terminal: where results go, a run's lifecycle, rank 0's logging through an outage-proof outbox, tags,
-redaction, and the progress line. May import orchestrator.spec only."""
+redaction, and the progress line. May import orchestrator.distributed and .spec; not its sibling .data."""

@@ -17,7 +17,6 @@ TAG_EVALUATED = "ganorch.evaluated"              # an eval run: the checkpoint i
 TAG_TRAIN_RUN = "ganorch.train_run"              # the Ray Train run's name (= the submission id of a submitted job)
 TAG_RESTARTS = "ganorch.restarts"                # how many times the run was restarted (workers that failed,
                                                  # a resubmitted job, a Tune trial)
-                                                 # a resubmitted job, a Tune trial)
 TAG_RESTART = "ganorch.restart."                 # + n: what restart n continued from
 TAG_RESUMED_FROM = "ganorch.resumed_from"        # the checkpoint the latest start of the workers continued from
 TAG_PASSED_OVER = "ganorch.passed_over"          # corrupted checkpoints a start of the workers passed over, and why

@@ -64,11 +64,11 @@ def train_logged(spec: JobSpec, context: WorkerContext, logger: Any, report=None
     stats = StatsAccumulator(t.device)
     monitor = StabilityMonitor(spec.train.stability_window, spec.train.loss)
     stop_on = [name for name in FLAGS if name in spec.train.stop_on]
+    if logger and not t.step:
+        log_samples(logger, t)
     speed = Throughput(spec.train.batch_size * spec.train.n_critic, t.step)
     progress = ProgressPost(context.progress if t.rank == 0 else None)
     out = Outcome()
-    if logger and not t.step:
-        log_samples(logger, t)
     while t.step < spec.train.steps and out.stopped is None:
         t.step += 1
         t.images_seen += speed.images_per_step
