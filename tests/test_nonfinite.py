@@ -71,3 +71,28 @@ def test_a_loss_not_finite_on_one_rank_is_skipped_on_both(ray_session, mlflow_st
     assert all(len(set(per_rank)) == 1 for per_rank in digests.values()), digests
     history = store.client(mlflow_store).get_metric_history(outcome.run_id, "skipped_d")
     assert [(m.step, m.value) for m in history] == [(1, 0), (2, 0), (3, 1), (4, 1), (5, 1)]
+
+
+def test_fp16_overflows_are_the_scalers_to_skip_not_divergence(process_group):
+    """The gradient scaler's first steps overflow (its initial scale is too large): they are skipped and counted,
+    and leave no infinite gradient norm in the interval's stats for the stability monitor to read as divergence."""
+    spec = load(REPO / "jobs/debug_dcgan.yaml", ["resources.num_workers=1", "train.precision=fp16",
+                                                 "train.stop_on=[diverged]", "tracking.metrics_every=1"])
+    summary = train(spec, WorkerContext(device=torch.device("cpu")))
+    assert summary["stopped"] is None and summary["step"] == spec.train.steps, summary["stopped"]
+    assert summary["metrics"]["overflow_d"] + summary["metrics"]["overflow_g"] >= 1, "no overflow happened"
+    assert all(math.isfinite(v) for v in summary["metrics"].values())
+
+
+def test_fp16_overflows_stop_as_diverged_only_after_many_in_a_row():
+    from orchestrator.train.periodic import nonfinite_stop
+    from orchestrator.train.phases import Phase
+
+    def phases(overflowed_in_a_row: int) -> list[Phase]:
+        return [Phase("D", None, None, None, 1, True, None, overflowed_in_a_row=overflowed_in_a_row),
+                Phase("G", None, None, None, 1, False, None)]
+
+    assert nonfinite_stop(phases(1), "stop", 7) is None  # even train.nonfinite 'stop' leaves overflows be
+    assert nonfinite_stop(phases(19), "skip", 7) is None
+    flag = nonfinite_stop(phases(20), "skip", 7)
+    assert flag.name == "diverged" and flag.step == 7 and "20 D step(s) in a row" in flag.reason

@@ -67,7 +67,8 @@ def interval_metrics(t: Training, stats: StatsAccumulator, speed: Throughput) ->
     """The interval's means over steps and ranks (one all-reduce), with throughput, rates and skipped steps."""
     metrics = {**stats.reduce(), "images_per_sec": speed.rate(t.step), "images_seen": t.images_seen,
                "lr_g": t.opt_g.param_groups[0]["lr"], "lr_d": t.opt_d.param_groups[0]["lr"],
-               **{f"skipped_{p.name.lower()}": p.skipped for p in t.phases}}
+               **{f"skipped_{p.name.lower()}": p.skipped for p in t.phases},
+               **{f"overflow_{p.name.lower()}": p.overflowed for p in t.phases if p.scaler is not None}}
     speed.restart(t.step)
     return metrics
 
@@ -107,7 +108,13 @@ def stop_decision(t: Training, monitor: StabilityMonitor, stop_on: list[str], fl
 
 def nonfinite_stop(phases: list[Phase], policy: str, step: int) -> Flag | None:
     """The `diverged` flag when steps were skipped for a non-finite loss or gradient: at the first with
-    train.nonfinite 'stop', after NONFINITE_PATIENCE of a network in a row with 'skip'."""
+    train.nonfinite 'stop', after NONFINITE_PATIENCE of a network in a row with 'skip'. fp16 overflows are the
+    gradient scaler's to skip, whatever the policy, until NONFINITE_PATIENCE of them in a row: its scale then fell
+    2^NONFINITE_PATIENCE-fold and the gradients are still not finite."""
+    overflowing = max(phases, key=lambda p: p.overflowed_in_a_row)
+    if overflowing.overflowed_in_a_row >= NONFINITE_PATIENCE:
+        return Flag("diverged", step, f"{overflowing.overflowed_in_a_row} {overflowing.name} step(s) in a row had "
+                                      "gradients that overflowed in fp16, however far the gradient scaler backed off")
     worst = max(phases, key=lambda p: p.skipped_in_a_row)
     if worst.skipped_in_a_row < (1 if policy == "stop" else NONFINITE_PATIENCE):
         return None

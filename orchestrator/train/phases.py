@@ -44,6 +44,8 @@ class Phase:
     steps_taken: int = 0
     skipped: int = 0            # steps not taken because their loss or gradient was not finite
     skipped_in_a_row: int = 0   # of those, the latest ones without a step taken between them
+    overflowed: int = 0         # fp16: steps the gradient scaler skipped, its gradients having overflowed
+    overflowed_in_a_row: int = 0
 
 
 def conditioned(net: nn.Module, conditional: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -99,7 +101,9 @@ def build_phases(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d
 def run_phase(phase: Phase, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
               draw_latent: Callable[[], tuple[torch.Tensor, torch.Tensor | None]]) -> list[Stats]:
     """`repeats` optimizer steps of the trained network; returns the stats of the steps taken. A step whose loss
-    (on any rank) or gradient is not finite is not taken, and counted in `phase.skipped`."""
+    (on any rank) or gradient is not finite is not taken, and counted in `phase.skipped`; under fp16 a step whose
+    gradients overflowed is the scaler's to skip (it lowers its scale), counted in `phase.overflowed`. Neither
+    contributes stats."""
     phase.frozen.requires_grad_(False)
     phase.trains.requires_grad_(True)
     stats = []
@@ -112,23 +116,28 @@ def run_phase(phase: Phase, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
         phase.optimizer.zero_grad(set_to_none=True)
         with phase.autocast():
             value, step_stats = phase.objective(inputs)
+        overflowed = False
         if scaler is None:
             value.backward()
             norm = step_stats[f"grad_norm_{phase.name.lower()}"] = grad_norm(phase.trains)
-            finite = all_ranks_finite(torch.stack([value.detach().float(), norm]))
+            finite = all(finite_on_all_ranks(torch.stack([value.detach().float(), norm])))
             if finite:
                 phase.optimizer.step()
         else:  # fp16: scaled backward; the scaler skips a step whose gradient overflowed, and backs off
             scaler.scale(value).backward()
             scaler.unscale_(phase.optimizer)
-            step_stats[f"grad_norm_{phase.name.lower()}"] = grad_norm(phase.trains)
-            finite = all_ranks_finite(value.detach().float())  # overflows are the scaler's
+            norm = step_stats[f"grad_norm_{phase.name.lower()}"] = grad_norm(phase.trains)
+            finite, grads_finite = finite_on_all_ranks(torch.stack([value.detach().float(), norm]))
+            overflowed = finite and not grads_finite  # gradients are all-reduced: the same on every rank
             if finite:
                 scaler.step(phase.optimizer)
             scaler.update()
         phase.steps_taken += 1
-        if finite:
-            phase.skipped_in_a_row = 0
+        if overflowed:
+            phase.overflowed += 1
+            phase.overflowed_in_a_row += 1
+        elif finite:
+            phase.skipped_in_a_row = phase.overflowed_in_a_row = 0
             stats.append(step_stats)
         else:
             phase.skipped += 1
@@ -136,13 +145,14 @@ def run_phase(phase: Phase, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
     return stats
 
 
-def all_ranks_finite(values: torch.Tensor) -> bool:
-    """Whether `values` are finite on every rank: a step is taken, or not, by all ranks together. (Gradients are
-    all-reduced, so a rank's non-finite gradient is every rank's; a loss is each rank's own.)"""
-    bad = (~torch.isfinite(values)).any().float()
+def finite_on_all_ranks(values: torch.Tensor) -> list[bool]:
+    """For each of `values`, whether it is finite on every rank (one all-reduce, one host sync): a step is taken,
+    or not, by all ranks together. (Gradients are all-reduced, so a rank's non-finite gradient is every rank's; a
+    loss is each rank's own.)"""
+    bad = (~torch.isfinite(values)).float()
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(bad)
-    return bad.item() == 0
+    return [count == 0 for count in bad.tolist()]
 
 
 def grad_norm(module: nn.Module) -> torch.Tensor:

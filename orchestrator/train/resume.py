@@ -20,6 +20,7 @@ def loop_state(phases: list[Phase], noise: torch.Generator, data_position: int |
                device: torch.device) -> dict[str, Any]:
     state = {"phase_steps": {p.name: p.steps_taken for p in phases},
              "phase_skipped": {p.name: [p.skipped, p.skipped_in_a_row] for p in phases},
+             "phase_overflowed": {p.name: [p.overflowed, p.overflowed_in_a_row] for p in phases},
              "grad_scalers": {p.name: p.scaler.state_dict() for p in phases if p.scaler is not None},
              "noise_rng": noise.get_state(), "torch_rng": torch.get_rng_state()}
     if device.type == "cuda":
@@ -50,6 +51,7 @@ def restore_training(state: dict[str, Any], G_ema: nn.Module, opt_g: torch.optim
     for phase in phases:
         phase.steps_taken = loop.get("phase_steps", {}).get(phase.name, 0)
         phase.skipped, phase.skipped_in_a_row = loop.get("phase_skipped", {}).get(phase.name, [0, 0])
+        phase.overflowed, phase.overflowed_in_a_row = loop.get("phase_overflowed", {}).get(phase.name, [0, 0])
         if phase.scaler is not None and phase.name in loop.get("grad_scalers", {}):
             phase.scaler.load_state_dict(loop["grad_scalers"][phase.name])
 
