@@ -4,6 +4,10 @@ from typing import Callable
 
 import torch
 
+# n -> n numbers uniform in [0, 1): this rank's share of a draw made for the global batch, so that N workers x batch B
+# draw what 1 worker x batch N*B draws.
+Uniform = Callable[[int], torch.Tensor]
+
 
 class Regularizer:
     name: str
@@ -11,9 +15,10 @@ class Regularizer:
     needs_real_grad: bool = False  # whether it differentiates D(real) with respect to the real images
 
     def penalty(self, D: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, real_scores: torch.Tensor,
-                fake: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+                fake: torch.Tensor, scale: float = 1.0, uniform: Uniform | None = None) -> torch.Tensor:
         """D scores images (under fixed labels when class-conditional). `scale`: the fp16 loss scale, so the
-        input gradient does not underflow (PyTorch AMP's recipe)."""
+        input gradient does not underflow (PyTorch AMP's recipe). `uniform` draws the random numbers a penalty
+        needs; torch.rand (this process alone) when None."""
         raise NotImplementedError
 
 
@@ -30,8 +35,9 @@ class GradientPenalty(Regularizer):
     def __init__(self, weight: float):
         self.weight = weight
 
-    def penalty(self, D, real, real_scores, fake, scale=1.0):
-        mix = torch.rand(len(real), 1, 1, 1, device=real.device, dtype=real.dtype)
+    def penalty(self, D, real, real_scores, fake, scale=1.0, uniform=None):
+        draw = uniform or (lambda n: torch.rand(n, device=real.device))
+        mix = draw(len(real)).to(real.device, real.dtype).view(-1, 1, 1, 1)
         interpolates = (mix * real.detach() + (1 - mix) * fake.detach()).requires_grad_(True)
         grad = _input_gradient(D(interpolates), interpolates, scale)
         return self.weight * ((grad.norm(2, dim=1) - 1) ** 2).mean()
@@ -48,6 +54,6 @@ class R1Penalty(Regularizer):
         self.gamma = gamma
         self.every = every
 
-    def penalty(self, D, real, real_scores, fake, scale=1.0):
+    def penalty(self, D, real, real_scores, fake, scale=1.0, uniform=None):
         grad = _input_gradient(real_scores, real, scale)
         return 0.5 * self.gamma * self.every * grad.pow(2).sum(dim=1).mean()

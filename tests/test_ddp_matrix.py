@@ -39,24 +39,26 @@ def train_each(config):
     return results
 
 
-def train_and_keep_final_state(config):
-    """Train one spec; return the networks of the final checkpoint rank 0 builds (as numpy: Ray Train
-    refuses tensors in return values)."""
+def train_and_keep_final_states(config):
+    """Train each spec of config["specs"]; return the networks of the final checkpoint rank 0 builds for each (as
+    numpy: Ray Train refuses tensors in return values)."""
     import ray.train.torch
 
     from orchestrator.spec import parse
     from orchestrator.train import checkpoint
     from orchestrator.train.loop import WorkerContext, train
 
-    states = []
+    finals = []
     real_build = checkpoint.build
-    checkpoint.build = lambda **kwargs: states.append(real_build(**kwargs)) or states[-1]
-    train(parse(config["spec"]), WorkerContext(device=ray.train.torch.get_device()))
-    if not states:
-        return None
-    final = states[-1]
-    return {"step": final["step"],
-            **{net: {k: v.cpu().numpy() for k, v in final[net].items()} for net in ("generator", "discriminator")}}
+    for spec in config["specs"]:
+        states = []
+        checkpoint.build = lambda **kwargs: states.append(real_build(**kwargs)) or states[-1]
+        train(parse(spec), WorkerContext(device=ray.train.torch.get_device()))
+        finals.append(None if not states else {
+            "step": states[-1]["step"],
+            **{net: {k: v.cpu().numpy() for k, v in states[-1][net].items()} for net in ("generator", "discriminator")}})
+    checkpoint.build = real_build
+    return finals
 
 
 def fit(loop, config, tmp_path):
@@ -85,32 +87,39 @@ def test_loss_regularizer_n_critic_matrix_on_two_workers(ray_session, tmp_path):
     assert not failures, f"ranks diverged: {failures}"
 
 
+EQUIVALENCE = [(loss, r1) for loss in LOSSES for r1 in (False, True)]
+
+
 def test_n_workers_match_one_worker_with_n_times_the_batch(ray_session, tmp_path, process_group, monkeypatch):
-    """No batch-dependent layers, n_critic 2: 2 workers x 8 images must end where 1 worker x 16 images ends."""
+    """For every loss, with and without lazy R1 (no batch-dependent layers, n_critic 2): 2 workers x 8 images must
+    end where 1 worker x 16 images ends. Every random quantity of a step (noise, labels, WGAN-GP's interpolation
+    weights) is drawn for the global batch and sliced per rank."""
     from orchestrator.train import checkpoint
     from orchestrator.train.loop import WorkerContext, train
 
     common = ["model.g_norm=none", "model.d_norm=none", "train.n_critic=2", "train.steps=4",
               "train.batch_size=16", "optim.g.lr=1e-3", "optim.d.lr=1e-3"]
-    two_workers = fit(train_and_keep_final_state, {"spec": debug_spec("resources.num_workers=2", *common).to_dict()},
-                      tmp_path)
+    cases = [[f"train.loss={loss}", *(["train.r1_gamma=1.0", "train.r1_every=2"] if r1 else []), *common]
+             for loss, r1 in EQUIVALENCE]
+    two_workers = fit(train_and_keep_final_states,
+                      {"specs": [debug_spec("resources.num_workers=2", *case).to_dict() for case in cases]}, tmp_path)
 
-    states = []
     real_build = checkpoint.build
-    monkeypatch.setattr(checkpoint, "build", lambda **kwargs: states.append(real_build(**kwargs)) or states[-1])
-    train(debug_spec("resources.num_workers=1", *common), WorkerContext(device=torch.device("cpu")))
-    one_worker = states[-1]
+    for (loss, r1), case, two in zip(EQUIVALENCE, cases, two_workers):
+        states = []
+        monkeypatch.setattr(checkpoint, "build", lambda **kwargs: states.append(real_build(**kwargs)) or states[-1])
+        train(debug_spec("resources.num_workers=1", *case), WorkerContext(device=torch.device("cpu")))
+        one = states[-1]
+        assert two["step"] == one["step"] == 4
+        for net in ("generator", "discriminator"):
+            assert set(two[net]) == set(one[net])
+            for name, reference in one[net].items():
+                torch.testing.assert_close(torch.tensor(two[net][name]), reference, rtol=1e-4, atol=1e-6,
+                                           msg=lambda m: f"{loss}{' + lazy R1' if r1 else ''}: {net}.{name}: {m}")
+        # the comparison means something: training moved the weights far beyond the tolerance
+        from orchestrator.train.networks import build_networks
 
-    assert two_workers["step"] == one_worker["step"] == 4
-    for net in ("generator", "discriminator"):
-        assert set(two_workers[net]) == set(one_worker[net])
-        for name, reference in one_worker[net].items():
-            torch.testing.assert_close(torch.tensor(two_workers[net][name]), reference, rtol=1e-4, atol=1e-6,
-                                       msg=lambda m: f"{net}.{name}: {m}")
-    # the comparison means something: training moved the weights far beyond the tolerance
-    from orchestrator.train.networks import build_networks
-
-    torch.manual_seed(0)  # as the workers seed before building
-    initial_G, _ = build_networks(debug_spec(*common))
-    moved = max((p - one_worker["generator"][n]).abs().max().item() for n, p in initial_G.state_dict().items())
-    assert moved > 1e-3
+        torch.manual_seed(0)  # as the workers seed before building
+        initial_G, _ = build_networks(debug_spec(*case))
+        moved = max((p - one["generator"][n]).abs().max().item() for n, p in initial_G.state_dict().items())
+        assert moved > 1e-3, (loss, r1)

@@ -44,15 +44,24 @@ class Training:
     images_seen: int
 
     def draw_latent(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """This rank's slice of the global z (and class) batch. Every rank draws the whole batch, so N workers x
-        batch B see exactly the noise that 1 worker x batch N*B sees."""
-        batch, global_batch = self.spec.batch_per_worker, self.spec.train.batch_size
-        mine = slice(self.rank * batch, (self.rank + 1) * batch)
+        """This rank's share of the global z (and class) batch. Every rank draws the whole batch, so N workers x
+        batch B see exactly the noise that 1 worker x batch N*B sees. The share is every world_size-th item from the
+        rank's own, as the data shards interleave the epoch's order (DistributedSampler): item i of a rank's z goes
+        with item i of its real batch, as in one worker's batch (WGAN-GP pairs them in its interpolates)."""
+        global_batch = self.spec.train.batch_size
+        mine = slice(self.rank, None, self.world_size)
         z = sample_latent(global_batch, self.spec.model.latent_dim, generator=self.noise, device=self.device)
         if not self.classes:
             return z[mine], None
         labels = torch.randint(self.classes, (global_batch,), generator=self.noise, device=self.device)
         return z[mine], labels[mine]
+
+    def draw_uniform(self, count: int) -> torch.Tensor:
+        """This rank's `count` of numbers uniform in [0, 1), drawn for the global batch from the same noise stream
+        (WGAN-GP's interpolation weights), so every rank draws the whole batch's and keeps its share, interleaved
+        as `draw_latent`'s."""
+        numbers = torch.rand(self.world_size * count, generator=self.noise, device=self.device)
+        return numbers[self.rank::self.world_size]
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"generator": self.G, "generator_ema": self.ema.module, "discriminator": self.D}

@@ -73,7 +73,7 @@ def train_logged(spec: JobSpec, context: WorkerContext, logger: Any, report=None
         t.step += 1
         t.images_seen += speed.images_per_step
         for phase in t.phases:
-            for step_stats in run_phase(phase, t.batches, t.draw_latent):
+            for step_stats in run_phase(phase, t.batches, t.draw_latent, t.draw_uniform):
                 stats.add(step_stats)
         t.ema.update(t.G, t.step)
         progress.step(t.step, speed)

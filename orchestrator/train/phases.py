@@ -11,7 +11,7 @@ import torch.distributed as dist
 from torch import nn
 
 from gan_models.losses import GANLoss
-from gan_models.regularizers import Regularizer
+from gan_models.regularizers import Regularizer, Uniform
 from orchestrator.train.precision import Precision
 
 Stats = dict[str, torch.Tensor]
@@ -25,6 +25,7 @@ class StepInputs:
     fake_labels: torch.Tensor | None    # the classes G is asked for (None when unconditional)
     index: int                          # how many steps this phase has taken before
     loss_scale: Callable[[], float]     # fp16's current loss scale (1 otherwise)
+    uniform: Uniform | None = None      # draws a penalty's random numbers: this rank's share of the global batch's
 
 
 Objective = Callable[[StepInputs], tuple[torch.Tensor, Stats]]
@@ -70,7 +71,8 @@ def discriminator_objective(loss: GANLoss, regularizers: list[Regularizer], cond
     stats = {"loss_d": value, "d_real": loss.output(real_scores), "d_fake": loss.output(fake_scores),
              "d_accuracy_real": (real_scores > threshold).float(), "d_accuracy_fake": (fake_scores <= threshold).float()}
     for regularizer in due:  # penalties judge images under the real batch's labels
-        penalty = regularizer.penalty(lambda x: D_(x, step.real_labels), real, real_scores, fake, step.loss_scale())
+        penalty = regularizer.penalty(lambda x: D_(x, step.real_labels), real, real_scores, fake, step.loss_scale(),
+                                      step.uniform)
         stats[regularizer.name] = penalty
         value = value + penalty
     return value, stats
@@ -99,7 +101,8 @@ def build_phases(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d
 
 
 def run_phase(phase: Phase, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
-              draw_latent: Callable[[], tuple[torch.Tensor, torch.Tensor | None]]) -> list[Stats]:
+              draw_latent: Callable[[], tuple[torch.Tensor, torch.Tensor | None]],
+              draw_uniform: Uniform | None = None) -> list[Stats]:
     """`repeats` optimizer steps of the trained network; returns the stats of the steps taken. A step whose loss
     (on any rank) or gradient is not finite is not taken, and counted in `phase.skipped`; under fp16 a step whose
     gradients overflowed is the scaler's to skip (it lowers its scale), counted in `phase.overflowed`. Neither
@@ -112,7 +115,7 @@ def run_phase(phase: Phase, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
         z, fake_labels = draw_latent()
         scaler = phase.scaler
         inputs = StepInputs(real, real_labels, z, fake_labels, phase.steps_taken,
-                            scaler.get_scale if scaler else lambda: 1.0)
+                            scaler.get_scale if scaler else lambda: 1.0, draw_uniform)
         phase.optimizer.zero_grad(set_to_none=True)
         with phase.autocast():
             value, step_stats = phase.objective(inputs)
