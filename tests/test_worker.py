@@ -166,3 +166,31 @@ def test_conditional_needs_classes(process_group, tmp_path):
                                                  "data.source=folder", f"data.path={tmp_path}"])
     with pytest.raises(ValueError, match="model.conditional: the data has a single class"):
         train(spec, WorkerContext(device=torch.device("cpu")))
+
+
+def test_ranks_agree_on_stopping_only_where_a_flag_can_change(process_group, monkeypatch):
+    """Stability flags are raised by metrics and evaluations: the ranks agree on rank 0's stop decision at those
+    steps (one broadcast each), not at every iteration."""
+    from orchestrator.distributed import collectives
+
+    calls = []
+    real_agree = collectives.agree
+    monkeypatch.setattr(collectives, "agree", lambda value, device: calls.append(value) or real_agree(value, device))
+    spec = load(REPO / "jobs/debug_dcgan.yaml", ["resources.num_workers=1", "train.steps=6", "tracking.metrics_every=3",
+                                                 "train.stop_on=[oscillation]"])
+    summary = train(spec, WorkerContext(device=torch.device("cpu")))
+    assert summary["step"] == 6 and summary["stopped"] is None
+    assert len(calls) == 2, calls  # at steps 3 and 6
+
+
+def test_a_rank_whose_monitor_saw_nothing_stops_with_rank_0(process_group, monkeypatch):
+    """Rank 0's monitor raised a stop_on flag that this rank's did not: this rank stops at the same step, by the
+    agreed flag, instead of looking up a flag it does not hold."""
+    from orchestrator.distributed import collectives
+
+    monkeypatch.setattr(collectives, "agree", lambda value, device: 0)  # rank 0 says: the first of stop_on
+    spec = load(REPO / "jobs/debug_dcgan.yaml", ["resources.num_workers=1", "train.steps=6", "tracking.metrics_every=3",
+                                                 "train.stop_on=[diverged]"])
+    summary = train(spec, WorkerContext(device=torch.device("cpu")))
+    assert summary["step"] == 3
+    assert summary["stopped"] == "diverged at step 3: raised by rank 0's stability monitor", summary["stopped"]

@@ -80,7 +80,9 @@ def train_logged(spec: JobSpec, context: WorkerContext, logger: Any, report=None
 
         last = t.step == spec.train.steps
         flags = []
-        if t.step % track.metrics_every == 0 or last:
+        measured = t.step % track.metrics_every == 0 or last
+        evaluated = t.evaluator is not None and (t.step % spec.eval.every == 0 or last)
+        if measured:
             out.metrics = interval_metrics(t, stats, speed)
             flags += monitor.observe(t.step, out.metrics)
             if logger:
@@ -88,13 +90,13 @@ def train_logged(spec: JobSpec, context: WorkerContext, logger: Any, report=None
             progress.metrics(t.step, out.metrics)
         if logger and (t.step % track.samples_every == 0 or last):
             log_samples(logger, t)
-        if t.evaluator and (t.step % spec.eval.every == 0 or last):
+        if evaluated:
             out.scores = t.evaluator.evaluate(t.ema.module)
             flags += monitor.observe_eval(t.step, out.scores)
             if logger:
                 logger.log_metrics(t.step, out.scores)
             keep_if_best(t, out, logger)
-        out.stopped = stop_decision(t, monitor, stop_on, flags, logger)
+        out.stopped = stop_decision(t, monitor, stop_on, flags, logger, observed=measured or evaluated)
         if t.step % track.checkpoint_every == 0 or last or out.stopped is not None:
             checkpoint_and_report(t, out, logger, report, context.verdicts)
     return summary(t, out, monitor, context)

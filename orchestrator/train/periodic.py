@@ -90,19 +90,26 @@ def keep_if_best(t: Training, out: Outcome, logger: Any) -> None:
 
 
 def stop_decision(t: Training, monitor: StabilityMonitor, stop_on: list[str], flags: list[Flag],
-                  logger: Any) -> Flag | None:
-    """The flag that stops the run at this step, if any, taken by all ranks together; rank 0 logs this step's flags."""
+                  logger: Any, observed: bool) -> Flag | None:
+    """The flag that stops the run at this step, if any, taken by all ranks together; rank 0 logs this step's flags.
+    `observed`: the monitor saw metrics or an evaluation at this step. Only then can one of its flags have been
+    raised, so only then do the ranks agree on rank 0's monitor (one broadcast); a rank whose own monitor differs
+    stops with the others all the same."""
     stopped = None
-    not_finite = nonfinite_stop(t.phases, t.spec.train.nonfinite, t.step)  # taken by all ranks together
+    not_finite = nonfinite_stop(t.phases, t.spec.train.nonfinite, t.step)  # counters every rank holds alike
     if not_finite:
         flags.append(not_finite)
         stopped = monitor.raised.setdefault(not_finite.name, not_finite)
     if logger:
         for flag in flags:
             logger.log_flag(flag.name, flag.step, flag.describe())
-    first_stop = next((i for i, name in enumerate(stop_on) if name in monitor.raised), -1)
-    if collectives.agree(first_stop, t.device) >= 0 and stopped is None:
-        stopped = monitor.raised[stop_on[first_stop]]
+    if not observed:
+        return stopped
+    first_stop = collectives.agree(next((i for i, name in enumerate(stop_on) if name in monitor.raised), -1),
+                                   t.device)
+    if first_stop >= 0 and stopped is None:
+        name = stop_on[first_stop]
+        stopped = monitor.raised.get(name) or Flag(name, t.step, "raised by rank 0's stability monitor")
     return stopped
 
 
