@@ -123,3 +123,38 @@ def test_n_workers_match_one_worker_with_n_times_the_batch(ray_session, tmp_path
         initial_G, _ = build_networks(debug_spec(*case))
         moved = max((p - one["generator"][n]).abs().max().item() for n, p in initial_G.state_dict().items())
         assert moved > 1e-3, (loss, r1)
+
+
+def train_recording_evaluated_networks(config):
+    """Train one spec; return, per evaluation, every rank's digest of the G_ema it drew its samples with."""
+    import ray.train.torch
+
+    from orchestrator.distributed import collectives, ddp
+    from orchestrator.evaluate.evaluator import Evaluator
+    from orchestrator.spec import parse
+    from orchestrator.train.loop import WorkerContext, train
+
+    seen = []
+    real_evaluate = Evaluator.evaluate
+
+    def recording(self, G):
+        seen.append(collectives.gather_objects(ddp.state_digest(G)))
+        return real_evaluate(self, G)
+
+    Evaluator.evaluate = recording
+    try:
+        train(parse(config["spec"]), WorkerContext(device=ray.train.torch.get_device()))
+    finally:
+        Evaluator.evaluate = real_evaluate
+    return seen
+
+
+def test_every_rank_evaluates_the_same_generator(ray_session, tmp_path, mnist_classifier):
+    """G has BatchNorm, whose statistics are each rank's own during training: the shares of an evaluation's samples
+    must still be drawn by one network, parameters and buffers alike, on every rank."""
+    _, cache = mnist_classifier
+    spec = debug_spec("train.steps=4", "model.g_norm=batch", "eval.every=2", "eval.num_samples=40",
+                      f"eval.cache_dir={cache}", 'eval.inception="off"')
+    seen = fit(train_recording_evaluated_networks, {"spec": spec.to_dict()}, tmp_path)
+    assert len(seen) == 2 and all(len(per_rank) == 2 for per_rank in seen)
+    assert all(len(set(per_rank)) == 1 for per_rank in seen), seen

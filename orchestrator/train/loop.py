@@ -18,6 +18,7 @@ from orchestrator.train.periodic import (
     ProgressPost,
     Throughput,
     checkpoint_and_report,
+    evaluate,
     interval_metrics,
     keep_if_best,
     log_samples,
@@ -91,7 +92,7 @@ def train_logged(spec: JobSpec, context: WorkerContext, logger: Any, report=None
         if logger and (t.step % track.samples_every == 0 or last):
             log_samples(logger, t)
         if evaluated:
-            out.scores = t.evaluator.evaluate(t.ema.module)
+            out.scores = evaluate(t)
             flags += monitor.observe_eval(t.step, out.scores)
             if logger:
                 logger.log_metrics(t.step, out.scores)

@@ -78,6 +78,14 @@ def log_samples(logger: Any, t: Training) -> None:
     logger.log_samples(t.step, sample(t.ema.module, z, labels), columns)
 
 
+def evaluate(t: Training) -> dict[str, float]:
+    """G_ema's scores, every rank drawing its share of the samples with rank 0's network: G_ema's parameters are
+    alike on every rank (averages of the same G), its BatchNorm statistics follow each rank's own G and are made rank
+    0's first (one broadcast per evaluation)."""
+    ddp.broadcast_buffers(t.ema.module)
+    return t.evaluator.evaluate(t.ema.module)
+
+
 def keep_if_best(t: Training, out: Outcome, logger: Any) -> None:
     """After an evaluation with the lowest FID so far (rank 0 decides; NaN, a diverged G, is never best), every rank
     checks the networks and rank 0 replaces the run's best checkpoint."""
