@@ -63,3 +63,18 @@ def test_pickled_objects_are_never_unpickled(tmp_path):
 def test_a_missing_checkpoint_is_named(tmp_path):
     with pytest.raises(CheckpointError, match=f"{tmp_path / 'checkpoint.pt'}: no such checkpoint file"):
         checkpoint.load(tmp_path)
+
+
+def test_pruning_keeps_the_latest_checkpoints_by_step_not_by_name(tmp_path):
+    """Past step 999,999 the names' text order is not their steps' order: step_1000000 is the latest."""
+    from orchestrator.track import store
+
+    c = store.client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = c.create_run(c.create_experiment("prune", artifact_location=str(tmp_path / "artifacts"))).info.run_id
+    (tmp_path / "checkpoint.pt").write_text("state")
+    for step in (999_998, 999_999, 1_000_000):
+        c.log_artifact(run_id, str(tmp_path / "checkpoint.pt"), f"checkpoints/step_{step:06d}")
+    c.log_artifact(run_id, str(tmp_path / "checkpoint.pt"), "checkpoints/best")
+    store.prune_checkpoints(c, run_id, keep=2)
+    assert sorted(a.path for a in c.list_artifacts(run_id, "checkpoints")) == \
+        ["checkpoints/best", "checkpoints/step_1000000", "checkpoints/step_999999"]

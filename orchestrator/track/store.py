@@ -87,8 +87,9 @@ def prune_checkpoints(c: "MlflowClient", run_id: str, keep: int) -> None:
     """Delete all but the latest `keep` of the run's periodic checkpoints (`checkpoints/step_N/`)."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    periodic = sorted(a.path for a in c.list_artifacts(run_id, "checkpoints")
-                      if a.is_dir and a.path.rpartition("/")[2].startswith("step_"))
+    periodic = sorted((a.path for a in c.list_artifacts(run_id, "checkpoints")
+                       if a.is_dir and a.path.rpartition("/")[2].removeprefix("step_").isdigit()),
+                      key=lambda path: int(path.rpartition("_")[2]))  # by step: step_1000000 comes after step_999999
     if len(periodic) <= keep:
         return
     repo = get_artifact_repository(c.get_run(run_id).info.artifact_uri, tracking_uri=c.tracking_uri)

@@ -54,7 +54,8 @@ def save(state: dict[str, Any], directory: str | Path) -> Path:
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint file (or the directory holding one) without unpickling arbitrary objects. Raises
-    CheckpointError when it is missing, does not match its checksum, or cannot be read."""
+    CheckpointError when it is missing, does not match its checksum, or cannot be read. The checksum is not
+    required: a file without one beside it (a checkpoint from elsewhere, a downloaded artifact) loads unverified."""
     path = Path(path)
     if path.is_dir():
         path = path / FILENAME
