@@ -59,8 +59,12 @@ def test_alternation_runs_repeatedly_without_ddp_errors(process_group):
     """A partial backward through a DDP module would fail at the next forward; many rounds prove it does not."""
     G, D, phases, real, draw_z = make(process_group, n_critic=3)
     for _ in range(4):
-        for phase in phases:
-            run_phase(phase, real, draw_z)
+        for phase, module, repeats in zip(phases, (D, G), (3, 1)):
+            before = params(module)
+            stats = run_phase(phase, real, draw_z)
+            assert len(stats) == repeats, phase.name  # every step taken, none skipped
+            assert all(changed(before, module)), f"the {phase.name} phase did not step its network"
+    assert [(p.name, p.steps_taken, p.skipped) for p in phases] == [("D", 12, 0), ("G", 4, 0)]
 
 
 def test_stats_reduce_means_and_clears():
