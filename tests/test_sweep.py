@@ -95,6 +95,11 @@ def test_asha_sweep_records_parent_and_child_runs_and_exports_the_best_job(
             trial["params"]["optim.g.lr"] * trial["params"]["optim.lr_ratio"])
         assert child.data.params["optim.lr_ratio"] == str(trial["params"]["optim.lr_ratio"])
         assert [m.step for m in client.get_metric_history(child.info.run_id, "fid")][:1] == [2]
+        # A trial ASHA stopped ends KILLED, saying where; one that trained to the end ends FINISHED, completed.
+        expected = {"STOPPED": ("KILLED", f"stopped by asha at step {trial['step']}"),
+                    "TERMINATED": ("FINISHED", "completed")}[trial["status"]]
+        assert (child.info.status, child.data.tags[TAG_OUTCOME]) == expected, trial
+        assert (trial["step"] < 6) == (trial["status"] == "STOPPED"), trial
 
     best = outcome.best
     assert best["metric"] == min(t["metric"] for t in outcome.trials if t["metric"] is not None)
