@@ -161,3 +161,24 @@ def test_no_cpu_left_for_ray_data_is_refused_before_a_run(ray_session, mlflow_st
                                          "workers'; a local Ray instance has 2 CPUs and the workers reserve 2"):
         launch.run(spec, show_progress=False)
     assert store.client(mlflow_store).get_experiment_by_name("ray_data") is None, "no MLflow run was made"
+
+
+def test_a_sweep_over_a_ray_data_job_streams_to_every_trial(ray_session, mlflow_store, digit_folder, tmp_path):
+    """Each trial's TorchTrainer is built as `ganorch run` builds one: with the stream as its dataset, and with the
+    spec's checkpoint retention (tracking.keep_checkpoints) and worker restarts."""
+    from orchestrator.tune import sweep
+
+    spec = ray_data_spec(digit_folder, tmp_path, "resources.num_workers=1", "tracking.checkpoint_every=2",
+                         "tracking.keep_checkpoints=1", "resources.max_failures=1",
+                         "tune={space: {optim.g.lr: {choice: [1.0e-4, 2.0e-4]}}, metric: loss_g, num_samples: 2, "
+                         "scheduler: none, max_concurrent_trials: 1}")
+    outcome = sweep.run(spec, show_progress=False)
+    assert [t["status"] for t in outcome.trials] == ["TERMINATED", "TERMINATED"], outcome.trials
+    client = store.client(mlflow_store)
+    for trial in outcome.trials:
+        child = client.get_run(trial["run_id"])
+        assert child.info.status == "FINISHED" and child.data.tags[TAG_DATA_SKIPPED] == "1"
+        assert [m.step for m in client.get_metric_history(trial["run_id"], "loss_d")] == [2, 4]
+        # Ray Train's own checkpoints of the trial's run (checkpoint_<time>; Tune's are checkpoint_<number>)
+        kept = list((tmp_path / "ray_storage").glob(f"*-{trial['trial']}/checkpoint_20*"))
+        assert len(kept) == 1, kept

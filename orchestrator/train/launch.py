@@ -10,7 +10,7 @@ from orchestrator.track import runs, store
 from orchestrator.track.tags import TAG_OUTCOME, TAG_RAY_CHECKPOINT, TAG_STORAGE, TAG_TRAIN_RUN
 from orchestrator.train import checkpoint
 from orchestrator.train.ray_init import check_data_cpus, check_tracking_store, init_ray, keep_local
-from orchestrator.train.trainer import for_workers, scaling
+from orchestrator.train.trainer import for_workers, ray_datasets, torch_trainer
 
 if TYPE_CHECKING:
     from orchestrator.train.resume_from import Resumption
@@ -37,13 +37,9 @@ def run(spec: JobSpec, loop: Callable[[dict], Any] | None = None, show_progress:
 
     init_ray()  # an unreachable cluster fails here, before an MLflow run exists
     spec = for_workers(spec)
-    datasets, skipped = None, None
     if spec.data.source == "ray-data":  # checked and opened before a run exists, like an unreachable cluster
-        from orchestrator.data import ray_data
-
         check_data_cpus(spec)
-        skipped = ray.remote(num_cpus=0)(ray_data.SkippedFiles).remote()
-        datasets = {"train": ray_data.build_dataset(spec, skipped)}
+    datasets, skipped = ray_datasets(spec)
     uri = store.tracking_uri()
     store.check_reachable(uri)
     check_tracking_store(uri)
@@ -86,27 +82,13 @@ def open_run(spec: JobSpec, uri: str, run_name: str, resume: "Resumption | None"
 def fit(spec: JobSpec, uri: str, run_id: str, run_name: str, loop: Callable[[dict], Any] | None,
         datasets: dict[str, Any] | None, handed_over: dict[str, Any], show_progress: bool) -> Any:
     """Build the run's TorchTrainer and fit it, with the progress line drawn while it trains; Ray Train's Result."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig
-    from ray.train.torch import TorchTrainer
-
     from orchestrator.track.progress import ProgressBoard, ProgressView, WorkerFailures
-    from orchestrator.train.worker import train_loop_per_worker
 
     board = ProgressBoard.remote()
-    # After a worker fails, Ray Train restarts the worker group from the latest checkpoint it registered.
-    run_config = RunConfig(name=run_name, storage_path=spec.tracking.storage_path,
-                           checkpoint_config=CheckpointConfig(num_to_keep=spec.tracking.keep_checkpoints),
-                           failure_config=FailureConfig(max_failures=spec.resources.max_failures),
-                           callbacks=[WorkerFailures(board)])
-    store.client(uri).set_tag(run_id, TAG_STORAGE, f"{run_config.storage_path.rstrip('/')}/{run_name}")
-    trainer = TorchTrainer(
-        loop or train_loop_per_worker,
-        train_loop_config={"spec": spec.to_dict(), "tracking_uri": uri, "run_id": run_id, "progress": board,
-                           "mlflow_env": store.environment(), **handed_over},
-        **scaling(spec),
-        datasets=datasets,
-        run_config=run_config,
-    )
+    trainer = torch_trainer(spec, {"spec": spec.to_dict(), "tracking_uri": uri, "run_id": run_id, "progress": board,
+                                   "mlflow_env": store.environment(), **handed_over},
+                            name=run_name, callbacks=[WorkerFailures(board)], datasets=datasets, loop=loop)
+    store.client(uri).set_tag(run_id, TAG_STORAGE, f"{trainer.run_config.storage_path.rstrip('/')}/{run_name}")
     if not show_progress:
         return trainer.fit()
     with ProgressView(board, spec.train.steps, spec.name):

@@ -1,9 +1,10 @@
-"""What a TorchTrainer takes from a spec: the spec the workers receive (local paths made absolute), the scaling and
-backend, and a line saying what that reserves."""
+"""The TorchTrainer of a spec, one for `ganorch run`, a submitted job and each sweep trial alike: the spec the workers
+receive (local paths made absolute), scaling and backend, checkpoint retention and worker restarts, the Ray Data
+stream of a `ray-data` source, and a line saying what it reserves."""
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from orchestrator.spec import JobSpec
 from orchestrator.train.ray_init import DATA_CPUS
@@ -47,3 +48,34 @@ def resources_line(spec: JobSpec) -> str:
     if spec.data.source == "ray-data":
         line += f"; Ray Data decodes on the cluster's other CPUs (at least {DATA_CPUS:g})"
     return line
+
+
+def ray_datasets(spec: JobSpec) -> tuple[dict[str, Any] | None, Any]:
+    """The trainer's `datasets` for a `ray-data` source (else None), and the actor that collects the files Ray Data
+    could not decode (None without a stream). Opened before a run exists, so a bad path fails first."""
+    if spec.data.source != "ray-data":
+        return None, None
+    import ray
+
+    from orchestrator.data import ray_data
+
+    skipped = ray.remote(num_cpus=0)(ray_data.SkippedFiles).remote()
+    return {"train": ray_data.build_dataset(spec, skipped)}, skipped
+
+
+def torch_trainer(spec: JobSpec, train_loop_config: dict[str, Any], *, name: str, callbacks: list[Any],
+                  datasets: dict[str, Any] | None, loop: Callable[[dict], Any] | None = None) -> Any:
+    """A TorchTrainer for `spec` as Ray Train run `name`: its scaling, its checkpoints kept as
+    tracking.keep_checkpoints says, its workers restarted resources.max_failures times (from the latest checkpoint
+    Ray Train registered), the Ray Data stream as the `train` dataset. `loop` replaces the per-worker function."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train.torch import TorchTrainer
+
+    from orchestrator.train.worker import train_loop_per_worker
+
+    run_config = RunConfig(name=name, storage_path=spec.tracking.storage_path,
+                           checkpoint_config=CheckpointConfig(num_to_keep=spec.tracking.keep_checkpoints),
+                           failure_config=FailureConfig(max_failures=spec.resources.max_failures),
+                           callbacks=callbacks)
+    return TorchTrainer(loop or train_loop_per_worker, train_loop_config=train_loop_config, **scaling(spec),
+                        datasets=datasets, run_config=run_config)

@@ -47,13 +47,12 @@ class ReportForwarder(UserCallback):
 def run_trial(config: dict[str, Any], *, base: dict[str, Any], keys: list[str], tracking_uri: str,
               experiment_id: str, parent_run_id: str, sweep_name: str, mlflow_env: dict[str, str]) -> None:
     """The Tune trainable: train one sampled spec on its own TorchTrainer, recorded in a child MLflow run."""
+    import ray
     import ray.tune
-    from ray.train import Checkpoint, RunConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train import Checkpoint
     from ray.util.queue import Queue
 
-    from orchestrator.train.trainer import scaling
-    from orchestrator.train.worker import train_loop_per_worker
+    from orchestrator.train.trainer import ray_datasets, torch_trainer
 
     store.adopt(mlflow_env)
     spec = trial_spec(base, config, keys)
@@ -64,14 +63,11 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], keys: list[str], 
                               f"{sweep_name}-{trial_id}", trial_id, origin)
     resume_from = Checkpoint(origin["path"], filesystem=restored.filesystem) if origin else None
     reports, verdicts = Queue(1, actor_options={"num_cpus": 0}), Queue(1, actor_options={"num_cpus": 0})
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"spec": spec.to_dict(), "tracking_uri": tracking_uri, "run_id": run_id,
-                           "resume_from": resume_from, "verdicts": verdicts, "mlflow_env": mlflow_env},
-        **scaling(spec),
-        run_config=RunConfig(name=f"{sweep_name}-{trial_id}" + (f"-restart{start}" if start else ""),
-                             storage_path=spec.tracking.storage_path, callbacks=[ReportForwarder(reports)]),
-    )
+    datasets, skipped = ray_datasets(spec)
+    trainer = torch_trainer(spec, {"spec": spec.to_dict(), "tracking_uri": tracking_uri, "run_id": run_id,
+                                   "resume_from": resume_from, "verdicts": verdicts, "mlflow_env": mlflow_env},
+                            name=f"{sweep_name}-{trial_id}" + (f"-restart{start}" if start else ""),
+                            callbacks=[ReportForwarder(reports)], datasets=datasets)
     status, tags = "FAILED", {}
     try:
         result = fit_reporting(trainer, reports, verdicts, {"trial": trial_id, "run_id": run_id})
@@ -83,7 +79,8 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], keys: list[str], 
         raise
     finally:
         if status:
-            runs.end_run(tracking_uri, run_id, status, tags)
+            skipped_files = ray.get(skipped.read.remote()) if skipped is not None else []
+            runs.end_run(tracking_uri, run_id, status, tags, skipped_files)
 
 
 def trial_run(spec: JobSpec, config: dict[str, Any], keys: list[str], uri: str, experiment_id: str,
