@@ -217,6 +217,17 @@ def test_tune_section_problems_name_their_key(tune, fragment):
     assert fragment in info.value.problems[0]
 
 
+def test_asynchronous_pbt_refuses_pruned_checkpoints():
+    spec = {**TUNE_BASE, "tracking": {"checkpoint_every": 10, "keep_checkpoints": 2},
+            "tune": {"space": LR, "scheduler": "pbt"}}
+    with pytest.raises(SpecError) as info:
+        parse(spec)
+    assert info.value.problems == ["tracking.keep_checkpoints: got 2; asynchronous PBT clones a trial from another "
+                                   "trial's checkpoint, which that trial's later checkpoints would delete meanwhile: "
+                                   "leave it null, or set tune.synchronous: true"]
+    assert parse({**spec, "tune": {**spec["tune"], "synchronous": True}}).tracking.keep_checkpoints == 2
+
+
 def test_tune_eval_metric_needs_evaluation_at_every_checkpoint():
     with pytest.raises(SpecError, match="tune.metric: got 'fid', an eval metric: set eval.every > 0"):
         parse({"name": "t", "tune": {"space": LR}})

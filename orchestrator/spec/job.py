@@ -254,6 +254,11 @@ class JobSpec:
                    f"must be a multiple of eval.every ({self.eval.every})")
         for keys, message in self.space_problems():
             yield tuple(f"tune.{k}" for k in keys), message
+        if tune.scheduler == "pbt" and not tune.synchronous and self.tracking.keep_checkpoints is not None:
+            yield (("tracking.keep_checkpoints", "tune.scheduler", "tune.synchronous"),
+                   f"got {self.tracking.keep_checkpoints}; asynchronous PBT clones a trial from another trial's "
+                   "checkpoint, which that trial's later checkpoints would delete meanwhile: leave it null, or set "
+                   "tune.synchronous: true")
         if tune.scheduler == "pbt" and tune.perturbation_interval and \
                 tune.perturbation_interval % self.tracking.checkpoint_every:
             yield (("tune.perturbation_interval", "tracking.checkpoint_every"),

@@ -81,7 +81,7 @@ def log_samples(logger: Any, t: Training) -> None:
 def evaluate(t: Training) -> dict[str, float]:
     """G_ema's scores, every rank drawing its share of the samples with rank 0's network: G_ema's parameters are
     alike on every rank (averages of the same G), its BatchNorm statistics follow each rank's own G and are made rank
-    0's first (one broadcast per evaluation)."""
+    0's first (a broadcast per buffer, at evaluations only)."""
     ddp.broadcast_buffers(t.ema.module)
     return t.evaluator.evaluate(t.ema.module)
 

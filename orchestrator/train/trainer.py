@@ -64,10 +64,12 @@ def ray_datasets(spec: JobSpec) -> tuple[dict[str, Any] | None, Any]:
 
 
 def torch_trainer(spec: JobSpec, train_loop_config: dict[str, Any], *, name: str, callbacks: list[Any],
-                  datasets: dict[str, Any] | None, loop: Callable[[dict], Any] | None = None) -> Any:
+                  datasets: dict[str, Any] | None, loop: Callable[[dict], Any] | None = None,
+                  max_failures: int | None = None) -> Any:
     """A TorchTrainer for `spec` as Ray Train run `name`: its scaling, its checkpoints kept as
-    tracking.keep_checkpoints says, its workers restarted resources.max_failures times (from the latest checkpoint
-    Ray Train registered), the Ray Data stream as the `train` dataset. `loop` replaces the per-worker function."""
+    tracking.keep_checkpoints says, its workers restarted resources.max_failures times (or `max_failures`) from the
+    latest checkpoint Ray Train registered, the Ray Data stream as the `train` dataset. `loop` replaces the
+    per-worker function."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
@@ -75,7 +77,8 @@ def torch_trainer(spec: JobSpec, train_loop_config: dict[str, Any], *, name: str
 
     run_config = RunConfig(name=name, storage_path=spec.tracking.storage_path,
                            checkpoint_config=CheckpointConfig(num_to_keep=spec.tracking.keep_checkpoints),
-                           failure_config=FailureConfig(max_failures=spec.resources.max_failures),
+                           failure_config=FailureConfig(max_failures=spec.resources.max_failures
+                                                        if max_failures is None else max_failures),
                            callbacks=callbacks)
     return TorchTrainer(loop or train_loop_per_worker, train_loop_config=train_loop_config, **scaling(spec),
                         datasets=datasets, run_config=run_config)

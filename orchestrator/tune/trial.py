@@ -59,15 +59,18 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], keys: list[str], 
     trial_id = ray.tune.get_context().get_trial_id()
     restored = ray.tune.get_checkpoint()  # set when Tune restarts the trial
     origin = read_pointer(restored) if restored else None
+    datasets, skipped = ray_datasets(spec)  # opened before the child run exists or reopens
     run_id, start = trial_run(spec, config, keys, tracking_uri, experiment_id, parent_run_id,
                               f"{sweep_name}-{trial_id}", trial_id, origin)
     resume_from = Checkpoint(origin["path"], filesystem=restored.filesystem) if origin else None
     reports, verdicts = Queue(1, actor_options={"num_cpus": 0}), Queue(1, actor_options={"num_cpus": 0})
-    datasets, skipped = ray_datasets(spec)
+    # A trial's failures are Tune's to retry (tune.max_failures), from its latest checkpoint, in a fresh Train run:
+    # workers Ray Train restarted inside the trial would find the verdict of a report their predecessors did not
+    # live to wait for in `verdicts`, and run one report ahead of Tune.
     trainer = torch_trainer(spec, {"spec": spec.to_dict(), "tracking_uri": tracking_uri, "run_id": run_id,
                                    "resume_from": resume_from, "verdicts": verdicts, "mlflow_env": mlflow_env},
                             name=f"{sweep_name}-{trial_id}" + (f"-restart{start}" if start else ""),
-                            callbacks=[ReportForwarder(reports)], datasets=datasets)
+                            callbacks=[ReportForwarder(reports)], datasets=datasets, max_failures=0)
     status, tags = "FAILED", {}
     try:
         result = fit_reporting(trainer, reports, verdicts, {"trial": trial_id, "run_id": run_id})
