@@ -130,7 +130,13 @@ def sweep_line(spec: JobSpec) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from orchestrator.track.redact import redacted_output
+
+    with redacted_output():
+        return run_command(build_parser().parse_args(argv))
+
+
+def run_command(args: argparse.Namespace) -> int:
     # Like `python -m`: modules in the working directory (model.generator: mynets:G) can be imported.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())

@@ -12,7 +12,9 @@ from orchestrator.data.sources import load_dataset, num_classes
 from orchestrator.evaluate.evaluator import Evaluator
 from orchestrator.evaluate.inception import inception_weights
 from orchestrator.spec import JobSpec, parse_with_overrides
+from orchestrator.spec.schema import flatten
 from orchestrator.track import store
+from orchestrator.track.redact import MASK
 from orchestrator.track.run_logger import RunLogger, image_grid
 from orchestrator.track.tags import TAG_CLASSIFIER, TAG_CLASSIFIER_ACCURACY, TAG_EVALUATED, TAG_INCEPTION, TAG_JOB
 from orchestrator.train.locate import Source
@@ -20,8 +22,14 @@ from orchestrator.train.networks import build_networks, fixed_samples, sample
 
 
 def checkpoint_spec(state: dict[str, Any], overrides: list[str], source: str) -> JobSpec:
-    """The spec the checkpoint was trained with, with `--set` overrides (data.path on another machine, say)."""
-    return parse_with_overrides(state["spec"], overrides, source)
+    """The spec the checkpoint was trained with, with `--set` overrides (data.path on another machine, say).
+    A value the checkpoint keeps masked (it held a credential) and the evaluation needs must be given again."""
+    spec = parse_with_overrides(state["spec"], overrides, source)
+    for key, value in flatten(spec.to_dict()).items():
+        if key.startswith(("data.", "eval.")) and isinstance(value, str) and MASK in value:
+            raise ValueError(f"{key}: the checkpoint keeps it masked ({value}) since it held a secret; give it "
+                             f"with --set {key}=...")
+    return spec
 
 
 def generator(spec: JobSpec, state: dict[str, Any], device: torch.device) -> torch.nn.Module:

@@ -1,37 +1,95 @@
-"""What may be logged or printed of a value: values of keys that name secrets, and credentials in URIs, are masked."""
+"""What may be logged or printed of a value. One redaction for everything ganorch writes to MLflow (params, tags,
+text artifacts, the spec in checkpoints) and to the terminal: credentials in URIs (`s3://KEY:SECRET@bucket`),
+secret query parameters (`?X-Amz-Signature=`, `?token=`, `&sig=`), values of keys that name secrets (`password`,
+`AWS_SECRET_ACCESS_KEY`), at any depth of dicts and lists."""
 
+import contextlib
 import re
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+import sys
+import traceback
+from typing import Any, Iterator
 
 import yaml
 
 from orchestrator.spec import JobSpec
 
-# Keys whose values are never logged (param values, spec.yaml): they name secrets.
-SECRET_KEY = re.compile(r"token|key|secret|password|passwd|credential", re.IGNORECASE)
+MASK = "***"
+# Keys whose values are never logged: they name secrets.
+SECRET_WORDS = "token|key|secret|password|passwd|credential|signature"
+SECRET_KEY = re.compile(rf"{SECRET_WORDS}|^sig$", re.IGNORECASE)
+_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/\s@?#'\"]+)@")
+_QUERY = re.compile(r"(?P<lead>[?&;])(?P<name>[^=&;\s#'\"]+)=(?P<value>[^&;\s#'\"]*)")
+# `NAME=value` in free text (an error message, an environment), the name naming a secret.
+_ASSIGNMENT = re.compile(rf"(?P<name>\b[\w.-]*(?:{SECRET_WORDS})[\w.-]*|\bsig\b)(?P<sep>[ \t]*=[ \t]*)"
+                         r"(?P<value>[^\s,;'\"}\]&]+)", re.IGNORECASE)
+
+
+def secret_key(key: str) -> bool:
+    """Whether a (dotted) key's last part names a secret."""
+    return bool(SECRET_KEY.search(str(key).rpartition(".")[2]))
+
+
+def redact(text: str) -> str:
+    """Free text fit to print or log: URI credentials, secret query parameters and `SECRET=value` masked."""
+    if not isinstance(text, str):
+        text = str(text)
+    text = _USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", text)
+    text = _QUERY.sub(lambda m: f"{m['lead']}{m['name']}={MASK}" if secret_key(m["name"]) else m[0], text)
+    return _ASSIGNMENT.sub(lambda m: f"{m['name']}{m['sep']}{MASK}" if secret_assignment(m) else m[0], text)
+
+
+def secret_assignment(m: re.Match) -> bool:
+    return (secret_key(m["name"]) and not m["name"].endswith(("Error", "Exception", "Warning"))
+            and m["value"] != MASK and "://" not in m["value"])
+
+
+def masked(value: Any, key: str = "") -> Any:
+    """`value` with every secret in it masked: under a key that names a secret, the whole value; in strings,
+    what `redact` masks; dicts and lists at any depth."""
+    if key and secret_key(key) and value not in (None, "", [], {}):
+        return MASK
+    if isinstance(value, dict):
+        return {k: masked(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(masked(v) for v in value)
+    return redact(value) if isinstance(value, str) else value
 
 
 def redact_value(key: str, value: Any) -> str:
-    """A param's value fit to log: masked when its key names a secret, credentials masked in a URI."""
-    if SECRET_KEY.search(key.rpartition(".")[2]):
-        return "***"
-    return redact(value) if isinstance(value, str) and "://" in value else str(value)
-
-
-def redact(uri: str) -> str:
-    """A URI fit to print or log: credentials in it (https://user:password@host) are masked."""
-    parts = urlsplit(uri)
-    if parts.password is None and parts.username is None:
-        return uri
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+    """A param's value fit to log."""
+    return str(masked(value, key))
 
 
 def spec_text(spec: JobSpec) -> str:
-    """The spec as YAML, with what `redact_value` masks masked."""
-    def masked(data: dict[str, Any]) -> dict[str, Any]:
-        return {k: masked(v) if isinstance(v, dict) else
-                (redact_value(k, v) if SECRET_KEY.search(k) or (isinstance(v, str) and "://" in v) else v)
-                for k, v in data.items()}
-
+    """The spec as YAML, secrets masked."""
     return yaml.safe_dump(masked(spec.to_dict()), sort_keys=False, default_flow_style=None)
+
+
+class RedactedStream:
+    """A text stream (stdout, stderr) that writes what `redact` leaves."""
+
+    def __init__(self, stream: Any):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        return self.stream.write(redact(text))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def redacted_output() -> Iterator[None]:
+    """Everything this process prints meanwhile (ganorch's lines, Ray's forwarded worker output) is redacted, and
+    so is the traceback of an error that ends it."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = RedactedStream(sys.stdout), RedactedStream(sys.stderr)
+    sys.excepthook = redacted_traceback  # it stays: Python prints an uncaught error after this block is left
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
+
+
+def redacted_traceback(kind: type[BaseException], err: BaseException, tb: Any) -> None:
+    sys.stderr.write(redact("".join(traceback.format_exception(kind, err, tb))))

@@ -1,15 +1,20 @@
 """Where results go: the tracking URI (the embedded SQLite default, or a server), an MLflow client on it, and the
 two writes that read the run first (counting a restart, pruning checkpoints)."""
 
+import contextlib
+import functools
 import os
+import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
-from orchestrator.track.redact import redact
+from orchestrator.track.redact import masked, redact, redact_value
 from orchestrator.track.tags import TAG_RESTART, TAG_RESTARTS
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+
+TEXT_SUFFIXES = {".txt", ".yaml", ".yml", ".json", ".jsonl", ".csv", ".md", ".log", ".html"}
 
 
 def tracking_uri() -> str:
@@ -37,14 +42,70 @@ def is_local_store(uri: str) -> bool:
 
 
 def client(uri: str):
+    """ganorch's MLflow client on `uri`: every param, tag and text artifact it writes is redacted."""
     import logging
-
-    from mlflow import MlflowClient
 
     # The first use of an SQLite store runs schema migrations that log at INFO.
     for name in ("alembic", "mlflow.store.db.utils"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    return MlflowClient(uri)
+    return _redacting_client()(uri)
+
+
+@functools.cache
+def _redacting_client() -> type:
+    from mlflow import MlflowClient
+    from mlflow.entities import Param, RunTag
+
+    class RedactingClient(MlflowClient):
+        def create_run(self, experiment_id, start_time=None, tags=None, run_name=None):
+            tags = {k: redact_value(k, v) for k, v in (tags or {}).items()}
+            return super().create_run(experiment_id, start_time, tags, run_name)
+
+        def set_tag(self, run_id, key, value, synchronous=None):
+            return super().set_tag(run_id, key, redact_value(key, value), synchronous=synchronous)
+
+        def log_param(self, run_id, key, value, synchronous=None):
+            return super().log_param(run_id, key, redact_value(key, value), synchronous=synchronous)
+
+        def log_batch(self, run_id, metrics=(), params=(), tags=(), synchronous=None):
+            params = [Param(p.key, redact_value(p.key, p.value)) for p in params]
+            tags = [RunTag(t.key, redact_value(t.key, t.value)) for t in tags]
+            return super().log_batch(run_id, metrics, params, tags, synchronous=synchronous)
+
+        def log_text(self, run_id, text, artifact_file):
+            return super().log_text(run_id, redact(text), artifact_file)
+
+        def log_dict(self, run_id, dictionary, artifact_file):
+            return super().log_dict(run_id, masked(dictionary), artifact_file)
+
+        def log_artifact(self, run_id, local_path, artifact_path=None):
+            with redacted_copy(Path(local_path)) as path:
+                return super().log_artifact(run_id, str(path), artifact_path)
+
+        def log_artifacts(self, run_id, local_dir, artifact_path=None):
+            for path in sorted(Path(local_dir).rglob("*")):
+                if path.is_file():
+                    where = path.parent.relative_to(local_dir).as_posix()
+                    inner = "/".join(p for p in (artifact_path, "" if where == "." else where) if p)
+                    self.log_artifact(run_id, str(path), inner or None)
+
+    return RedactingClient
+
+
+@contextlib.contextmanager
+def redacted_copy(path: Path) -> Iterator[Path]:
+    """`path`, or for a text file holding secrets a redacted copy of it with the same name."""
+    if path.suffix.lower() not in TEXT_SUFFIXES or not path.is_file():
+        yield path
+        return
+    text = path.read_text(errors="replace")
+    if redact(text) == text:
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="ganorch-redacted-") as tmp:
+        copy = Path(tmp) / path.name
+        copy.write_text(redact(text))
+        yield copy
 
 
 def check_reachable(uri: str, timeout_s: float = 10.0) -> None:

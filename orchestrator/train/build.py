@@ -11,6 +11,7 @@ from orchestrator.data.sharding import ShardedBatches
 from orchestrator.data.sources import check_conditional, load_dataset, num_classes
 from orchestrator.distributed import collectives, ddp
 from orchestrator.spec import JobSpec
+from orchestrator.track.redact import masked
 from orchestrator.track.tags import TAG_CLASSIFIER, TAG_CLASSIFIER_ACCURACY, TAG_INCEPTION
 from orchestrator.train import checkpoint, resume
 from orchestrator.train.networks import build_networks, fixed_samples
@@ -75,7 +76,7 @@ class Training:
             return None
         loop = resume.loop_state(self.phases, self.noise, self.source.position if self.source else None, self.device)
         return checkpoint.build(G=self.G, G_ema=self.ema.module, D=self.D, opt_g=self.opt_g, opt_d=self.opt_d,
-                                step=self.step, images_seen=self.images_seen, spec=self.spec.to_dict(),
+                                step=self.step, images_seen=self.images_seen, spec=masked(self.spec.to_dict()),
                                 num_classes=self.classes, loop=loop)
 
 
