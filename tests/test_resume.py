@@ -93,3 +93,115 @@ def test_what_cannot_be_resumed_exits_2_before_anything_starts(mlflow_store, sav
     assert code == 2 and message in err and "Traceback" not in err, err
     assert not Path("mlflow.db").exists() or not store.client(mlflow_store).search_experiments(
         filter_string="name = 'debug_dcgan'")  # nothing was started
+
+
+# Resuming on another kind of device. A CUDA generator's state is its seed and offset (16 bytes), a CPU one's the
+# Mersenne Twister's (5,056): neither fits the other, so the noise is re-seeded from the seed and the step.
+CUDA_GENERATOR_STATE = torch.tensor([123, 0], dtype=torch.int64).view(torch.uint8)
+
+
+def train_on(device: torch.device, steps: int, resume: dict | None = None) -> dict[int, dict]:
+    """debug_dcgan in this process (one worker) on `device`: its checkpoints by step, as they load from disk."""
+    from orchestrator.train.checkpoint import load as load_checkpoint
+    from orchestrator.train.loop import WorkerContext, train
+
+    states = {}
+
+    def report(metrics, checkpoint=None):
+        states[metrics["step"]] = load_checkpoint(checkpoint.path)
+
+    train(load(JOB, ["resources.num_workers=1", f"train.steps={steps}"]), WorkerContext(device, resume=resume),
+          report=report)
+    return states
+
+
+def same_state(a: dict, b: dict) -> bool:
+    return all(torch.equal(a[net][k].cpu(), b[net][k].cpu()) for net in ("generator", "generator_ema", "discriminator")
+               for k in a[net])
+
+
+def test_a_gpu_checkpoint_resumes_on_cpu(process_group, tmp_path):
+    """A checkpoint whose RNG states are a GPU's (the CUDA RNG's, a CUDA noise generator's) continues on CPU, the
+    noise re-seeded from the seed and the step: the same steps at every resume, and the run says so."""
+    from orchestrator.train import resume
+
+    state = train_on(torch.device("cpu"), 3)[3]
+    state["loop"]["noise_rng"], state["loop"]["cuda_rng"] = CUDA_GENERATOR_STATE, CUDA_GENERATOR_STATE.clone()
+    saved = checkpoint.save(state, tmp_path)
+    state = checkpoint.load(saved)
+    # Each from the file: the optimizers' moments are the loaded state's tensors, which training updates in place.
+    first, again = (train_on(torch.device("cpu"), 4, resume=checkpoint.load(saved))[4] for _ in range(2))
+    assert first["step"] == 4 and same_state(first, again)
+    assert resume.device_change(state, torch.device("cpu")) == (
+        "taken on cuda, resumed on cpu: the noise generator was re-seeded from the seed and step 3, a cuda "
+        "generator's state does not fit a cpu one")
+    assert resume.device_change(state, torch.device("cuda", 0)) is None
+
+
+def test_the_run_says_its_checkpoint_was_taken_on_another_device(monkeypatch):
+    from orchestrator.train import rank0_logger
+    from orchestrator.train.loop import WorkerContext
+
+    class Tags(dict):
+        def __init__(self, *args, **kwargs):
+            super().__init__()
+
+        set_tag = dict.__setitem__
+
+        def resuming(self, step):
+            pass
+
+    monkeypatch.setattr(rank0_logger, "RunLogger", Tags)
+    state = {"step": 3, "loop": {"noise_rng": CUDA_GENERATOR_STATE, "cuda_rng": CUDA_GENERATOR_STATE}}
+    tags = rank0_logger.open_logger(WorkerContext(torch.device("cpu"), resume=state, resumed_from="ckpt"))
+    assert tags["ganorch.resumed_from"] == ("step 3: ckpt (taken on cuda, resumed on cpu: the noise generator was "
+                                            "re-seeded from the seed and step 3, a cuda generator's state does not "
+                                            "fit a cpu one)")
+
+
+class CudaLikeGenerator:
+    """Where there is no GPU, a stand-in for torch.Generator(device='cuda'): its state has a CUDA generator's size,
+    and like one it refuses a state of another size."""
+
+    def __init__(self):
+        self.seed = None
+
+    def get_state(self) -> torch.Tensor:
+        return CUDA_GENERATOR_STATE.clone()
+
+    def set_state(self, state: torch.Tensor) -> None:
+        if state.numel() != CUDA_GENERATOR_STATE.numel():
+            raise RuntimeError(f"Expected a ByteTensor of size {CUDA_GENERATOR_STATE.numel()}, got {state.numel()}")
+
+    def manual_seed(self, seed: int) -> "CudaLikeGenerator":
+        self.seed = seed
+        return self
+
+
+def test_a_cpu_checkpoint_restores_its_rng_on_a_gpu():
+    """A CPU checkpoint's noise on a GPU: re-seeded from the seed and the step, alike at every resume; the CPU RNG's
+    state restored as it was."""
+    from orchestrator.train import resume
+
+    cpu = torch.device("cpu")
+    state = {"step": 3, "spec": {"seed": 0}, "loop": resume.loop_state([], torch.Generator().manual_seed(1), None, cpu)}
+    expected_cpu_draw = torch.rand(3)
+    gpu = torch.device("cuda", 0)
+    draws = []
+    for _ in range(2):
+        noise = torch.Generator(device=gpu) if torch.cuda.is_available() else CudaLikeGenerator()
+        resume.restore_rng(state, noise, gpu)
+        assert torch.equal(torch.rand(3), expected_cpu_draw)
+        draws.append(torch.rand(4, generator=noise, device=gpu).cpu() if torch.cuda.is_available() else noise.seed)
+    assert draws[0] is not None and (torch.equal(*draws) if torch.cuda.is_available() else draws[0] == draws[1])
+    assert resume.device_change(state, gpu).startswith("taken on cpu, resumed on cuda: the noise generator was "
+                                                       "re-seeded from the seed and step 3")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: moves checkpoints between CPU and CUDA")
+def test_checkpoints_move_between_cpu_and_gpu(process_group, tmp_path):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    for taken_on, resumed_on in ((cpu, gpu), (gpu, cpu)):
+        saved = checkpoint.save(train_on(taken_on, 3)[3], tmp_path)
+        first, again = (train_on(resumed_on, 6, resume=checkpoint.load(saved))[6] for _ in range(2))
+        assert first["step"] == 6 and same_state(first, again), (taken_on, resumed_on)

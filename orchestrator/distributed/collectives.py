@@ -1,6 +1,9 @@
 """Which rank this is, and the few collectives the loop and the evaluator share: decisions agreed from rank 0,
-gathers, and per-interval stats reduced in one all-reduce. Every helper is a no-op in a single process."""
+gathers, a bounded wait for rank 0's work, and per-interval stats reduced in one all-reduce. Every helper is a no-op
+in a single process."""
 
+import itertools
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -22,6 +25,28 @@ def agree(value: int, device: torch.device) -> int:
     tensor = torch.tensor(value, dtype=torch.long, device=device)
     dist.broadcast(tensor, src=0)
     return int(tensor.item())
+
+
+_rank0_waits = itertools.count()  # every rank calls wait_for_rank0 as often as the others: the keys agree
+
+
+def wait_for_rank0(what: str, timeout_s: float) -> None:
+    """Rank 0 calls it once done with `what`; the others wait for that, up to `timeout_s`, then raise naming `what`.
+    The wait is on the process group's store, not a collective: a collective would time out after the group's
+    timeout (Ray Train's: 30 min), however long rank 0's work takes, with an error that names nothing."""
+    if world_size() == 1:
+        return
+    store = dist.distributed_c10d._get_default_store()
+    key = f"ganorch/rank0-done/{next(_rank0_waits)}"
+    if rank() == 0:
+        store.set(key, what)
+        return
+    try:
+        store.wait([key], timedelta(seconds=timeout_s))
+    except dist.DistStoreError:
+        raise TimeoutError(f"gave up waiting for {what} from rank 0 after {timeout_s:g} s (was rank 0 lost?)") from None
+    except dist.DistNetworkError as err:  # the store is rank 0's: its process is gone
+        raise RuntimeError(f"lost rank 0 while waiting for {what} ({err})") from None
 
 
 def gather_objects(local: Any) -> list[Any]:

@@ -14,6 +14,10 @@ from orchestrator.distributed import collectives
 from orchestrator.distributed.collectives import gather_rows
 from orchestrator.evaluate.domain_classifier import check_labelled, domain_classifier
 
+# How long the other ranks wait while rank 0 trains (or loads) the domain classifier: training on the largest
+# subset (MAX_TRAIN_IMAGES) takes minutes on a small CPU.
+CLASSIFIER_WAIT_S = 3600.0
+
 
 class Evaluator:
     """Sample quality of G_ema during training, on every rank at once: each rank embeds its share of the real
@@ -33,6 +37,7 @@ class Evaluator:
             classifier = domain_classifier(dataset, data_classes, image_size=image_size, channels=channels,
                                            cache_dir=cache_dir, seed=seed)
             shared = [(classifier.model.state_dict(), classifier.accuracy, str(classifier.path), classifier.trained_now)]
+        collectives.wait_for_rank0("the domain classifier", CLASSIFIER_WAIT_S)
         if self.world_size > 1:
             dist.broadcast_object_list(shared, src=0, device=device if device.type == "cuda" else None)
         state, self.classifier_accuracy, self.classifier_path, self.trained_now = shared[0]

@@ -3,6 +3,7 @@ checkpoint, stop decisions, checkpoints and reports. Each is one call in the loo
 collectives are taken by every rank, with decisions agreed from rank 0."""
 
 import math
+import queue
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,10 @@ from orchestrator.train.networks import sample
 from orchestrator.train.phases import Phase
 
 PROGRESS_EVERY_S = 1.0
+# How long rank 0 waits for Tune's verdict on a report, which usually comes within seconds: under the process
+# group's timeout (Ray Train's: 30 min), so the error rank 0 raises is the one the run fails with, not the others'
+# collective timing out.
+VERDICT_TIMEOUT_S = 600.0
 
 
 @dataclass
@@ -147,7 +152,11 @@ def checkpoint_and_report(t: Training, out: Outcome, logger: Any, report: Any, v
         # Wait while Tune decides on the report: a trial it stops or pauses (ASHA, PBT) takes no steps past it,
         # steps that a restart from this checkpoint would take and log again.
         if t.rank == 0:
-            verdicts.get()
+            try:
+                verdicts.get(timeout=VERDICT_TIMEOUT_S)
+            except queue.Empty:  # ray.util.queue.Empty is one
+                raise TimeoutError(f"no verdict from the Tune trial's driver on the checkpoint at step {t.step} after "
+                                   f"{VERDICT_TIMEOUT_S:g} s (was it lost?)") from None
         collectives.agree(0, t.device)
 
 

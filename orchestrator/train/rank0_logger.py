@@ -1,10 +1,12 @@
 """Rank 0's RunLogger for one start of the workers, with the tags that say where the ranks run and what this start
-continues from (a checkpoint, a restart after a failure, corrupted checkpoints passed over)."""
+continues from (a checkpoint, one taken on another kind of device, a restart after a failure, corrupted checkpoints
+passed over)."""
 
 from typing import Any
 
 from orchestrator.track.run_logger import RunLogger
 from orchestrator.track.tags import TAG_PASSED_OVER, TAG_RESUMED_FROM, TAG_WORKERS
+from orchestrator.train import resume
 
 
 def open_logger(context: Any) -> RunLogger:
@@ -16,8 +18,12 @@ def open_logger(context: Any) -> RunLogger:
         logger.set_tag(TAG_WORKERS, "; ".join(f"rank {r}: {where}" for r, where in enumerate(context.placement)))
     if context.resume or context.restarted_after:
         logger.resuming(context.resume["step"] if context.resume else 0)
+    changed = resume.device_change(context.resume, context.device) if context.resume else None
     if context.resume and context.resumed_from:
-        logger.set_tag(TAG_RESUMED_FROM, f"step {context.resume['step']}: {context.resumed_from}")
+        logger.set_tag(TAG_RESUMED_FROM, f"step {context.resume['step']}: {context.resumed_from}"
+                                         + (f" ({changed})" if changed else ""))
+    if changed and board is not None:
+        board.notice.remote(f"checkpoint {changed}")
     if context.passed_over:
         logger.set_tag(TAG_PASSED_OVER, "; ".join(context.passed_over))
         if board is not None:

@@ -62,14 +62,33 @@ def data_position(state: dict[str, Any] | None) -> int:
 
 def restore_rng(state: dict[str, Any], noise: torch.Generator, device: torch.device) -> None:
     """The noise generator and the global RNGs, as they were when the checkpoint was taken. Called last before
-    the loop, so nothing that set-up draws can shift them."""
+    the loop, so nothing that set-up draws can shift them. On another kind of device than the checkpoint's, whose
+    noise state does not fit (`device_change`), the noise is re-seeded from the seed and the step."""
     loop = state.get("loop", {})
-    if "noise_rng" in loop:
+    if "noise_rng" in loop and device_change(state, device):
+        noise.manual_seed(state["spec"]["seed"] + 1 + (state["step"] << 32))  # a fresh run's: seed + 1
+    elif "noise_rng" in loop:
         noise.set_state(loop["noise_rng"])
     if "torch_rng" in loop:
         torch.set_rng_state(loop["torch_rng"])
     if "cuda_rng" in loop and device.type == "cuda":
         torch.cuda.set_rng_state(loop["cuda_rng"], device)
+
+
+def saved_on(state: dict[str, Any]) -> str:
+    """The kind of device a checkpoint was taken on: 'cuda' when it holds the CUDA RNG's state (`loop_state` keeps
+    it only there), else 'cpu'."""
+    return "cuda" if "cuda_rng" in state.get("loop", {}) else "cpu"
+
+
+def device_change(state: dict[str, Any], device: torch.device) -> str | None:
+    """What a resume on `device` does not restore of a checkpoint taken on another kind of device, or None. A CPU
+    generator's state (the Mersenne Twister's) and a CUDA one's (seed and offset) do not fit each other."""
+    was = saved_on(state)
+    if was == device.type or "noise_rng" not in state.get("loop", {}):
+        return None
+    return (f"taken on {was}, resumed on {device.type}: the noise generator was re-seeded from the seed and step "
+            f"{state['step']}, a {was} generator's state does not fit a {device.type} one")
 
 
 def load_latest_intact(ckpt: Any) -> tuple[dict[str, Any], str, list[str]]:
