@@ -1,12 +1,15 @@
 """Writes to MLflow that outlive its outages.
 
 Metrics, tags and artifacts are put in an Outbox and a thread sends them in order, so training never waits on
-MLflow. While MLflow cannot be reached they wait (files copied aside first), retried with backoff; a warning
-says so once, and a line says when MLflow answers again. `close(wait_s)` gives MLflow that long to take what is
+MLflow. While MLflow cannot be reached (no connection, a timeout, a 429 or 5xx answer) they wait (files copied
+aside first), retried with backoff; a warning says so once, and a line says when MLflow answers again. A write
+that retrying cannot mend (a 4xx answer, a local error such as a missing file) is reported once, with what failed,
+and set aside; the rest goes on. `close(wait_s)` gives MLflow that long to take what is
 left, then keeps it on local disk, under ~/.ganorch/unsent/<run id>/ ($GANORCH_HOME), where `ganorch sync`
 sends it later. Nothing secret is written there: no tracking URI, no credentials.
 """
 
+import functools
 import json
 import os
 import shutil
@@ -22,11 +25,13 @@ from orchestrator.track import store
 from orchestrator.track.redact import redact
 
 OPS_FILE = "ops.jsonl"          # what is left to send, in order
-REFUSED_FILE = "refused.jsonl"  # what MLflow refused (a bad request, no permission): not sent again
+REFUSED_FILE = "refused.jsonl"  # writes that failed for good (a bad request, no permission, a missing file)
 MAX_BACKOFF_S = 15.0
-# Errors that say the request itself is wrong: retrying cannot help, so the item is kept aside at once.
-REFUSED_CODES = {"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE",
-                 "PERMISSION_DENIED", "UNAUTHENTICATED"}
+# MLflow's HTTP settings as the outbox's thread sees them, unless the environment sets them: its retries are the
+# thread's business (MLflow's own would hold an op for minutes before saying anything). Other threads see the
+# environment as it is.
+OWN_HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+_thread = threading.local()
 
 
 def unsent_root() -> Path:
@@ -56,17 +61,57 @@ def send(c: Any, run_id: str, op: dict[str, Any], folder: Path) -> None:
         raise AssertionError(f"unknown op {kind}")
 
 
-def refused(err: Exception) -> bool:
-    return getattr(err, "error_code", None) in REFUSED_CODES
+def outage(err: BaseException) -> bool:
+    """Whether MLflow could not be reached or asked to be asked again later (429, 5xx), so that the write waits;
+    anything else (a 4xx answer, a local error) retrying cannot mend."""
+    import requests
+    from mlflow.exceptions import RestException
+
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, RestException):  # MLflow's answer, its code mapped to an HTTP status
+            return err.get_http_status_code() in (429, *range(500, 600))
+        if isinstance(err, (requests.ConnectionError, requests.Timeout, requests.exceptions.RetryError,
+                            requests.exceptions.ChunkedEncodingError, ConnectionError, TimeoutError, socket.gaierror)):
+            return True
+        status = getattr(getattr(err, "response", None), "status_code", None)
+        if isinstance(status, int):
+            return status == 429 or status >= 500
+        if type(err).__name__ == "OperationalError":  # SQLAlchemy: a store that is locked or cannot be opened
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
+
+
+@functools.cache
+def scope_http_settings() -> None:
+    """MLflow reads its HTTP settings from the environment at every request: give the outbox's thread its own."""
+    from mlflow import environment_variables
+
+    for name, value in OWN_HTTP_SETTINGS.items():
+        setting = getattr(environment_variables, name)
+        from_environment = setting.get_raw
+        setting.get_raw = lambda read=from_environment, value=value: (
+            read() if read() is not None or not getattr(_thread, "outbox", False) else value)
+
+
+def describe(op: dict[str, Any]) -> str:
+    """What an op writes, in a few words."""
+    kind = op["op"]
+    if kind == "artifacts":
+        return f"artifacts {', '.join(name.partition('/')[2] for name in op['files'])} under {op['path']}/"
+    if kind == "tags":
+        return f"tags {', '.join(op['tags'])}"
+    if kind == "metrics":
+        return f"metrics of step {op['step']}"
+    return kind
 
 
 class Outbox:
     """One process's writes to one MLflow run (rank 0's, the driver's), sent in order by a thread."""
 
     def __init__(self, uri: str, run_id: str, name: str, notify: Callable[[str], None] | None = None):
-        # Retries are this thread's business: MLflow's own would hold an op for minutes before saying anything.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        scope_http_settings()
         self.client = store.client(uri)
         self.where = redact(uri)
         self.run_id, self.name = run_id, name
@@ -120,6 +165,7 @@ class Outbox:
             self.lock.notify_all()
 
     def _run(self) -> None:
+        _thread.outbox = True
         backoff = 1.0
         while True:
             with self.lock:
@@ -134,11 +180,12 @@ class Outbox:
             except Exception as err:
                 with self.lock:
                     self.sending = False
-                    if refused(err):  # retrying cannot help: kept on disk, for people to look at
+                    if not outage(err):  # retrying cannot mend it: set aside (kept on disk), the rest goes on
                         self.pending.popleft()
                         self.kept_aside.append({**op, "refused": first_line(err)})
-                        self.notify(f"warning: MLflow at {self.where} refused a write ({first_line(err)}); it is "
-                                    "kept on local disk at the end of the run")
+                        self.notify(f"warning: could not write {describe(op)} to MLflow at {self.where} "
+                                    f"({type(err).__name__}: {first_line(err)}); it is set aside, kept on local disk "
+                                    "at the end of the run, and the run goes on")
                         continue
                     if self.down_since is None:
                         self.down_since = time.time()

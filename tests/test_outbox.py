@@ -1,0 +1,80 @@
+"""The outbox tells an outage (no answer, 429, 5xx: the write waits) from a write that cannot succeed (4xx, a local
+error: reported once, set aside, the rest goes on); its HTTP settings are its thread's, not the process's."""
+
+import http.server
+import json
+import os
+import threading
+
+from orchestrator.track.outbox import REFUSED_FILE, Outbox
+
+
+class StubMLflow(http.server.BaseHTTPRequestHandler):
+    """Answers MLflow's REST calls with the next status of `answers` (then 200), and records what it was asked."""
+
+    answers: list[int] = []
+    asked: list[tuple[int, dict]] = []
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
+        code = self.answers.pop(0) if self.answers else 200
+        self.asked.append((code, body))
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(json.dumps({} if code == 200 else {"error_code": "ENDPOINT_NOT_FOUND" if code == 404
+                                                            else "TEMPORARILY_UNAVAILABLE", "message": "no"}).encode())
+
+    def log_message(self, *args):
+        pass
+
+
+def stub_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StubMLflow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_an_outage_waits_and_a_refused_write_is_reported_once_and_set_aside(monkeypatch, tmp_path):
+    monkeypatch.setenv("GANORCH_HOME", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    StubMLflow.answers[:], StubMLflow.asked[:] = [503, 429, 200, 404], []
+    server = stub_server()
+    lines = []
+    box = Outbox(f"http://127.0.0.1:{server.server_port}", "run1", "rank0", notify=lines.append)
+    box.tags({"a": "1"})   # 503, then 429: waits, then sent
+    box.tags({"b": "2"})   # 404: cannot succeed; set aside
+    box.tags({"c": "3"})   # sent after it
+    kept = box.close(wait_s=30)
+    server.shutdown()
+
+    assert [(code, body["key"]) for code, body in StubMLflow.asked] == [(503, "a"), (429, "a"), (200, "a"),
+                                                                       (404, "b"), (200, "c")]
+    assert sum("cannot be reached" in line for line in lines) == 1 and any("answers again" in line for line in lines)
+    (refusal,) = [line for line in lines if "could not write" in line]
+    assert "tags b" in refusal and "RestException" in refusal
+    assert [json.loads(line)["tags"] for line in (kept / REFUSED_FILE).read_text().splitlines()] == [{"b": "2"}]
+    # MLflow's retries were turned off for the outbox's thread alone (each answer above is one request).
+    from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES
+
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ and MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() > 0
+
+
+def test_a_missing_file_is_reported_once_and_the_run_goes_on(mlflow_store, tmp_path, monkeypatch):
+    from orchestrator.track import store
+
+    monkeypatch.setenv("GANORCH_HOME", str(tmp_path / "home"))
+    c = store.client(mlflow_store)
+    run_id = c.create_run(c.create_experiment("outbox")).info.run_id
+    lines = []
+    box = Outbox(mlflow_store, run_id, "rank0", notify=lines.append)
+    image = tmp_path / "step_1.png"
+    image.write_bytes(b"png")
+    with box.lock:  # the outbox's thread waits meanwhile
+        box.artifacts([image], "samples")
+        os.unlink(next(box.files.rglob("step_1.png")))  # gone before it was sent: a local error
+        box.tags({"after": "yes"})
+    assert box.close(wait_s=20) is not None
+    assert c.get_run(run_id).data.tags["after"] == "yes"
+    (refusal,) = lines
+    assert "could not write artifacts step_1.png under samples/" in refusal and "FileNotFoundError" in refusal
