@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_job_args(validate)
     run = commands.add_parser("run", help="train a job on Ray Train (local Ray, or the cluster at RAY_ADDRESS)")
     add_job_args(run)
-    run.add_argument("--dry-run", action="store_true", help="print the resolved spec and the resources it would take, then exit")
+    run.add_argument("--dry-run", action="store_true", help="check what a run checks before it starts, print the "
+                     "resolved spec and the resources it would take, then exit")
     run.add_argument("--run-name", metavar="NAME",
                      help="the Ray Train run's name (default: <job name>-<time>); a run of that name that ended "
                           "early continues from its latest checkpoint, in the same MLflow run")
@@ -98,6 +99,9 @@ def dry_run_report(spec: JobSpec) -> str:
     ]
     if spec.tune:
         lines.append(f"# sweep: {sweep_line(spec)}")
+    lines.append("# not checked without starting Ray: its free CPUs and GPUs for the workers"
+                 + (" and Ray Data's tasks" if spec.data.source == "ray-data" else "")
+                 + ", and that a local tracking store is on the cluster's only host")
     return "\n".join(lines)
 
 
@@ -167,31 +171,30 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"ganorch: {args.job} has no tune section; see docs/tune.md, or use ganorch run",
               file=sys.stderr)
         return EXIT_USAGE
+    try:
+        resume = pre_start_checks(args, spec)
+    except ValueError as err:
+        print(f"ganorch: cannot run {args.job}: {err}", file=sys.stderr)
+        return EXIT_USAGE
     if args.dry_run:
         print(dry_run_report(spec))
         return 0
-    try:
-        summary = check_data_and_models(spec)
-    except ValueError as err:
-        print(f"ganorch: cannot run {args.job}: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    print(f"data: {summary}")
     if spec.tune is not None:
-        try:
-            check_output_file("--export", getattr(args, "export", None))
-        except ValueError as err:
-            print(f"ganorch: cannot run {args.job}: {err}", file=sys.stderr)
-            return EXIT_USAGE
-        return run_sweep(spec, getattr(args, "export", None))
-    try:
-        from orchestrator.track import store
-
-        store.check_reachable(store.tracking_uri())
-        resume = resumption(getattr(args, "resume", None), spec)
-    except ValueError as err:
-        print(f"ganorch: cannot run {args.job}: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        return run_sweep(spec, args.export)
     return run_job(spec, args.run_name, resume)
+
+
+def pre_start_checks(args: argparse.Namespace, spec: JobSpec) -> Any:
+    """What `run` and `tune` check before they start Ray, --dry-run too: the data and networks, --export, the
+    tracking store, --resume's checkpoint (returned). ValueError for the first that fails."""
+    from orchestrator.track import store
+
+    print(f"data: {check_data_and_models(spec)}")
+    check_output_file("--export", getattr(args, "export", None))
+    uri = store.tracking_uri()
+    if not (args.dry_run and uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists()):
+        store.check_reachable(uri)  # a new SQLite store is created by opening it: left to the run
+    return resumption(getattr(args, "resume", None), spec)
 
 
 def resumption(flag: str | None, spec: JobSpec) -> Any:

@@ -66,6 +66,27 @@ def test_dry_run_prints_resolved_spec_and_resources(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--set", "data.source=folder", "--set", "data.path=/nonexistent"], "/nonexistent"),
+    (["--resume", "deadbeef"], "--resume deadbeef: "),
+])
+def test_dry_run_fails_where_the_run_would_before_it_starts(tmp_path, args, message):
+    job = str(REPO / "jobs/debug_dcgan.yaml")
+    dry = ganorch("run", job, *args, "--dry-run", cwd=tmp_path)
+    real = ganorch("run", job, *args, cwd=tmp_path)
+    assert real.returncode == 2 and message in real.stderr, real.stderr
+    assert dry.returncode == 2, dry.stdout
+    assert dry.stderr.splitlines()[0] == real.stderr.splitlines()[0]
+    assert "# resolved job spec" not in dry.stdout
+
+
+def test_dry_run_names_the_checks_it_leaves_to_the_start(tmp_path):
+    out = ganorch("run", str(REPO / "jobs/debug_dcgan.yaml"), "--dry-run", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "data: " in out.stdout
+    assert "# not checked without starting Ray: " in out.stdout
+
+
 def test_validate_prints_resolved_spec(tmp_path):
     out = ganorch("validate", str(REPO / "jobs/debug_dcgan.yaml"), cwd=tmp_path)
     assert out.returncode == 0

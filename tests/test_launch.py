@@ -23,7 +23,7 @@ def test_local_paths_are_made_absolute_for_workers_unless_a_uri(tmp_path, monkey
 
 
 def test_resources_line_counts_gpus_only_with_use_gpu():
-    cpu = parse({"name": "t", "resources": {"num_workers": 4, "gpus_per_worker": 0.5}})
+    cpu = parse({"name": "t", "resources": {"num_workers": 4}})
     gpu = parse({"name": "t", "resources": {"num_workers": 4, "use_gpu": True, "gpus_per_worker": 0.5}})
     assert resources_line(cpu).startswith("4 worker(s) x (1 CPU, 0 GPU) = 4 CPU, 0 GPU; backend gloo")
     assert resources_line(gpu).startswith("4 worker(s) x (1 CPU, 0.5 GPU) = 4 CPU, 2 GPU; backend nccl")

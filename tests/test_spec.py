@@ -234,3 +234,46 @@ def test_tune_eval_metric_needs_evaluation_at_every_checkpoint():
     with pytest.raises(SpecError, match="tracking.checkpoint_every: got 15; trials report fid at every checkpoint"):
         parse({"name": "t", "eval": {"every": 10}, "tracking": {"checkpoint_every": 15}, "tune": {"space": LR}})
     assert parse({"name": "t", "tune": {"space": LR, "metric": "loss_g"}}).tune.metric == "loss_g"
+
+
+WGAN = {"train": {"loss": "wgan-gp"}, "model": {"d_norm": "none"}}
+IGNORED_CASES = [
+    ({"train": {"loss": "hinge", "gp_lambda": 5.0}},
+     "train.gp_lambda: is not used with train.loss 'hinge'; remove it or set train.loss 'wgan-gp'"),
+    ({"train": {"r1_every": 4}}, "train.r1_every: is not used with train.r1_gamma 0 (R1 off)"),
+    ({"resources": {"gpus_per_worker": 0.5}}, "resources.gpus_per_worker: is not used with resources.use_gpu false"),
+    ({**TUNE_BASE, "tune": {"space": LR, "scheduler": "pbt", "grace_period": 20}},
+     "tune.grace_period: is not used with tune.scheduler 'pbt'; remove it or set tune.scheduler 'asha'"),
+    ({**TUNE_BASE, "tune": {"space": LR, "scheduler": "none", "reduction_factor": 3}},
+     "tune.reduction_factor: is not used with tune.scheduler 'none'"),
+    ({**TUNE_BASE, "tune": {"space": LR, "perturbation_interval": 20}},
+     "tune.perturbation_interval: is not used with tune.scheduler 'asha'; remove it or set tune.scheduler 'pbt'"),
+    ({**TUNE_BASE, "tune": {"space": LR, "quantile_fraction": 0.5}}, "tune.quantile_fraction: is not used with"),
+    ({**TUNE_BASE, "tune": {"space": LR, "resample_probability": 0.5}}, "tune.resample_probability: is not used"),
+    ({**TUNE_BASE, "tune": {"space": LR, "synchronous": True}}, "tune.synchronous: is not used with"),
+    # A sweep that sets an ignored key is caught before it starts, alone or with the key that decides it.
+    ({**TUNE_BASE, "tune": {"space": {"train.gp_lambda": {"loguniform": [1.0, 100.0]}}}},
+     "tune.space.train.gp_lambda: loguniform value 1.0: train.gp_lambda: is not used with train.loss "
+     "'nonsaturating'"),
+    ({**TUNE_BASE, **WGAN, "tune": {"space": {"train.loss": {"choice": ["wgan-gp", "hinge"]},
+                                              "train.gp_lambda": {"choice": [10.0, 5.0]}}}},
+     "tune.space.train.loss: choice value 'hinge' with train.gp_lambda 5.0: train.gp_lambda: is not used with "
+     "train.loss 'hinge'"),
+]
+
+
+@pytest.mark.parametrize("data, problem", IGNORED_CASES, ids=[c[1][:50] for c in IGNORED_CASES])
+def test_a_key_the_chosen_settings_ignore_is_refused_by_name(data, problem):
+    with pytest.raises(SpecError) as info:
+        parse({"name": "t", **data})
+    assert len(info.value.problems) == 1, info.value.problems
+    assert info.value.problems[0].startswith(problem), info.value.problems[0]
+
+
+def test_an_ignored_key_left_at_its_default_is_fine():
+    spec = parse({"name": "t", "train": {"loss": "hinge", "gp_lambda": 10.0, "r1_every": 16},
+                  "resources": {"gpus_per_worker": 1.0},
+                  **TUNE_BASE, "tune": {"space": LR, "scheduler": "pbt", "reduction_factor": 2}})
+    assert spec.train.gp_lambda == 10.0 and spec.tune.grace_period is None
+    assert parse({"name": "t", **WGAN, "train": {**WGAN["train"], "gp_lambda": 5.0, "r1_gamma": 1.0,
+                                                  "r1_every": 4}}).train.r1_every == 4

@@ -1,6 +1,7 @@
 """The stability monitor on metric streams: each flag raised when its condition holds, once, and not before."""
 
 import math
+from types import SimpleNamespace
 
 from orchestrator.evaluate.stability import StabilityMonitor
 
@@ -77,3 +78,46 @@ def test_oscillation_is_repeated_swings_of_the_balance():
     # two swings, then calm: not oscillating
     monitor = StabilityMonitor(window=2, loss="nonsaturating")
     assert feed(monitor, [{"d_accuracy_fake": a} for a in (0.95, 0.05, 0.95, 0.6, 0.7, 0.6, 0.7, 0.6)]) == []
+
+
+def decide(monitor: StabilityMonitor, step: int, flags: list, stop_on: list[str], skipped_d_in_a_row: int = 0):
+    """periodic.stop_decision on one rank, with train.nonfinite 'stop'; returns the stop and the flags logged."""
+    import torch
+
+    from orchestrator.train.periodic import stop_decision
+    from orchestrator.train.phases import Phase
+
+    class Logger:
+        def __init__(self):
+            self.logged = []
+
+        def log_flag(self, name, step, description):
+            self.logged.append(description)
+
+    phases = [Phase("D", None, None, None, 1, True, None, skipped_in_a_row=skipped_d_in_a_row),
+              Phase("G", None, None, None, 1, False, None)]
+    t = SimpleNamespace(phases=phases, spec=SimpleNamespace(train=SimpleNamespace(nonfinite="stop")), step=step,
+                        device=torch.device("cpu"))
+    logger = Logger()
+    return stop_decision(t, monitor, stop_on, flags, logger, observed=True), logger.logged
+
+
+def test_the_stop_names_the_flag_that_stopped_the_run_not_an_earlier_one():
+    # d_overpowering is raised first and only logged; oscillation, in stop_on, stops the run later.
+    monitor = StabilityMonitor(window=2, loss="nonsaturating")
+    crushed = [{"d_accuracy_fake": 1.0, "d_accuracy_real": 0.9}] * 2
+    assert decide(monitor, 2, monitor.observe(2, {**HEALTHY, **crushed[1]}), ["oscillation"])[0] is None
+    for step, accuracy in enumerate((0.95, 0.05, 0.95, 0.05), start=3):
+        flags = monitor.observe(step, {**HEALTHY, "d_accuracy_fake": accuracy})
+        stopped, _ = decide(monitor, step, flags, ["oscillation"])
+    assert (stopped.name, stopped.step) == ("oscillation", 6), stopped
+    assert stopped.reason == monitor.raised["oscillation"].reason
+
+    # A loss explodes at step 3 (diverged, not in stop_on: logged); at step 9 a step is not finite and
+    # train.nonfinite 'stop' ends the run: the stop is that one, at step 9, with its reason.
+    monitor = StabilityMonitor(window=2, loss="nonsaturating")
+    feed(monitor, [{}, {}, {"loss_d": 1.0e6}])
+    assert decide(monitor, 3, [], [])[0] is None
+    stopped, logged = decide(monitor, 9, [], [], skipped_d_in_a_row=1)
+    assert (stopped.name, stopped.step) == ("diverged", 9), stopped.describe()
+    assert "non-finite loss or gradient" in stopped.reason and logged == [stopped.describe()]

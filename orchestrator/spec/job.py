@@ -7,7 +7,7 @@ from typing import Any, Iterator, Literal
 import yaml
 
 from orchestrator.spec import search_space
-from orchestrator.spec.schema import Parser, leaf_fields, setting, to_plain
+from orchestrator.spec.schema import Parser, ignored, leaf_fields, setting, to_plain
 
 Problem = tuple[tuple[str, ...], str]
 StabilityFlag = Literal["diverged", "d_overpowering", "mode_collapse", "oscillation"]  # orchestrator.evaluate.stability.FLAGS
@@ -25,6 +25,9 @@ DEFAULT_N_CRITIC = {"nonsaturating": 1, "hinge": 1, "wgan-gp": 5, "lsgan": 1}
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "file")
 # train.nonfinite 'skip': skipped steps of one network in a row that stop the run as diverged.
 NONFINITE_PATIENCE = 20
+# Keys under `tune` that only one scheduler reads.
+ASHA_KEYS = ("grace_period", "reduction_factor")
+PBT_KEYS = ("perturbation_interval", "quantile_fraction", "resample_probability", "synchronous")
 
 
 @dataclass
@@ -94,6 +97,11 @@ class TrainSpec:
     def problems(self) -> Iterator[Problem]:
         if self.ema_decay >= 1:
             yield ("ema_decay",), f"got {self.ema_decay!r}; must be < 1"
+        if self.loss != "wgan-gp":
+            yield from ignored(self, ("gp_lambda",), "loss", f"train.loss {self.loss!r}", "set train.loss 'wgan-gp'")
+        if not self.r1_gamma:
+            yield from ignored(self, ("r1_every",), "r1_gamma", "train.r1_gamma 0 (R1 off)",
+                               "set train.r1_gamma > 0")
 
 
 @dataclass
@@ -120,6 +128,11 @@ class ResourcesSpec:
     cpus_per_worker: float = setting(1.0, gt=0, help="CPUs Ray reserves for each worker.")
     gpus_per_worker: float = setting(1.0, gt=0, help="GPUs Ray reserves for each worker when use_gpu is true (fractions share a GPU).")
     max_failures: int = setting(0, ge=-1, help="Times Ray Train restarts the workers after one of them fails (a process killed, a node lost), each time from the run's latest checkpoint, in the same MLflow run; -1 means without limit, 0 fails the run at the first failure.")
+
+    def problems(self) -> Iterator[Problem]:
+        if not self.use_gpu:
+            yield from ignored(self, ("gpus_per_worker",), "use_gpu", "resources.use_gpu false",
+                               "set resources.use_gpu true")
 
 
 @dataclass
@@ -198,6 +211,12 @@ class TuneSpec:
                 if d.kind == "choice" and not all(isinstance(v, (bool, int, float, str)) for v in d.values):
                     yield (f"space.{d.key}", "searcher"), ("'optuna' chooses among numbers and strings only; got "
                                                           f"{list(d.values)}: use searcher 'random'")
+        if self.scheduler != "asha":
+            yield from ignored(self, ASHA_KEYS, "scheduler", f"tune.scheduler {self.scheduler!r}",
+                               "set tune.scheduler 'asha'")
+        if self.scheduler != "pbt":
+            yield from ignored(self, PBT_KEYS, "scheduler", f"tune.scheduler {self.scheduler!r}",
+                               "set tune.scheduler 'pbt'")
         if self.scheduler == "pbt":
             if self.searcher != "random":
                 yield ("searcher", "scheduler"), f"got {self.searcher!r}; 'pbt' starts from random samples: use 'random'"
@@ -207,6 +226,17 @@ class TuneSpec:
             if dimensions and not any(search_space.perturbable(d.key) for d in dimensions):
                 yield (("space", "scheduler"), "'pbt' perturbs " + search_space.PERTURBABLE_TEXT +
                        "; the space has none of them")
+
+
+def first_problem(base: dict[str, Any], samples: list[dict[str, Any]]) -> tuple[dict[str, Any], str] | None:
+    """The first of `samples` (values of `tune.space` keys, a range's at both ends) that makes `base` an invalid job
+    spec, and its problems; the candidate has no tune section."""
+    for sample in samples:
+        parser = Parser()
+        parser.build(JobSpec, search_space.apply(base, sample), "")
+        if parser.problems:
+            return sample, "; ".join(parser.problems)
+    return None
 
 
 @dataclass
@@ -267,7 +297,8 @@ class JobSpec:
 
     def space_problems(self) -> Iterator[Problem]:
         """Everything wrong with `tune.space`, as (keys under `tune`, message). Every value a dimension can take is
-        checked by building the job spec with it, so a bad bound or choice gets the message the key itself would."""
+        checked by building the job spec with it, so a bad bound or choice gets the message the key itself would; then
+        the values of every two dimensions together."""
         LR_RATIO = search_space.LR_RATIO
         dimensions, shape_problems = search_space.parse_dimensions(self.tune.space)
         yield from shape_problems
@@ -275,7 +306,7 @@ class JobSpec:
         keys = {d.key for d in dimensions}
         if LR_RATIO in keys and "optim.d.lr" in keys:
             yield (f"space.{LR_RATIO}",), "sets optim.d.lr from optim.g.lr: do not search optim.d.lr as well"
-        base = self.to_dict()
+        base, valid = self.to_dict(), []
         for dimension in dimensions:
             where = (f"space.{dimension.key}",)
             if dimension.key not in known | {LR_RATIO}:
@@ -285,12 +316,20 @@ class JobSpec:
                                                     for v in dimension.values):
                 yield where, f"{dimension.kind}: got {list(dimension.values)}; ratios must be numbers > 0"
                 continue
-            for value in dimension.values:  # a range is checked at both ends; the candidate has no tune section
-                parser = Parser()
-                parser.build(JobSpec, search_space.apply(base, {dimension.key: value}), "")
-                if parser.problems:
-                    yield where, f"{dimension.kind} value {value!r}: " + "; ".join(parser.problems)
-                    break
+            problem = first_problem(base, [{dimension.key: value} for value in dimension.values])
+            if problem:
+                yield where, f"{dimension.kind} value {problem[0][dimension.key]!r}: {problem[1]}"
+            else:
+                valid.append(dimension)
+        # One dimension can make another's key unused (train.loss, train.gp_lambda): a trial would fail to start.
+        for i, first in enumerate(valid):
+            for second in valid[i + 1:]:
+                problem = first_problem(base, [{first.key: a, second.key: b} for a in first.values
+                                               for b in second.values])
+                if problem:
+                    sample, message = problem
+                    yield ((f"space.{first.key}",), f"{first.kind} value {sample[first.key]!r} with {second.key} "
+                                                    f"{sample[second.key]!r}: {message}")
 
     @property
     def experiment(self) -> str:

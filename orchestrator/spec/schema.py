@@ -152,6 +152,17 @@ class Parser:
                 self.fail(path, f"got {value!r}; must be {symbol} {bound}")
 
 
+def ignored(obj: Any, names: tuple[str, ...], setting: str, because: str, fix: str) -> Iterator[tuple[tuple[str, ...], str]]:
+    """Problems `(keys, message)` for the fields `names` of dataclass `obj` that hold other than their default while
+    its field `setting` (currently `because`, e.g. "train.loss 'hinge'") makes them unused: ignoring them silently
+    would hide a mistake."""
+    defaults = {f.name: f.default for f in dataclasses.fields(obj)}
+    for name in names:
+        assert defaults[name] is not MISSING, name
+        if getattr(obj, name) != defaults[name]:
+            yield (name, setting), f"is not used with {because}; remove it or {fix}"
+
+
 def _scalar(tp: Any, value: Any) -> Any:
     """The value as type `tp`, or None when it is not one. PyYAML reads `2e-4` as a string, so floats accept numeric strings."""
     if tp is bool:

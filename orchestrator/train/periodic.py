@@ -112,17 +112,19 @@ def stop_decision(t: Training, monitor: StabilityMonitor, stop_on: list[str], fl
     not_finite = nonfinite_stop(t.phases, t.spec.train.nonfinite, t.step)  # counters every rank holds alike
     if not_finite:
         flags.append(not_finite)
-        stopped = monitor.raised.setdefault(not_finite.name, not_finite)
+        monitor.raised.setdefault(not_finite.name, not_finite)  # a `diverged` raised before stays the first seen
+        stopped = not_finite
     if logger:
         for flag in flags:
             logger.log_flag(flag.name, flag.step, flag.describe())
     if not observed:
         return stopped
-    first_stop = collectives.agree(next((i for i, name in enumerate(stop_on) if name in monitor.raised), -1),
-                                   t.device)
+    # Only a flag raised at this step can stop the run here: one raised before was not in stop_on.
+    now = {flag.name: flag for flag in flags}
+    first_stop = collectives.agree(next((i for i, name in enumerate(stop_on) if name in now), -1), t.device)
     if first_stop >= 0 and stopped is None:
         name = stop_on[first_stop]
-        stopped = monitor.raised.get(name) or Flag(name, t.step, "raised by rank 0's stability monitor")
+        stopped = now.get(name) or Flag(name, t.step, "raised by rank 0's stability monitor")
     return stopped
 
 

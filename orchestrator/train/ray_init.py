@@ -25,12 +25,38 @@ def keep_local() -> None:
         os.environ.setdefault(MULTI_NODE, "0")
 
 
+# Raylet warnings that Ray's driver prints whatever log_to_driver says, and that are Ray's business: a sweep on a
+# small machine starts many worker processes (trial drivers, Train controllers and workers, queues). The raylet
+# writes them in its log (raylet.out) all the same.
+QUIET_RAYLET_WARNINGS = ("worker processes have been started",)
+
+
+def quiet_driver_output() -> None:
+    """Keep out of the terminal the raylet warnings of QUIET_RAYLET_WARNINGS, and (RAY_AIR_NEW_OUTPUT=0, unless set
+    otherwise) Ray Tune's banner and TensorBoard hint, which its newer output engine prints at any verbosity."""
+    from ray._private import worker
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    printer = worker.print_to_stdstream
+    if getattr(printer, "quiet", False):
+        return
+
+    def print_unless_quiet(data: dict, ignore_prefix: bool) -> None:
+        lines = [line for line in data["lines"] if not any(quiet in line for quiet in QUIET_RAYLET_WARNINGS)]
+        if lines:
+            printer({**data, "lines": lines}, ignore_prefix)
+
+    print_unless_quiet.quiet = True
+    worker.print_to_stdstream = print_unless_quiet  # the driver's thread for raylet messages looks it up per message
+
+
 def init_ray() -> None:
-    """Join the cluster at RAY_ADDRESS, or start a local instance (on loopback); keep Ray's worker logs out of the
-    terminal."""
+    """Join the cluster at RAY_ADDRESS, or start a local instance (on loopback); keep Ray's worker logs and its
+    driver's noise out of the terminal."""
     keep_local()
     import ray
 
+    quiet_driver_output()
     if ray.is_initialized():
         return
     if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
