@@ -180,7 +180,7 @@ def run_command(args: argparse.Namespace) -> int:
         print(dry_run_report(spec))
         return 0
     if spec.tune is not None:
-        return run_sweep(spec, args.export)
+        return run_sweep(spec, getattr(args, "export", None))
     return run_job(spec, args.run_name, resume)
 
 
