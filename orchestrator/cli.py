@@ -181,7 +181,7 @@ def run_command(args: argparse.Namespace) -> int:
         return 0
     if spec.tune is not None:
         return run_sweep(spec, getattr(args, "export", None))
-    return run_job(spec, args.run_name, resume)
+    return run_job(spec, args.run_name, resume, args.job)
 
 
 def pre_start_checks(args: argparse.Namespace, spec: JobSpec) -> Any:
@@ -195,6 +195,32 @@ def pre_start_checks(args: argparse.Namespace, spec: JobSpec) -> Any:
     if not (args.dry_run and uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists()):
         store.check_reachable(uri)  # a new SQLite store is created by opening it: left to the run
     return resumption(getattr(args, "resume", None), spec)
+
+
+def failure_line(err: Any, spec: JobSpec, job: str | None) -> str:
+    """The last line of a failed run: what failed, after which step, and what to do."""
+    when = f"after step {err.step}" if err.step else "before its first step"
+    job = job or "<job.yaml>"
+    again = (f"continue from its latest checkpoint (step {err.checkpoint_step}): ganorch run {job} --resume "
+             f"{err.run_id}" if err.checkpoint_step else f"run it again (it has no checkpoint): ganorch run {job}")
+    if err.trace:
+        todo = f"fix the error above, then {again}"
+    elif err.restarts:
+        todo = f"{again}; the workers were restarted {err.restarts} time(s) (resources.max_failures: " \
+               f"{spec.resources.max_failures})"
+    else:
+        todo = f"{again}; resources.max_failures restarts the workers on their own"
+    return f"ganorch: training failed {when}: {err.what}. To go on, {todo} (Ray's own report: {ray_logs()})"
+
+
+def ray_logs() -> str:
+    """Where this machine's Ray keeps its logs."""
+    try:
+        import ray._private.worker
+
+        return f"{ray._private.worker._global_node.get_logs_dir_path()}"
+    except Exception:
+        return "the Ray session's logs folder, /tmp/ray/session_latest/logs"
 
 
 def resumption(flag: str | None, spec: JobSpec) -> Any:
@@ -432,8 +458,9 @@ def sync_unsent(folders: list[str]) -> int:
     return 0
 
 
-def run_job(spec: JobSpec, run_name: str | None = None, resume: Any = None) -> int:
+def run_job(spec: JobSpec, run_name: str | None = None, resume: Any = None, job: str | None = None) -> int:
     from orchestrator.train import launch
+    from orchestrator.train.failures import TrainingFailed
 
     try:
         outcome = launch.run(spec, run_name=run_name, resume=resume)
@@ -446,8 +473,14 @@ def run_job(spec: JobSpec, run_name: str | None = None, resume: Any = None) -> i
     except ValueError as err:  # found before training starts (data the cluster cannot read, too few CPUs)
         print(f"ganorch: cannot run {spec.name}: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except Exception as err:  # a failed run: say what failed, without Ray's wrapper traceback
-        print(f"ganorch: training failed: {err}", file=sys.stderr)
+    except TrainingFailed as err:  # the workers failed for good: what failed, and what to do
+        if err.trace:
+            print(err.trace.rstrip(), file=sys.stderr)
+        print(failure_line(err, spec, job), file=sys.stderr)
+        return 1
+    except Exception as err:  # anything else that ended it: in one line, without Ray's wrapper traceback
+        print(f"ganorch: training failed: {str(err).strip().splitlines()[0] if str(err).strip() else repr(err)}",
+              file=sys.stderr)
         return 1
     metrics = outcome.summary.get("metrics", {})
     print(f"done: step {outcome.summary.get('step')}, "

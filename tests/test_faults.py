@@ -7,6 +7,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from conftest import wait_for
 
 from orchestrator.spec import load
@@ -58,7 +59,8 @@ def reporting_worker(folder: Path, rank: int, since: float) -> tuple[int, int] |
 
 
 def test_a_run_survives_three_killed_workers_in_one_run(ray_session, mlflow_store, tmp_path, capsys):
-    """Workers killed by PID (rank 1, then 0, then 1), each after the group has reported a checkpoint: Ray Train
+    """With the default resources.max_failures, workers killed by PID (rank 1, then 0, then 1), each after the group
+    has reported a checkpoint: Ray Train
     restarts the workers from the latest checkpoint, the run finishes in one MLflow run with one metric point per
     step, its tags record each restart and why, and both ranks end with identical parameters."""
     import ray.cloudpickle
@@ -68,7 +70,7 @@ def test_a_run_survives_three_killed_workers_in_one_run(ray_session, mlflow_stor
     traces.mkdir()
     steps = 24
     spec = load(REPO / "jobs/debug_dcgan.yaml", [f"tracking.storage_path={tmp_path / 'ray_storage'}",
-                                                 "resources.max_failures=3", f"train.steps={steps}",
+                                                 f"train.steps={steps}",  # resources.max_failures: 3 by default
                                                  "tracking.metrics_every=1", "tracking.checkpoint_every=2",
                                                  "tracking.samples_every=1000", "eval.every=0"])
     killed: list[tuple[int, int, int]] = []  # (rank, pid, step it had reported)
@@ -142,3 +144,82 @@ def torch_step(ray_checkpoint: Path) -> int:
     from orchestrator.train import checkpoint
 
     return checkpoint.load(ray_checkpoint)["step"]
+
+
+def test_an_error_in_the_training_code_that_recurs_after_a_restart_fails_at_once(ray_session, mlflow_store,
+                                                                                  tmp_path, capsys):
+    """A user's D that raises on rank 1 in every start of the workers: restarted once (it might have been
+    transient), then, the same error again, the run fails without using its other restarts; the terminal shows the
+    error's own traceback and ends with one line that says what failed, when, and what to do."""
+    from orchestrator.cli import main
+    from orchestrator.track.tags import TAG_OUTCOME, TAG_RESTARTS
+
+    job = REPO / "jobs/debug_dcgan.yaml"
+    assert main(["run", str(job), "--set", f"tracking.storage_path={tmp_path / 'ray_storage'}", "--set",
+                 "model.discriminator=user_networks:BrokenDiscriminator", "--set", "eval.every=0"]) == 1
+    printed = capsys.readouterr()
+    c = store.client(mlflow_store)
+    [run] = c.search_runs([c.get_experiment_by_name("debug_dcgan").experiment_id])
+    assert run.info.status == "FAILED" and run.data.tags[TAG_RESTARTS] == "1", run.data.tags
+    last = printed.err.strip().splitlines()[-1]
+    assert last.startswith("ganorch: training failed after step ") or last.startswith(
+        "ganorch: training failed before its first step"), last
+    assert ("rank 1 raised ValueError: planted bug: D cannot score this batch, again after a restart, so it was not "
+            f"retried. To go on, fix the error above, then run it again (it has no checkpoint): ganorch run {job} "
+            "(Ray's own report: ") in last, last
+    assert run.data.tags[TAG_OUTCOME].startswith("failed after step "), run.data.tags[TAG_OUTCOME]
+    trace = printed.err[:printed.err.rindex(last)]
+    assert "Traceback (most recent call last)" in trace and "user_networks.py" in trace, trace
+    assert 'raise ValueError("planted bug: D cannot score this batch")' in trace, trace
+    for noise in ("GLHF", "WorkerGroupError", "ControllerError", "RayTaskError", "gloo"):
+        assert noise not in printed.out + printed.err, noise
+
+
+def test_a_lost_worker_is_explained_in_one_line(monkeypatch):
+    """What Ray Train raises when rank 1's process was killed (and rank 0's collective lost its peer), in words."""
+    from ray.exceptions import ActorDiedError
+    from ray.train import WorkerGroupError
+
+    from orchestrator.cli import failure_line
+    from orchestrator.train import failures
+
+    gloo = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error [10.0.0.2]:41234: "
+                        "Connection reset by peer")
+    err = WorkerGroupError("Training failed due to worker errors:\n...GLHF!", {0: gloo, 1: ActorDiedError()})
+    explained = failures.explain(err, "abc123", {"step": 412, "checkpoint_step": 400})
+    assert explained.what.startswith("rank 1 was killed (its process ended: ActorDiedError: ") and not explained.trace
+    spec = load(REPO / "jobs/quickstart.yaml", ["resources.max_failures=0"])
+    line = failure_line(explained, spec, "jobs/quickstart.yaml")
+    assert line.startswith("ganorch: training failed after step 412: rank 1 was killed"), line
+    assert ("continue from its latest checkpoint (step 400): ganorch run jobs/quickstart.yaml --resume abc123; "
+            "resources.max_failures restarts the workers on their own") in line, line
+    assert "\n" not in line and "GLHF" not in line and "gloo" not in line
+
+    restarted = failures.explain(err, "abc123", {"step": 412, "checkpoint_step": 400, "restarts": 3})
+    line = failure_line(restarted, load(REPO / "jobs/quickstart.yaml"), None)
+    assert "the workers were restarted 3 time(s) (resources.max_failures: 3)" in line, line
+    early = failure_line(failures.explain(err, "abc123", {}), spec, "job.yaml")
+    assert early.startswith("ganorch: training failed before its first step") and \
+        "run it again (it has no checkpoint): ganorch run job.yaml" in early, early
+
+
+class Board:
+    def __init__(self):
+        self.reasons = []
+        self.failed = type("Remote", (), {"remote": lambda _, reason: self.reasons.append(reason)})()
+
+
+def test_the_watch_ends_the_run_only_when_the_code_raises_the_same_again():
+    from ray.exceptions import ActorDiedError
+
+    from orchestrator.train import failures
+
+    board = Board()
+    watch = failures.FailureWatch(board)
+    watch.after_exception(None, {1: ActorDiedError()})
+    watch.after_exception(None, {1: ActorDiedError()})          # killed again: restarted, however often
+    watch.after_exception(None, {0: ValueError("flaky read")})  # a first error: restarted
+    watch.after_exception(None, {0: KeyError("other")})         # another one: restarted
+    with pytest.raises(failures.RecurringError, match="rank 0 raised KeyError: 'other', again after a restart"):
+        watch.after_exception(None, {0: KeyError("other")})
+    assert board.reasons[0].startswith("rank 1 was killed") and board.reasons[2] == "rank 0 raised ValueError: flaky read"

@@ -298,24 +298,3 @@ def test_consistency_check_catches_diverged_rank(ray_session, tmp_path):
     result = TorchTrainer(diverge_rank_one, scaling_config=ScalingConfig(num_workers=2),
                           run_config=RunConfig(storage_path=str(tmp_path))).fit()
     assert result.return_value is not None and "ranks hold different model state" in result.return_value
-
-
-def fail_on_rank_one(config):
-    from orchestrator.distributed import collectives
-
-    if collectives.rank() == 1:
-        raise RuntimeError("worker lost its data")
-    from orchestrator.train import worker
-    return worker.train_loop_per_worker(config)
-
-
-def test_failed_training_marks_the_run_failed(ray_session, mlflow_store, tmp_path):
-    import ray.cloudpickle
-
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    spec = load(REPO / "jobs/debug_dcgan.yaml", [f"tracking.storage_path={tmp_path / 'ray_storage'}"])
-    with pytest.raises(Exception, match="worker lost its data"):
-        launch.run(spec, loop=fail_on_rank_one, show_progress=False)
-    (run,) = store.client(mlflow_store).search_runs(
-        [store.client(mlflow_store).get_experiment_by_name("debug_dcgan").experiment_id])
-    assert run.info.status == "FAILED"

@@ -67,3 +67,21 @@ class NaNOnRankOne(NaNDiscriminator):
 class NaNFromStepTwo(NaNDiscriminator):
     """Every score NaN from step 2 on: nothing can be learnt."""
     POISONED = range(3, 10 ** 9)
+
+
+class BrokenDiscriminator(MLPDiscriminator):
+    """A bug in the user's code: raises on rank 1 at its CALL-th training call, in every start of the workers."""
+    CALL = 6
+
+    def __init__(self, image_size: int, channels: int, width: int):
+        super().__init__(image_size, channels, width)
+        self.calls = 0
+
+    def forward(self, x):
+        import torch.distributed as dist
+
+        if self.training:
+            self.calls += 1
+            if self.calls == self.CALL and dist.is_initialized() and dist.get_rank() == 1:
+                raise ValueError("planted bug: D cannot score this batch")
+        return super().forward(x)

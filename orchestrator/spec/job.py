@@ -127,7 +127,7 @@ class ResourcesSpec:
     use_gpu: bool = setting(False, help="Give each worker GPUs and use NCCL; otherwise CPU and gloo.")
     cpus_per_worker: float = setting(1.0, gt=0, help="CPUs Ray reserves for each worker.")
     gpus_per_worker: float = setting(1.0, gt=0, help="GPUs Ray reserves for each worker when use_gpu is true (fractions share a GPU).")
-    max_failures: int = setting(0, ge=-1, help="Times Ray Train restarts the workers after one of them fails (a process killed, a node lost), each time from the run's latest checkpoint, in the same MLflow run; -1 means without limit, 0 fails the run at the first failure.")
+    max_failures: int = setting(3, ge=-1, help="Times Ray Train restarts the workers after one of them fails (a process killed, a node lost, an error), each time from the run's latest checkpoint, in the same MLflow run; an error of the training code that recurs after a restart ends the run at once; -1 means without limit, 0 fails the run at the first failure.")
 
     def problems(self) -> Iterator[Problem]:
         if not self.use_gpu:

@@ -6,7 +6,6 @@ import threading
 from typing import Any
 
 import ray
-from ray.train import UserCallback
 
 
 @ray.remote(num_cpus=0)
@@ -38,22 +37,6 @@ class ProgressBoard:
         if self.starts > 1:
             self.state["restarts"] = self.starts - 1
         return self.starts, self.failure
-
-
-class WorkerFailures(UserCallback):
-    """On Ray Train's controller: tells the board why workers failed, for the restart that follows."""
-
-    def __init__(self, board: Any):
-        self.board = board
-
-    def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
-        self.board.failed.remote("; ".join(f"rank {rank}: {first_line(err)}"
-                                           for rank, err in sorted(worker_exceptions.items())))
-
-
-def first_line(err: BaseException) -> str:
-    lines = [line for line in str(err).splitlines() if line.strip()]
-    return f"{type(err).__name__}: {lines[0] if lines else ''}"[:300]
 
 
 def describe(state: dict[str, Any], total_steps: int) -> str:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from orchestrator.spec import JobSpec
 from orchestrator.track import runs, store
 from orchestrator.track.tags import TAG_OUTCOME, TAG_RAY_CHECKPOINT, TAG_STORAGE, TAG_TRAIN_RUN
-from orchestrator.train import checkpoint
+from orchestrator.train import checkpoint, failures
 from orchestrator.train.ray_init import check_data_cpus, check_tracking_store, init_ray, keep_local
 from orchestrator.train.trainer import for_workers, ray_datasets, torch_trainer
 
@@ -59,6 +59,9 @@ def run(spec: JobSpec, loop: Callable[[dict], Any] | None = None, show_progress:
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C; SIGTERM (`ganorch stop`), which Ray's driver turns into exit
         status = "KILLED"
         raise
+    except failures.TrainingFailed as err:
+        tags[TAG_OUTCOME] = f"failed after step {err.step or 0}: {err.what}"
+        raise
     finally:
         skipped_files = ray.get(skipped.read.remote()) if skipped is not None else []
         kept = runs.end_run(uri, run_id, status, tags, skipped_files, spec.tracking.outage_wait_s)
@@ -82,14 +85,20 @@ def open_run(spec: JobSpec, uri: str, run_name: str, resume: "Resumption | None"
 def fit(spec: JobSpec, uri: str, run_id: str, run_name: str, loop: Callable[[dict], Any] | None,
         datasets: dict[str, Any] | None, handed_over: dict[str, Any], show_progress: bool) -> Any:
     """Build the run's TorchTrainer and fit it, with the progress line drawn while it trains; Ray Train's Result."""
-    from orchestrator.track.progress import ProgressBoard, ProgressView, WorkerFailures
+    import ray
+    from ray.train import TrainingFailedError
+
+    from orchestrator.track.progress import ProgressBoard, ProgressView
 
     board = ProgressBoard.remote()
     trainer = torch_trainer(spec, {"spec": spec.to_dict(), "tracking_uri": uri, "run_id": run_id, "progress": board,
                                    "mlflow_env": store.environment(), **handed_over},
-                            name=run_name, callbacks=[WorkerFailures(board)], datasets=datasets, loop=loop)
+                            name=run_name, callbacks=[failures.FailureWatch(board)], datasets=datasets, loop=loop)
     store.client(uri).set_tag(run_id, TAG_STORAGE, f"{trainer.run_config.storage_path.rstrip('/')}/{run_name}")
-    if not show_progress:
-        return trainer.fit()
-    with ProgressView(board, spec.train.steps, spec.name):
-        return trainer.fit()
+    try:
+        if not show_progress:
+            return trainer.fit()
+        with ProgressView(board, spec.train.steps, spec.name):
+            return trainer.fit()
+    except TrainingFailedError as err:  # in words, without Ray's report (in its log files)
+        raise failures.explain(err, run_id, ray.get(board.read.remote())) from None

@@ -100,6 +100,7 @@ def train_logged(spec: JobSpec, context: WorkerContext, logger: Any, report=None
         out.stopped = stop_decision(t, monitor, stop_on, flags, logger, observed=measured or evaluated)
         if t.step % track.checkpoint_every == 0 or last or out.stopped is not None:
             checkpoint_and_report(t, out, logger, report, context.verdicts)
+            progress.checkpointed(t.step)
     return summary(t, out, monitor, context)
 
 

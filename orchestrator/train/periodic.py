@@ -67,6 +67,10 @@ class ProgressPost:
         if self.board:
             self.board.post.remote({"step": step, "metrics_step": step, **metrics})
 
+    def checkpointed(self, step: int) -> None:
+        if self.board:
+            self.board.post.remote({"step": step, "checkpoint_step": step})
+
 
 def interval_metrics(t: Training, stats: StatsAccumulator, speed: Throughput) -> dict[str, float]:
     """The interval's means over steps and ranks (one all-reduce), with throughput, rates and skipped steps."""

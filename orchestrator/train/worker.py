@@ -10,6 +10,7 @@ from orchestrator.distributed import collectives
 from orchestrator.spec import parse
 from orchestrator.track.store import adopt
 from orchestrator.train import resume
+from orchestrator.train.failures import remember_traceback
 from orchestrator.train.loop import WorkerContext, train
 
 
@@ -38,7 +39,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                             passed_over=passed_over,
                             placement=collectives.gather_objects(placement(device)),
                             restarted_after=restarted_after, verdicts=config.get("verdicts"))
-    return train(spec, context, report=ray.train.report)
+    try:
+        return train(spec, context, report=ray.train.report)
+    except Exception as err:
+        remember_traceback(err)
+        raise
 
 
 def placement(device: torch.device) -> str:
