@@ -483,8 +483,8 @@ def run_job(spec: JobSpec, run_name: str | None = None, resume: Any = None, job:
               file=sys.stderr)
         return 1
     metrics = outcome.summary.get("metrics", {})
-    print(f"done: step {outcome.summary.get('step')}, "
-          + ", ".join(f"{k} {metrics[k]:.3f}" for k in ("loss_d", "loss_g", "d_real", "d_fake") if k in metrics))
+    print(", ".join([f"done: step {outcome.summary.get('step')}",
+                     *(f"{k} {metrics[k]:.3f}" for k in ("loss_d", "loss_g", "d_real", "d_fake") if k in metrics)]))
     print(ranks_line(outcome.summary))
     from orchestrator.track.store import ui_hint
 

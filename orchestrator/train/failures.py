@@ -26,7 +26,8 @@ class RecurringError(Exception):
 @dataclass(frozen=True)
 class RankFailure:
     rank: int
-    kind: str               # "killed" (its process ended), "error" (the training code raised), "collateral"
+    kind: str               # "killed" (its process died or stopped answering), "error" (the training code
+                            # raised), "collateral" (a collective that lost its peer)
     text: str               # "ValueError: ...", or how the process ended
     trace: str | None = None
 
@@ -44,8 +45,11 @@ def classify(worker_exceptions: dict[int, BaseException]) -> list[RankFailure]:
 
     failures = []
     for rank, err in sorted(worker_exceptions.items()):
-        if isinstance(err, (RayActorError, ActorUnavailableError)):
-            failures.append(RankFailure(rank, "killed", first_line(err)))
+        inner = getattr(err, "health_check_failure", None)  # Ray Train's health check of the worker failed
+        if isinstance(err, RayActorError) or isinstance(inner, RayActorError):
+            failures.append(RankFailure(rank, "killed", "its process died: killed, out of memory or crashed"))
+        elif inner is not None or isinstance(err, ActorUnavailableError):
+            failures.append(RankFailure(rank, "killed", f"it stopped answering: {first_line(inner or err)}"))
         elif collateral(err):
             failures.append(RankFailure(rank, "collateral", first_line(err)))
         else:
@@ -71,14 +75,15 @@ def code_errors(failures: list[RankFailure]) -> frozenset[str]:
 
 
 def describe(failures: list[RankFailure]) -> str:
-    """`rank 1 was killed (...)`, `ranks 0, 1 raised ValueError: ...`; collateral errors only when nothing else."""
+    """`rank 1 was lost (its process died: ...)`, `ranks 0, 1 raised ValueError: ...`; collateral errors only when
+    nothing else."""
     shown = [f for f in failures if f.kind != "collateral"] or failures
     parts = []
     for kind, text in dict.fromkeys((f.kind, f.text) for f in shown):
         ranks = [f.rank for f in shown if (f.kind, f.text) == (kind, text)]
         who = f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {', '.join(map(str, ranks))}"
         if kind == "killed":
-            parts.append(f"{who} {'was' if len(ranks) == 1 else 'were'} killed (its process ended: {text})")
+            parts.append(f"{who} was lost ({text})")
         elif kind == "error":
             parts.append(f"{who} raised {text}")
         else:
@@ -92,7 +97,7 @@ def first_trace(failures: list[RankFailure]) -> str | None:
 
 def first_line(err: BaseException) -> str:
     lines = [line for line in str(err).splitlines() if line.strip()]
-    return f"{type(err).__name__}: {lines[0].strip() if lines else ''}"[:300]
+    return f"{type(err).__name__}: {lines[0].strip().rstrip('.') if lines else ''}"[:300]
 
 
 class FailureWatch(UserCallback):

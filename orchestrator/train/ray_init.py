@@ -28,7 +28,8 @@ def keep_local() -> None:
 # Raylet warnings that Ray's driver prints whatever log_to_driver says, and that are Ray's business: a sweep on a
 # small machine starts many worker processes (trial drivers, Train controllers and workers, queues). The raylet
 # writes them in its log (raylet.out) all the same.
-QUIET_RAYLET_WARNINGS = ("worker processes have been started",)
+QUIET_RAYLET_WARNINGS = ("worker processes have been started",
+                         "A worker died or was killed while executing a task")  # ganorch's last line says so
 
 
 def quiet_driver_output() -> None:
