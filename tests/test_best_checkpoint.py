@@ -86,3 +86,15 @@ def test_a_nonfinite_fid_never_becomes_best(fids, best_step, mlflow_store, tmp_p
     assert checkpoint_of(client, run_id, tags[TAG_BEST_CHECKPOINT], tmp_path)["step"] == best_step
 
 
+
+def test_a_resumed_run_replaces_the_best_checkpoint_only_with_a_better_one(
+        mlflow_store, tmp_path, monkeypatch, process_group):
+    """FID 7 at step 2 and 5 at step 4, then the run resumes from step 4's checkpoint: 9 at step 6 is no best."""
+    _, _, client, run_id = run_with_fids({2: 7.0, 4: 5.0}, mlflow_store, monkeypatch, steps=4)
+    state = checkpoint_of(client, run_id, client.get_run(run_id).data.tags[TAG_CHECKPOINT], tmp_path)
+    assert state["step"] == 4
+    summary, writes, _, _ = run_with_fids({6: 9.0}, mlflow_store, monkeypatch, run_id=run_id, resume=state)
+    assert writes == []
+    tags = client.get_run(run_id).data.tags
+    assert (tags[TAG_BEST_STEP], tags[TAG_BEST_FID], summary["best_fid"]) == ("4", "5.0000", 5.0)
+    assert checkpoint_of(client, run_id, tags[TAG_BEST_CHECKPOINT], tmp_path / "after")["step"] == 4
