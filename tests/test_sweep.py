@@ -8,7 +8,16 @@ import yaml
 
 from orchestrator.spec import load, parse, search_space
 from orchestrator.track import store
-from orchestrator.track.tags import TAG_BEST_TRIAL, TAG_CHECKPOINT, TAG_OUTCOME, TAG_RESTART, TAG_SWEEP, TAG_TRIAL
+from orchestrator.track.tags import (
+    TAG_BEST_TRIAL,
+    TAG_CHECKPOINT,
+    TAG_OUTCOME,
+    TAG_RESTART,
+    TAG_RESTARTS,
+    TAG_RESUMED_FROM,
+    TAG_SWEEP,
+    TAG_TRIAL,
+)
 from orchestrator.tune import schedulers, sweep
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,6 +159,38 @@ def test_unstable_trial_is_stopped_and_marked_while_the_sweep_finishes(ray_sessi
     assert child.info.status == "FINISHED"
     assert child.data.tags[TAG_OUTCOME] == f"stopped: {unstable[6]}"
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"stability_map.png", "stability_map.csv"}
+
+
+def test_a_retried_trial_continues_from_its_checkpoint_in_the_same_child_run(ray_session, mlflow_store, tmp_path):
+    """A trial whose worker fails once at step 4, after step 2's checkpoint and step 3's metrics: Tune retries it
+    (tune.max_failures 1) from step 2, in the same child run, which logs every step once."""
+    import os
+
+    from user_networks import FailsOnceAtStep4
+
+    marker = Path(os.environ["GANORCH_HOME"], FailsOnceAtStep4.MARKER)
+    marker.touch()
+    spec = load(REPO / "jobs/debug_dcgan.yaml", [
+        "resources.num_workers=1", "resources.cpus_per_worker=0.5", "train.steps=4", "train.batch_size=8",
+        "train.n_critic=1", "model.discriminator=user_networks:FailsOnceAtStep4", "tracking.checkpoint_every=2",
+        "tracking.metrics_every=1", f"tracking.storage_path={tmp_path / 'ray'}",
+        "tune={metric: loss_g, space: {optim.g.lr: {choice: [2.0e-4]}}, num_samples: 1, scheduler: none}"])
+    outcome = sweep.run(spec, show_progress=False)
+
+    assert not marker.exists(), "the worker did not fail"
+    (trial,) = outcome.trials
+    assert (trial["status"], trial["step"]) == ("TERMINATED", 4), trial
+    client = store.client(mlflow_store)
+    (child,) = client.search_runs([client.get_run(outcome.parent_run_id).info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{outcome.parent_run_id}'")
+    assert child.info.run_id == trial["run_id"]
+    assert (child.info.status, child.data.tags[TAG_OUTCOME]) == ("FINISHED", "completed")
+    tags = child.data.tags
+    assert tags[TAG_RESTARTS] == "1" and tags[TAG_RESTART + "1"].startswith("its own checkpoint at step 2;"), tags
+    assert tags[TAG_RESUMED_FROM].startswith("step 2: "), tags
+    for key in ("loss_d", "loss_g", "images_seen"):
+        assert [m.step for m in client.get_metric_history(child.info.run_id, key)] == [1, 2, 3, 4], key
+    assert [m.value for m in client.get_metric_history(child.info.run_id, "images_seen")] == [8, 16, 24, 32]
 
 
 def test_optuna_searcher_suggests_valid_trial_specs():

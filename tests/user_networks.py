@@ -85,3 +85,26 @@ class BrokenDiscriminator(MLPDiscriminator):
             if self.calls == self.CALL and dist.is_initialized() and dist.get_rank() == 1:
                 raise ValueError("planted bug: D cannot score this batch")
         return super().forward(x)
+
+
+class FailsOnceAtStep4(MLPDiscriminator):
+    """Raises at its first call of step 4 (n_critic 1: call 9, see NaNDiscriminator) while the file MARKER exists,
+    deleting it: a worker that fails once, then, restarted, trains on. MARKER is in the test session's own
+    $GANORCH_HOME, which Ray's workers get too."""
+    MARKER = "fail-once"
+
+    def __init__(self, image_size: int, channels: int, width: int):
+        super().__init__(image_size, channels, width)
+        self.calls = 0
+
+    def forward(self, x):
+        import os
+        from pathlib import Path
+
+        if self.training:
+            marker = Path(os.environ["GANORCH_HOME"], self.MARKER)
+            if self.calls == 9 and marker.exists():
+                marker.unlink()
+                raise RuntimeError("the worker failed at step 4, once")
+            self.calls += 1
+        return super().forward(x)

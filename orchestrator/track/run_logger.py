@@ -1,5 +1,6 @@
 """Rank 0's handle on its MLflow run during training: metrics, sample grids, checkpoints, flags and tags."""
 
+import math
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -32,13 +33,17 @@ class RunLogger:
         self.outbox = Outbox(uri, run_id, "rank0", notify)
         self.logged_through: dict[str, int] = {}  # metric -> the last step logged before a resume
         self.floor = -1                            # when those could not be read: the checkpoint's step
+        self.best_fid = math.inf                   # the FID of the run's best checkpoint before a resume
 
     def resuming(self, step: int) -> None:
         """Training goes on from the checkpoint of `step`, so it takes again steps that may have been logged after
         it: those are not logged twice. On the same hardware a resume retakes them exactly. (With MLflow out of
-        reach, only the steps up to the checkpoint's are known to be logged.)"""
+        reach, only the steps up to the checkpoint's are known to be logged.) The run's best checkpoint, if any,
+        is replaced only by a better one."""
         try:
-            for key in self.client.get_run(self.run_id).data.metrics:
+            run = self.client.get_run(self.run_id)
+            self.best_fid = float(run.data.tags.get(TAG_BEST_FID, math.inf))
+            for key in run.data.metrics:
                 history = self.client.get_metric_history(self.run_id, key)
                 self.logged_through[key] = max((m.step for m in history), default=-1)
         except Exception:

@@ -69,7 +69,7 @@ def train_logged(spec: JobSpec, context: WorkerContext, logger: Any, report=None
         log_samples(logger, t)
     speed = Throughput(spec.train.batch_size * spec.train.n_critic, t.step)
     progress = ProgressPost(context.progress if t.rank == 0 else None)
-    out = Outcome()
+    out = Outcome(best_fid=logger.best_fid if logger else math.inf)
     while t.step < spec.train.steps and out.stopped is None:
         t.step += 1
         t.images_seen += speed.images_per_step
