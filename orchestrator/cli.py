@@ -181,7 +181,7 @@ def run_command(args: argparse.Namespace) -> int:
         return 0
     if spec.tune is not None:
         return run_sweep(spec, getattr(args, "export", None))
-    return run_job(spec, args.run_name, resume, args.job)
+    return run_job(spec, args.run_name, resume, command_line(args))
 
 
 def pre_start_checks(args: argparse.Namespace, spec: JobSpec) -> Any:
@@ -197,12 +197,19 @@ def pre_start_checks(args: argparse.Namespace, spec: JobSpec) -> Any:
     return resumption(getattr(args, "resume", None), spec)
 
 
-def failure_line(err: Any, spec: JobSpec, job: str | None) -> str:
+def command_line(args: argparse.Namespace) -> str:
+    """`ganorch run JOB` with the --set overrides it was given: the spec that a resume must run again."""
+    import shlex
+
+    return shlex.join(["ganorch", "run", args.job, *(arg for o in args.overrides for arg in ("--set", o))])
+
+
+def failure_line(err: Any, spec: JobSpec, command: str | None) -> str:
     """The last line of a failed run: what failed, after which step, and what to do."""
     when = f"after step {err.step}" if err.step else "before its first step"
-    job = job or "<job.yaml>"
-    again = (f"continue from its latest checkpoint (step {err.checkpoint_step}): ganorch run {job} --resume "
-             f"{err.run_id}" if err.checkpoint_step else f"run it again (it has no checkpoint): ganorch run {job}")
+    command = command or "ganorch run <job.yaml>"
+    again = (f"continue from its latest checkpoint (step {err.checkpoint_step}): {command} --resume {err.run_id}"
+             if err.checkpoint_step else f"run it again (it has no checkpoint): {command}")
     if err.trace:
         todo = f"fix the error above, then {again}"
     elif err.restarts:
@@ -210,7 +217,8 @@ def failure_line(err: Any, spec: JobSpec, job: str | None) -> str:
                f"{spec.resources.max_failures})"
     else:
         todo = f"{again}; resources.max_failures restarts the workers on their own"
-    return f"ganorch: training failed {when}: {err.what}. To go on, {todo} (Ray's own report: {ray_logs()})"
+    return (f"ganorch: training failed {when}: {err.what}. To go on, {todo} (Ray's own report: its logs, in "
+            f"{ray_logs()} on this machine)")
 
 
 def ray_logs() -> str:
@@ -458,7 +466,7 @@ def sync_unsent(folders: list[str]) -> int:
     return 0
 
 
-def run_job(spec: JobSpec, run_name: str | None = None, resume: Any = None, job: str | None = None) -> int:
+def run_job(spec: JobSpec, run_name: str | None = None, resume: Any = None, command: str | None = None) -> int:
     from orchestrator.train import launch
     from orchestrator.train.failures import TrainingFailed
 
@@ -476,7 +484,7 @@ def run_job(spec: JobSpec, run_name: str | None = None, resume: Any = None, job:
     except TrainingFailed as err:  # the workers failed for good: what failed, and what to do
         if err.trace:
             print(err.trace.rstrip(), file=sys.stderr)
-        print(failure_line(err, spec, job), file=sys.stderr)
+        print(failure_line(err, spec, command), file=sys.stderr)
         return 1
     except Exception as err:  # anything else that ended it: in one line, without Ray's wrapper traceback
         print(f"ganorch: training failed: {str(err).strip().splitlines()[0] if str(err).strip() else repr(err)}",

@@ -86,7 +86,6 @@ def test_a_nonfinite_fid_never_becomes_best(fids, best_step, mlflow_store, tmp_p
     assert checkpoint_of(client, run_id, tags[TAG_BEST_CHECKPOINT], tmp_path)["step"] == best_step
 
 
-
 def test_a_resumed_run_replaces_the_best_checkpoint_only_with_a_better_one(
         mlflow_store, tmp_path, monkeypatch, process_group):
     """FID 7 at step 2 and 5 at step 4, then the run resumes from step 4's checkpoint: 9 at step 6 is no best."""

@@ -166,7 +166,8 @@ def test_an_error_in_the_training_code_that_recurs_after_a_restart_fails_at_once
         "ganorch: training failed before its first step"), last
     assert ("rank 1 raised ValueError: planted bug: D cannot score this batch, again after a restart, so it was not "
             f"retried. To go on, fix the error above, then run it again (it has no checkpoint): ganorch run {job} "
-            "(Ray's own report: ") in last, last
+            f"--set tracking.storage_path={tmp_path / 'ray_storage'} --set "
+            "model.discriminator=user_networks:BrokenDiscriminator --set eval.every=0 (Ray's own report: ") in last, last
     assert run.data.tags[TAG_OUTCOME].startswith("failed after step "), run.data.tags[TAG_OUTCOME]
     trace = printed.err[:printed.err.rindex(last)]
     assert "Traceback (most recent call last)" in trace and "user_networks.py" in trace, trace
@@ -193,7 +194,7 @@ def test_a_lost_worker_is_explained_in_one_line(monkeypatch):
     assert explained.what == "rank 1 was lost (its process died: killed, out of memory or crashed)", explained.what
     assert not explained.trace
     spec = load(REPO / "jobs/quickstart.yaml", ["resources.max_failures=0"])
-    line = failure_line(explained, spec, "jobs/quickstart.yaml")
+    line = failure_line(explained, spec, "ganorch run jobs/quickstart.yaml")
     assert line.startswith("ganorch: training failed after step 412: rank 1 was lost (its process died"), line
     assert ("continue from its latest checkpoint (step 400): ganorch run jobs/quickstart.yaml --resume abc123; "
             "resources.max_failures restarts the workers on their own") in line, line
@@ -202,7 +203,7 @@ def test_a_lost_worker_is_explained_in_one_line(monkeypatch):
     restarted = failures.explain(err, "abc123", {"step": 412, "checkpoint_step": 400, "restarts": 3})
     line = failure_line(restarted, load(REPO / "jobs/quickstart.yaml"), None)
     assert "the workers were restarted 3 time(s) (resources.max_failures: 3)" in line, line
-    early = failure_line(failures.explain(err, "abc123", {}), spec, "job.yaml")
+    early = failure_line(failures.explain(err, "abc123", {}), spec, "ganorch run job.yaml")
     assert early.startswith("ganorch: training failed before its first step") and \
         "run it again (it has no checkpoint): ganorch run job.yaml" in early, early
 
@@ -213,7 +214,7 @@ class Board:
         self.failed = type("Remote", (), {"remote": lambda _, reason: self.reasons.append(reason)})()
 
 
-def test_the_watch_ends_the_run_only_when_the_code_raises_the_same_again():
+def test_the_watch_ends_the_run_only_when_the_code_raises_the_same_again_without_progress():
     from ray.exceptions import ActorDiedError
 
     from orchestrator.train import failures
@@ -223,7 +224,13 @@ def test_the_watch_ends_the_run_only_when_the_code_raises_the_same_again():
     watch.after_exception(None, {1: ActorDiedError()})
     watch.after_exception(None, {1: ActorDiedError()})          # killed again: restarted, however often
     watch.after_exception(None, {0: ValueError("flaky read")})  # a first error: restarted
+    watch.after_report(None, [{"step": 40}], checkpoint=object())
+    watch.after_exception(None, {0: ValueError("flaky read")})  # again, but after a checkpoint: restarted
     watch.after_exception(None, {0: KeyError("other")})         # another one: restarted
+    watch.after_report(None, [{"step": 41}], checkpoint=None)  # metrics alone are no progress
     with pytest.raises(failures.RecurringError, match="rank 0 raised KeyError: 'other', again after a restart"):
         watch.after_exception(None, {0: KeyError("other")})
+    watch.after_exception(None, {0: MemoryError("tried to allocate 2.00 GiB")})
+    with pytest.raises(failures.RecurringError, match="2.50 GiB"):  # numbers aside, the same error
+        watch.after_exception(None, {0: MemoryError("tried to allocate 2.50 GiB")})
     assert board.reasons[0].startswith("rank 1 was lost") and board.reasons[2] == "rank 0 raised ValueError: flaky read"

@@ -251,14 +251,12 @@ IGNORED_CASES = [
     ({**TUNE_BASE, "tune": {"space": LR, "quantile_fraction": 0.5}}, "tune.quantile_fraction: is not used with"),
     ({**TUNE_BASE, "tune": {"space": LR, "resample_probability": 0.5}}, "tune.resample_probability: is not used"),
     ({**TUNE_BASE, "tune": {"space": LR, "synchronous": True}}, "tune.synchronous: is not used with"),
-    # A sweep that sets an ignored key is caught before it starts, alone or with the key that decides it.
+    # A sweep over a key that no trial uses is caught before it starts.
     ({**TUNE_BASE, "tune": {"space": {"train.gp_lambda": {"loguniform": [1.0, 100.0]}}}},
-     "tune.space.train.gp_lambda: loguniform value 1.0: train.gp_lambda: is not used with train.loss "
-     "'nonsaturating'"),
-    ({**TUNE_BASE, **WGAN, "tune": {"space": {"train.loss": {"choice": ["wgan-gp", "hinge"]},
-                                              "train.gp_lambda": {"choice": [10.0, 5.0]}}}},
-     "tune.space.train.loss: choice value 'hinge' with train.gp_lambda 5.0: train.gp_lambda: is not used with "
-     "train.loss 'hinge'"),
+     "tune.space.train.gp_lambda: no trial uses it: is not used with train.loss 'nonsaturating'"),
+    ({**TUNE_BASE, "tune": {"space": {"train.loss": {"choice": ["hinge", "lsgan"]},
+                                      "train.gp_lambda": {"choice": [10.0, 5.0]}}}},
+     "tune.space.train.gp_lambda: no trial uses it"),
 ]
 
 
@@ -268,6 +266,23 @@ def test_a_key_the_chosen_settings_ignore_is_refused_by_name(data, problem):
         parse({"name": "t", **data})
     assert len(info.value.problems) == 1, info.value.problems
     assert info.value.problems[0].startswith(problem), info.value.problems[0]
+
+
+@pytest.mark.parametrize("space", [{"train.loss": {"choice": ["wgan-gp", "hinge"]}},
+                                   {"train.loss": {"choice": ["wgan-gp", "hinge"]},
+                                    "train.gp_lambda": {"choice": [10.0, 5.0]}}])
+def test_a_key_that_only_some_trials_use_is_fine(space):
+    """gp_lambda set (or searched) for the wgan-gp trials of a space over train.loss: its hinge trials leave it at
+    its default."""
+    from orchestrator.tune.trial import trial_spec
+
+    spec = parse({"name": "t", **TUNE_BASE, **WGAN, "train": {**WGAN["train"], "gp_lambda": 5.0},
+                  "tune": {"space": space}})
+    keys = list(space)
+    hinge = trial_spec(spec.to_dict(), {"train.loss": "hinge", "train.gp_lambda": 5.0}, keys)
+    wgan = trial_spec(spec.to_dict(), {"train.loss": "wgan-gp", "train.gp_lambda": 5.0}, keys)
+    assert (hinge.train.loss, hinge.train.gp_lambda) == ("hinge", 10.0)
+    assert (wgan.train.loss, wgan.train.gp_lambda) == ("wgan-gp", 5.0)
 
 
 def test_an_ignored_key_left_at_its_default_is_fine():

@@ -30,7 +30,7 @@ def test_rank_0_gives_up_on_a_verdict_that_never_comes(process_group, monkeypatc
     from orchestrator.train.build import build
     from orchestrator.train.loop import WorkerContext
 
-    monkeypatch.setattr(periodic, "VERDICT_TIMEOUT_S", 0.2, raising=False)
+    monkeypatch.setattr(periodic, "VERDICT_TIMEOUT_S", 0.2)
     t = build(load(REPO / "jobs/debug_dcgan.yaml", ["resources.num_workers=1"]), WorkerContext(torch.device("cpu")),
               None)
     with pytest.raises(TimeoutError, match=r"no verdict from the Tune trial's driver on the checkpoint at step 0 "

@@ -34,9 +34,10 @@ def wait_for_rank0(what: str, timeout_s: float) -> None:
     """Rank 0 calls it once done with `what`; the others wait for that, up to `timeout_s`, then raise naming `what`.
     The wait is on the process group's store, not a collective: a collective would time out after the group's
     timeout (Ray Train's: 30 min), however long rank 0's work takes, with an error that names nothing."""
-    if world_size() == 1:
+    get_store = getattr(dist.distributed_c10d, "_get_default_store", None)  # torch's private API
+    if world_size() == 1 or get_store is None:  # without it, the collective that follows waits the group's timeout
         return
-    store = dist.distributed_c10d._get_default_store()
+    store = get_store()
     key = f"ganorch/rank0-done/{next(_rank0_waits)}"
     if rank() == 0:
         store.set(key, what)

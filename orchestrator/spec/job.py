@@ -7,7 +7,7 @@ from typing import Any, Iterator, Literal
 import yaml
 
 from orchestrator.spec import search_space
-from orchestrator.spec.schema import Parser, ignored, leaf_fields, setting, to_plain
+from orchestrator.spec.schema import UNUSED, Parser, ignored, leaf_fields, setting, to_plain
 
 Problem = tuple[tuple[str, ...], str]
 StabilityFlag = Literal["diverged", "d_overpowering", "mode_collapse", "oscillation"]  # orchestrator.evaluate.stability.FLAGS
@@ -233,10 +233,32 @@ def first_problem(base: dict[str, Any], samples: list[dict[str, Any]]) -> tuple[
     spec, and its problems; the candidate has no tune section."""
     for sample in samples:
         parser = Parser()
-        parser.build(JobSpec, search_space.apply(base, sample), "")
+        parser.build(JobSpec, trial_data(base, sample), "")
         if parser.problems:
             return sample, "; ".join(parser.problems)
     return None
+
+
+def trial_data(base: dict[str, Any], sample: dict[str, Any]) -> dict[str, Any]:
+    """The plain spec of a trial: `base` with `sample` applied, and the keys the trial's settings leave unused
+    back at their defaults (a space over train.loss: its hinge trials leave gp_lambda, set for its wgan-gp ones,
+    alone). `space_problems` refuses a searched key that no trial uses."""
+    data = search_space.apply(base, sample)
+    for key in unused(data):
+        *parents, name = key.split(".")
+        section = data
+        for part in parents:
+            section = section[part]
+        section.pop(name, None)
+    return data
+
+
+def unused(data: dict[str, Any]) -> dict[str, str]:
+    """The keys of a plain spec that its other settings leave unused, each with why."""
+    parser = Parser()
+    parser.build(JobSpec, data, "")
+    found = (problem.partition(": ") for problem in parser.problems)
+    return {key: message for key, _, message in found if message.startswith(UNUSED)}
 
 
 @dataclass
@@ -321,7 +343,7 @@ class JobSpec:
                 yield where, f"{dimension.kind} value {problem[0][dimension.key]!r}: {problem[1]}"
             else:
                 valid.append(dimension)
-        # One dimension can make another's key unused (train.loss, train.gp_lambda): a trial would fail to start.
+        # Values of two dimensions that cannot go together (train.loss wgan-gp, model.d_norm batch).
         for i, first in enumerate(valid):
             for second in valid[i + 1:]:
                 problem = first_problem(base, [{first.key: a, second.key: b} for a in first.values
@@ -330,6 +352,14 @@ class JobSpec:
                     sample, message = problem
                     yield ((f"space.{first.key}",), f"{first.kind} value {sample[first.key]!r} with {second.key} "
                                                     f"{sample[second.key]!r}: {message}")
+        # A searched key that no trial uses (train.gp_lambda, and no trial of loss wgan-gp).
+        for dimension in valid:
+            others = [{}] + [{other.key: v} for other in valid if other is not dimension for v in other.values]
+            # Unused is said of values other than the default: one such value per context tells.
+            reasons = [next((why for value in dimension.values if (why := unused(search_space.apply(
+                base, {dimension.key: value, **other})).get(dimension.key))), None) for other in others]
+            if all(reasons):
+                yield (f"space.{dimension.key}",), f"no trial uses it: {reasons[0]}"
 
     @property
     def experiment(self) -> str:

@@ -152,6 +152,9 @@ class Parser:
                 self.fail(path, f"got {value!r}; must be {symbol} {bound}")
 
 
+UNUSED = "is not used with "  # how a problem of `ignored` begins, after its key
+
+
 def ignored(obj: Any, names: tuple[str, ...], setting: str, because: str, fix: str) -> Iterator[tuple[tuple[str, ...], str]]:
     """Problems `(keys, message)` for the fields `names` of dataclass `obj` that hold other than their default while
     its field `setting` (currently `because`, e.g. "train.loss 'hinge'") makes them unused: ignoring them silently
@@ -160,7 +163,7 @@ def ignored(obj: Any, names: tuple[str, ...], setting: str, because: str, fix: s
     for name in names:
         assert defaults[name] is not MISSING, name
         if getattr(obj, name) != defaults[name]:
-            yield (name, setting), f"is not used with {because}; remove it or {fix}"
+            yield (name, setting), f"{UNUSED}{because}; remove it or {fix}"
 
 
 def _scalar(tp: Any, value: Any) -> Any:

@@ -9,6 +9,7 @@ left, then keeps it on local disk, under ~/.ganorch/unsent/<run id>/ ($GANORCH_H
 sends it later. Nothing secret is written there: no tracking URI, no credentials.
 """
 
+import contextlib
 import functools
 import json
 import os
@@ -19,10 +20,10 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from orchestrator.track import store
-from orchestrator.track.redact import redact
+from orchestrator.track.redact import redact, redact_value
 
 OPS_FILE = "ops.jsonl"          # what is left to send, in order
 REFUSED_FILE = "refused.jsonl"  # writes that failed for good (a bad request, no permission, a missing file)
@@ -74,7 +75,13 @@ def outage(err: BaseException) -> bool:
         if isinstance(err, (requests.ConnectionError, requests.Timeout, requests.exceptions.RetryError,
                             requests.exceptions.ChunkedEncodingError, ConnectionError, TimeoutError, socket.gaierror)):
             return True
-        status = getattr(getattr(err, "response", None), "status_code", None)
+        if type(err).__name__ in ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError"):  # botocore
+            return True
+        response = getattr(err, "response", None)  # requests' Response; botocore's ClientError: a dict
+        status = (response.get("ResponseMetadata", {}).get("HTTPStatusCode") if isinstance(response, dict)
+                  else getattr(response, "status_code", None))
+        if isinstance(getattr(err, "code", None), int) and status is None:  # google-api-core's errors
+            status = err.code
         if isinstance(status, int):
             return status == 429 or status >= 500
         if type(err).__name__ == "OperationalError":  # SQLAlchemy: a store that is locked or cannot be opened
@@ -85,14 +92,31 @@ def outage(err: BaseException) -> bool:
 
 @functools.cache
 def scope_http_settings() -> None:
-    """MLflow reads its HTTP settings from the environment at every request: give the outbox's thread its own."""
+    """MLflow reads its HTTP settings from the environment at every request: give the outbox's thread (and a
+    block under `own_http_settings`) its own."""
     from mlflow import environment_variables
+
+    def reader(read: Callable[[], str | None], value: str) -> Callable[[], str | None]:
+        def get_raw() -> str | None:
+            found = read()
+            return value if found is None and getattr(_thread, "outbox", False) else found
+        return get_raw
 
     for name, value in OWN_HTTP_SETTINGS.items():
         setting = getattr(environment_variables, name)
-        from_environment = setting.get_raw
-        setting.get_raw = lambda read=from_environment, value=value: (
-            read() if read() is not None or not getattr(_thread, "outbox", False) else value)
+        setting.get_raw = reader(setting.get_raw, value)
+
+
+@contextlib.contextmanager
+def own_http_settings() -> Iterator[None]:
+    """Requests of this thread meanwhile fail at once while MLflow cannot be reached, as the outbox's do: for
+    reads on the training path that have a fallback."""
+    scope_http_settings()
+    before, _thread.outbox = getattr(_thread, "outbox", False), True
+    try:
+        yield
+    finally:
+        _thread.outbox = before
 
 
 def describe(op: dict[str, Any]) -> str:
@@ -133,8 +157,9 @@ class Outbox:
         self._put({"op": "metrics", "step": step, "timestamp": int(time.time() * 1000),
                    "values": {k: float(v) for k, v in values.items()}})
 
+    # Redacted as they are put in, since what MLflow does not take is kept on disk.
     def tags(self, tags: dict[str, Any]) -> None:
-        self._put({"op": "tags", "tags": {k: str(v) for k, v in tags.items()}})
+        self._put({"op": "tags", "tags": {k: redact_value(k, v) for k, v in tags.items()}})
 
     def artifacts(self, paths: list[Path], artifact_path: str) -> None:
         """Files to log under `artifact_path`; they are copied (or linked) aside at once, so the caller may
@@ -143,17 +168,18 @@ class Outbox:
         folder = self.files / f"{self.serial:06d}"  # a folder each: MLflow names an artifact by its file name
         folder.mkdir()
         for path in paths:
-            try:
-                os.link(path, folder / path.name)
-            except OSError:
-                shutil.copy2(path, folder / path.name)
+            with store.redacted_copy(path) as source:
+                try:
+                    os.link(source, folder / path.name)
+                except OSError:
+                    shutil.copy2(source, folder / path.name)
         self._put({"op": "artifacts", "files": [f"{folder.name}/{p.name}" for p in paths], "path": artifact_path})
 
     def prune(self, keep: int) -> None:
         self._put({"op": "prune", "keep": keep})
 
     def restart(self, where: str) -> None:
-        self._put({"op": "restart", "where": where})
+        self._put({"op": "restart", "where": redact(where)})
 
     def end(self, status: str) -> None:
         self._put({"op": "end", "status": status})
@@ -182,7 +208,7 @@ class Outbox:
                     self.sending = False
                     if not outage(err):  # retrying cannot mend it: set aside (kept on disk), the rest goes on
                         self.pending.popleft()
-                        self.kept_aside.append({**op, "refused": first_line(err)})
+                        self.kept_aside.append({**op, "refused": redact(first_line(err))})
                         self.notify(f"warning: could not write {describe(op)} to MLflow at {self.where} "
                                     f"({type(err).__name__}: {first_line(err)}); it is set aside, kept on local disk "
                                     "at the end of the run, and the run goes on")

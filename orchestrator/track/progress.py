@@ -7,6 +7,8 @@ from typing import Any
 
 import ray
 
+from orchestrator.track.redact import redact
+
 
 @ray.remote(num_cpus=0)
 class ProgressBoard:
@@ -68,7 +70,7 @@ class ProgressView:
 
     def _say(self, line: str) -> None:
         if self.live:
-            self.progress.console.print(line)
+            self.progress.console.print(redact(line), highlight=False)  # rich splits what it colours
         else:
             print(line, flush=True)
 

@@ -14,33 +14,43 @@ import yaml
 from orchestrator.spec import JobSpec
 
 MASK = "***"
-# Keys whose values are never logged: they name secrets.
-SECRET_WORDS = "token|key|secret|password|passwd|credential|signature"
-SECRET_KEY = re.compile(rf"{SECRET_WORDS}|^sig$", re.IGNORECASE)
+# A key names a secret when one of its words (split at `_ . -`, case changes and the like) is one of these.
+SECRET_WORDS = (r"token|secret|password|passwd|credentials?|signature|sig|auth|authorization|apikey"
+                r"|(?:api|access|private|secret|account|client)[_-]?key")
+_WORD = rf"(?<![a-zA-Z])(?:{SECRET_WORDS})(?![a-z])"
+SECRET_KEY = re.compile(_WORD, re.IGNORECASE)
+QUERY_SECRETS = {"key", "code"}  # query parameters that hold secrets in signed or keyed URLs, as bare words
 _USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/\s@?#'\"]+)@")
 _QUERY = re.compile(r"(?P<lead>[?&;])(?P<name>[^=&;\s#'\"]+)=(?P<value>[^&;\s#'\"]*)")
-# `NAME=value` in free text (an error message, an environment), the name naming a secret.
-_ASSIGNMENT = re.compile(rf"(?P<name>\b[\w.-]*(?:{SECRET_WORDS})[\w.-]*|\bsig\b)(?P<sep>[ \t]*=[ \t]*)"
+# `NAME=value`, `name: value`, `"name": "value"` in free text (an error message, an environment, JSON), the name
+# naming a secret; and an HTTP Authorization header's credentials.
+_ASSIGNMENT = re.compile(rf"(?P<name>[\w.-]*{_WORD}[\w.-]*)(?P<sep>[\"']?[ \t]*[=:][ \t]*[\"']?)"
                          r"(?P<value>[^\s,;'\"}\]&]+)", re.IGNORECASE)
+_BEARER = re.compile(r"\b(?P<scheme>Bearer|Basic|Token)\s+[A-Za-z0-9._~+/=-]{8,}")
 
 
 def secret_key(key: str) -> bool:
-    """Whether a (dotted) key's last part names a secret."""
-    return bool(SECRET_KEY.search(str(key).rpartition(".")[2]))
+    """Whether a (dotted) key's last part names a secret: `password`, `AWS_SECRET_ACCESS_KEY`, `accessToken`,
+    `X-Amz-Signature`; not `keys`, `cache_key`, `tokenizer`."""
+    last = str(key).rpartition(".")[2]
+    return bool(SECRET_KEY.search(last) or SECRET_KEY.search(re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", last)))
 
 
 def redact(text: str) -> str:
-    """Free text fit to print or log: URI credentials, secret query parameters and `SECRET=value` masked."""
+    """Free text fit to print or log: URI credentials, secret query parameters, `SECRET=value` and bearer tokens
+    masked."""
     if not isinstance(text, str):
         text = str(text)
     text = _USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", text)
-    text = _QUERY.sub(lambda m: f"{m['lead']}{m['name']}={MASK}" if secret_key(m["name"]) else m[0], text)
+    text = _QUERY.sub(lambda m: f"{m['lead']}{m['name']}={MASK}"
+                      if secret_key(m["name"]) or m["name"].lower() in QUERY_SECRETS else m[0], text)
+    text = _BEARER.sub(lambda m: f"{m['scheme']} {MASK}", text)
     return _ASSIGNMENT.sub(lambda m: f"{m['name']}{m['sep']}{MASK}" if secret_assignment(m) else m[0], text)
 
 
 def secret_assignment(m: re.Match) -> bool:
     return (secret_key(m["name"]) and not m["name"].endswith(("Error", "Exception", "Warning"))
-            and m["value"] != MASK and "://" not in m["value"])
+            and m["value"] != MASK and "://" not in m["value"] and m["value"] not in ("Bearer", "Basic", "Token"))
 
 
 def masked(value: Any, key: str = "") -> Any:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from orchestrator.track.outbox import Outbox
+from orchestrator.track.outbox import Outbox, own_http_settings
 from orchestrator.track.store import client
 from orchestrator.track.tags import BEST_CHECKPOINT_DIR, TAG_BEST_CHECKPOINT, TAG_BEST_FID, TAG_BEST_STEP, TAG_UNSTABLE
 
@@ -41,11 +41,12 @@ class RunLogger:
         reach, only the steps up to the checkpoint's are known to be logged.) The run's best checkpoint, if any,
         is replaced only by a better one."""
         try:
-            run = self.client.get_run(self.run_id)
-            self.best_fid = float(run.data.tags.get(TAG_BEST_FID, math.inf))
-            for key in run.data.metrics:
-                history = self.client.get_metric_history(self.run_id, key)
-                self.logged_through[key] = max((m.step for m in history), default=-1)
+            with own_http_settings():  # with MLflow down, no minutes of MLflow's own retries at every start
+                run = self.client.get_run(self.run_id)
+                self.best_fid = float(run.data.tags.get(TAG_BEST_FID, math.inf))
+                for key in run.data.metrics:
+                    history = self.client.get_metric_history(self.run_id, key)
+                    self.logged_through[key] = max((m.step for m in history), default=-1)
         except Exception:
             self.floor = step
 

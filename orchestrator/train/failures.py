@@ -2,11 +2,14 @@
 Ray Train's controller that ends a run at once when an error in the training code recurs after a restart, instead
 of restarting the workers into it again."""
 
+import re
 import traceback
 from dataclasses import dataclass
 from typing import Any
 
 from ray.train import UserCallback
+
+from orchestrator.track.redact import redact
 
 TRACEBACK_ATTR = "ganorch_traceback"  # set on an exception by the worker that raised it: Ray drops the traceback
 
@@ -68,10 +71,11 @@ def collateral(err: BaseException) -> bool:
 
 
 def code_errors(failures: list[RankFailure]) -> frozenset[str]:
-    """What the training code raised, when no process was lost: the same set after a restart is no accident."""
+    """What the training code raised, when no process was lost, numbers left out (sizes, ids, ports): the same
+    set again after a restart that made no progress is no accident."""
     if any(f.kind == "killed" for f in failures):
         return frozenset()
-    return frozenset(f.text for f in failures if f.kind == "error")
+    return frozenset(re.sub(r"\d+", "N", f.text) for f in failures if f.kind == "error")
 
 
 def describe(failures: list[RankFailure]) -> str:
@@ -96,25 +100,30 @@ def first_trace(failures: list[RankFailure]) -> str | None:
 
 
 def first_line(err: BaseException) -> str:
-    lines = [line for line in str(err).splitlines() if line.strip()]
+    lines = [line for line in redact(str(err)).splitlines() if line.strip()]
     return f"{type(err).__name__}: {lines[0].strip().rstrip('.') if lines else ''}"[:300]
 
 
 class FailureWatch(UserCallback):
     """On Ray Train's controller, after workers failed: tells the board why (for the restart that follows), and
-    ends the run when the training code raises what it raised before the last restart."""
+    ends the run when the training code raises what it raised before the last restart, with no checkpoint
+    reported in between (an error that comes back hours later, after progress, gets its restart)."""
 
     def __init__(self, board: Any):
         self.board = board
-        self.seen: set[frozenset[str]] = set()
+        self.last: frozenset[str] = frozenset()  # the code's errors that caused the last restart
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        if checkpoint is not None:
+            self.last = frozenset()
 
     def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
         failures = classify(worker_exceptions)
         self.board.failed.remote(describe(failures))
         errors = code_errors(failures)
-        if errors and errors in self.seen:
+        if errors and errors == self.last:
             raise RecurringError(f"{describe(failures)}, again after a restart", first_trace(failures))
-        self.seen.add(errors)
+        self.last = errors
 
 
 @dataclass(eq=False)
@@ -144,5 +153,6 @@ def explain(err: BaseException, run_id: str, progress: dict[str, Any]) -> Traini
     if isinstance(err, WorkerGroupError):
         failures = classify(err.worker_failures)
         return TrainingFailed(describe(failures), first_trace(failures), **where)
-    cause = err.controller_failure if isinstance(err, ControllerError) else err
-    return TrainingFailed(f"Ray Train's controller failed: {first_line(cause)}", None, **where)
+    if isinstance(err, ControllerError):
+        return TrainingFailed(f"Ray Train's controller failed: {first_line(err.controller_failure)}", None, **where)
+    return TrainingFailed(f"Ray Train gave up: {first_line(err)}", None, **where)  # e.g. nodes preempted too often

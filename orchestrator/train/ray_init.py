@@ -38,8 +38,8 @@ def quiet_driver_output() -> None:
     from ray._private import worker
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    printer = worker.print_to_stdstream
-    if getattr(printer, "quiet", False):
+    printer = getattr(worker, "print_to_stdstream", None)  # Ray's private API: without it, Ray's lines stay
+    if printer is None or getattr(printer, "quiet", False):
         return
 
     def print_unless_quiet(data: dict, ignore_prefix: bool) -> None:

@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-from orchestrator.spec import JobSpec, parse, search_space
+from orchestrator.spec import JobSpec, parse
+from orchestrator.spec.job import trial_data
 from orchestrator.track import runs, store
 from orchestrator.track.tags import TAG_BEST_TRIAL, TAG_OUTCOME, TAG_SWEEP, TAG_TRIAL, TAG_UNSTABLE
 from orchestrator.tune.schedulers import (
@@ -144,7 +145,7 @@ def summarise(spec: JobSpec, grid: Any, uri: str, parent_run_id: str, keys: list
     log_stability_map(client, parent_run_id, trials, spec)
     best_spec = None
     if best is not None:
-        best_spec = parse(search_space.apply(spec.to_dict(), best["params"]))
+        best_spec = parse(trial_data(spec.to_dict(), best["params"]))
         client.set_tag(parent_run_id, TAG_BEST_TRIAL, best["run_id"])
         if best["run_id"]:
             client.set_tag(best["run_id"], TAG_BEST_TRIAL, "true")

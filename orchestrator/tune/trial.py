@@ -15,6 +15,7 @@ from typing import Any
 from ray.train import UserCallback
 
 from orchestrator.spec import JobSpec, parse, search_space
+from orchestrator.spec.job import trial_data
 from orchestrator.track import runs, store
 from orchestrator.track.tags import TAG_OUTCOME, TAG_TRIAL
 
@@ -25,7 +26,7 @@ POINTER = "train_checkpoint.json"           # a Tune checkpoint's content: which
 def trial_spec(base: dict[str, Any], config: dict[str, Any], keys: list[str]) -> JobSpec:
     """The job spec of one trial. Unless train.stop_on says otherwise, a trial stops when it diverges, when D
     overpowers G, or (with evaluation) when its modes collapse: it is recorded as unstable, with the reason."""
-    spec = parse(search_space.apply(base, {k: config[k] for k in keys}))
+    spec = parse(trial_data(base, {k: config[k] for k in keys}))
     if not spec.train.stop_on:
         stop_on = list(TRIAL_STOP_ON) + (["mode_collapse"] if spec.eval.every else [])
         spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, stop_on=stop_on))

@@ -6,9 +6,12 @@ from typing import Any
 
 from ray.tune import Callback
 
+from orchestrator.track.redact import redact
+
 
 def number(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+    """A cell: rich draws (and cuts) it on a terminal, so secrets are masked here, not in the stream."""
+    return f"{value:.3g}" if isinstance(value, float) else redact(str(value))
 
 
 class TrialTable(Callback):
