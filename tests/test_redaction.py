@@ -100,3 +100,28 @@ def test_planted_secrets_reach_neither_mlflow_nor_the_terminal(ray_session, tmp_
     assert trained.data.tags[TAG_STORAGE] == f"{tmp_path}/ray?X-Amz-Signature=***&X-Amz-Credential=***"
     assert c.get_run(parent).data.tags[TAG_STORAGE] == "s3://***@bucket/ckpt/run"
     assert torch.is_tensor(next(iter(state["generator_ema"].values())))
+
+
+def test_a_terminal_shows_no_secret_rich_has_coloured():
+    """On a terminal, rich colours the parts of a URL apart, so the redacted stream never sees it whole: the
+    progress line's notices and the trial table's cells are redacted before rich has them."""
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from orchestrator.track.progress import ProgressView
+    from orchestrator.tune.trial_table import TrialTable
+
+    out = io.StringIO()
+    view = ProgressView(board=None, total_steps=10, title="job")
+    view.live, view.progress = True, Progress(console=Console(file=out, force_terminal=True, width=200))
+    view._say("job: passed over s3://AKIAKEY:PLANTEDSECRETKEY@bucket/ckpt?X-Amz-Signature=PLANTED-SIGNATURE")
+    table = TrialTable(["data.path"], "fid", "sweep")
+    table.rows = {"t1": {"params": {"data.path": "s3://K:PLANTED-LIST-SECRET@b/x"}, "status": "RUNNING",
+                         "step": 1, "metric": "-"}}
+    Console(file=out, force_terminal=True, width=60).print(table.render())
+    shown = out.getvalue()
+    assert "bucket" in shown and "t1" in shown
+    for secret in SECRETS:
+        assert secret not in shown, secret
