@@ -58,17 +58,17 @@ def reporting_worker(folder: Path, rank: int, since: float) -> tuple[int, int] |
     return None
 
 
-def test_a_run_survives_three_killed_workers_in_one_run(ray_session, mlflow_store, tmp_path, capsys):
-    """With the default resources.max_failures, workers killed by PID (rank 1, then 0, then 1), each after the group
-    has reported a checkpoint: Ray Train
-    restarts the workers from the latest checkpoint, the run finishes in one MLflow run with one metric point per
-    step, its tags record each restart and why, and both ranks end with identical parameters."""
+def test_a_run_survives_two_killed_workers_in_one_run(ray_session, mlflow_store, tmp_path, capsys):
+    """With the default resources.max_failures, workers killed by PID (rank 1, then rank 0), each after the group
+    has reported a checkpoint: Ray Train restarts the workers from the latest checkpoint, the run finishes in one
+    MLflow run with one metric point per step, its tags record each restart and why, and both ranks end with
+    identical parameters."""
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     traces = tmp_path / "traces"
     traces.mkdir()
-    steps = 24
+    steps = 16
     spec = load(REPO / "jobs/debug_dcgan.yaml", [f"tracking.storage_path={tmp_path / 'ray_storage'}",
                                                  f"train.steps={steps}",  # resources.max_failures: 3 by default
                                                  "tracking.metrics_every=1", "tracking.checkpoint_every=2",
@@ -79,7 +79,7 @@ def test_a_run_survives_three_killed_workers_in_one_run(ray_session, mlflow_stor
     def kill_workers() -> None:
         since = 0.0
         try:
-            for rank in (1, 0, 1):
+            for rank in (1, 0):
                 pid, step = wait_for(lambda: reporting_worker(traces, rank, since), 120,
                                      f"rank {rank}'s next checkpoint")
                 since = time.time()
@@ -92,7 +92,7 @@ def test_a_run_survives_three_killed_workers_in_one_run(ray_session, mlflow_stor
     killer.start()
     outcome = launch.run(spec, loop=traced_worker(str(traces), hold_s=0.5))
     killer.join(timeout=5)
-    assert not errors and len(killed) == 3, (errors, killed)
+    assert not errors and len(killed) == 2, (errors, killed)
 
     assert outcome.summary["step"] == steps
     digests = outcome.summary["parameter_digests"]
@@ -101,7 +101,7 @@ def test_a_run_survives_three_killed_workers_in_one_run(ray_session, mlflow_stor
     [run] = c.search_runs([c.get_experiment_by_name("debug_dcgan").experiment_id])
     assert run.info.status == "FINISHED" and run.info.run_id == outcome.run_id
     tags = run.data.tags
-    assert tags["ganorch.restarts"] == "3" and tags["ganorch.outcome"] == "completed", (killed, tags)
+    assert tags["ganorch.restarts"] == "2" and tags["ganorch.outcome"] == "completed", (killed, tags)
     for n, (rank, _, step) in enumerate(killed, start=1):
         why = tags[f"ganorch.restart.{n}"]
         assert why.startswith("workers restarted after a failure (") and f"rank {rank}" in why, why
@@ -111,7 +111,7 @@ def test_a_run_survives_three_killed_workers_in_one_run(ray_session, mlflow_stor
     for key in ("loss_d", "loss_g", "d_real"):
         assert [m.step for m in c.get_metric_history(run.info.run_id, key)] == list(range(1, steps + 1)), key
     printed = capsys.readouterr().out
-    assert "workers restarted from the latest checkpoint after a failure (restart 3)" in printed, printed
+    assert "workers restarted from the latest checkpoint after a failure (restart 2)" in printed, printed
 
 
 def test_a_corrupted_latest_checkpoint_gives_way_to_the_one_before(ray_session, mlflow_store, tmp_path, capsys):

@@ -17,21 +17,21 @@ MASK = "***"
 # A key names a secret when one of its words (split at `_ . -`, case changes and the like) is one of these.
 SECRET_WORDS = (r"token|secret|password|passwd|credentials?|signature|sig|auth|authorization|apikey"
                 r"|(?:api|access|private|secret|account|client)[_-]?key")
-_WORD = rf"(?<![a-zA-Z])(?:{SECRET_WORDS})(?![a-z])"
-SECRET_KEY = re.compile(_WORD, re.IGNORECASE)
+_WORD = rf"(?<![a-zA-Z])(?:{SECRET_WORDS})"  # the name's last word: RAY_AUTH_TOKEN_PATH names a path
+SECRET_KEY = re.compile(rf"{_WORD}$", re.IGNORECASE)
 QUERY_SECRETS = {"key", "code"}  # query parameters that hold secrets in signed or keyed URLs, as bare words
 _USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/\s@?#'\"]+)@")
 _QUERY = re.compile(r"(?P<lead>[?&;])(?P<name>[^=&;\s#'\"]+)=(?P<value>[^&;\s#'\"]*)")
 # `NAME=value`, `name: value`, `"name": "value"` in free text (an error message, an environment, JSON), the name
 # naming a secret; and an HTTP Authorization header's credentials.
-_ASSIGNMENT = re.compile(rf"(?P<name>[\w.-]*{_WORD}[\w.-]*)(?P<sep>[\"']?[ \t]*[=:][ \t]*[\"']?)"
+_ASSIGNMENT = re.compile(rf"(?P<name>[\w.-]*{_WORD})(?P<sep>[\"']?[ \t]*[=:][ \t]*[\"']?)"
                          r"(?P<value>[^\s,;'\"}\]&]+)", re.IGNORECASE)
 _BEARER = re.compile(r"\b(?P<scheme>Bearer|Basic|Token)\s+[A-Za-z0-9._~+/=-]{8,}")
 
 
 def secret_key(key: str) -> bool:
     """Whether a (dotted) key's last part names a secret: `password`, `AWS_SECRET_ACCESS_KEY`, `accessToken`,
-    `X-Amz-Signature`; not `keys`, `cache_key`, `tokenizer`."""
+    `X-Amz-Signature`; not `keys`, `cache_key`, `tokenizer`, `RAY_AUTH_TOKEN_PATH`."""
     last = str(key).rpartition(".")[2]
     return bool(SECRET_KEY.search(last) or SECRET_KEY.search(re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", last)))
 
