@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.cluster.environment import runtime_env
+from orchestrator.track.redact import redact
 
 TERMINAL_WAIT_S = 60.0
 ATTEMPT = "--attempt-"  # ID--attempt-k: the Ray submission id of an id's k-th attempt
@@ -146,7 +147,7 @@ def listing(client: Any) -> str:
     rows = [f"{'id':<32} {'status':<10} {'attempts':>8}  {'started':<19}  job"]
     for job_id, jobs in sorted(by_id.items(), key=lambda item: min(j.start_time or 0 for j in item[1])):
         last = max(jobs, key=attempt_of)
-        name = (last.metadata or {}).get(META_JOB) or f"(not ganorch) {last.entrypoint[:40]}"
+        name = (last.metadata or {}).get(META_JOB) or f"(not ganorch) {redact(last.entrypoint)[:40]}"
         rows.append(f"{job_id:<32} {last.status.value:<10} {len(jobs):>8}  {stamp(last.start_time):<19}  {name}")
     return "\n".join(rows)
 

@@ -272,7 +272,7 @@ class Outbox:
 
 
 def first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
+    text = redact(str(err)).strip().splitlines()  # redacted before it is cut
     return (text[0] if text else type(err).__name__)[:200]
 
 

@@ -118,7 +118,7 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
             client(uri).search_experiments(max_results=1)  # an unsupported scheme, a store that cannot be opened
         except Exception as err:
             raise ValueError(f"MLFLOW_TRACKING_URI: cannot open the MLflow tracking store {redact(uri)}: "
-                             f"{str(err).strip().splitlines()[0][:300]}") from None
+                             f"{redact(str(err)).strip().splitlines()[0][:300]}") from None
         return
     parts = urlsplit(uri)
     try:

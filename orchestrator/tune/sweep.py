@@ -22,6 +22,7 @@ import yaml
 from orchestrator.spec import JobSpec, parse
 from orchestrator.spec.job import trial_data
 from orchestrator.track import runs, store
+from orchestrator.track.redact import redact
 from orchestrator.track.tags import TAG_BEST_TRIAL, TAG_OUTCOME, TAG_SWEEP, TAG_TRIAL, TAG_UNSTABLE
 from orchestrator.tune.schedulers import (
     DRIVER_CPUS,
@@ -137,7 +138,7 @@ def summarise(spec: JobSpec, grid: Any, uri: str, parent_run_id: str, keys: list
             client.set_terminated(child.info.run_id, "KILLED")
             entry["status"] = "STOPPED"
         if result.error:
-            entry["reason"] = str(result.error).splitlines()[0][:200]
+            entry["reason"] = redact(str(result.error)).splitlines()[0][:200]  # redacted before it is cut
         trials.append(entry)
         if entry["status"] in ("TERMINATED", "STOPPED") and value is not None and value == value and (
                 best is None or (value < best["metric"] if t.mode == "min" else value > best["metric"])):
