@@ -33,6 +33,7 @@ SECRETS = ["PLANTED-DATA-TOKEN", "PLANTED-SIGNATURE", "PLANTED-CREDENTIAL", "PLA
     # words that only contain a secret's name stay as they are
     ("cache_key = make_key(spec); sort_keys=True, num_tokens=3, tokenizer=bpe", None),
     ("RAY_AUTH_TOKEN_PATH: no token file /x/nope; RAY_AUTH_MODE=token", None),
+    ("WARNING -- Token authentication is enabled for this Ray cluster", None),
 ])
 def test_free_text_is_redacted(text, shown):
     assert redact.redact(text) == (text if shown is None else shown)

@@ -14,7 +14,7 @@ import yaml
 from orchestrator.spec import JobSpec
 
 MASK = "***"
-# A key names a secret when one of its words (split at `_ . -`, case changes and the like) is one of these.
+# A key names a secret when its last word (after `_`, `.`, `-` or a case change) is one of these.
 SECRET_WORDS = (r"token|secret|password|passwd|credentials?|signature|sig|auth|authorization|apikey"
                 r"|(?:api|access|private|secret|account|client)[_-]?key")
 _WORD = rf"(?<![a-zA-Z])(?:{SECRET_WORDS})"  # the name's last word: RAY_AUTH_TOKEN_PATH names a path
@@ -26,7 +26,7 @@ _QUERY = re.compile(r"(?P<lead>[?&;])(?P<name>[^=&;\s#'\"]+)=(?P<value>[^&;\s#'\
 # naming a secret; and an HTTP Authorization header's credentials.
 _ASSIGNMENT = re.compile(rf"(?P<name>[\w.-]*{_WORD})(?P<sep>[\"']?[ \t]*[=:][ \t]*[\"']?)"
                          r"(?P<value>[^\s,;'\"}\]&]+)", re.IGNORECASE)
-_BEARER = re.compile(r"\b(?P<scheme>Bearer|Basic|Token)\s+[A-Za-z0-9._~+/=-]{8,}")
+_BEARER = re.compile(r"\b(?P<scheme>Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{16,}")  # not "Token authentication"
 
 
 def secret_key(key: str) -> bool:
@@ -50,7 +50,7 @@ def redact(text: str) -> str:
 
 def secret_assignment(m: re.Match) -> bool:
     return (secret_key(m["name"]) and not m["name"].endswith(("Error", "Exception", "Warning"))
-            and m["value"] != MASK and "://" not in m["value"] and m["value"] not in ("Bearer", "Basic", "Token"))
+            and m["value"] != MASK and "://" not in m["value"] and m["value"] not in ("Bearer", "Basic"))
 
 
 def masked(value: Any, key: str = "") -> Any:
