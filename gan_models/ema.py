@@ -24,8 +24,8 @@ class GeneratorEMA:
 
     @torch.no_grad()
     def update(self, generator: nn.Module, step: int) -> None:
-        decay = self.decay_at(step)
-        for ema_param, param in zip(self.module.parameters(), generator.parameters()):
-            ema_param.lerp_(param.detach(), 1 - decay)
-        for ema_buffer, buffer in zip(self.module.buffers(), generator.buffers()):
-            ema_buffer.copy_(buffer)
+        """One fused update of all parameters and buffers (torch._foreach_*), not a kernel per tensor."""
+        torch._foreach_lerp_(list(self.module.parameters()), list(generator.parameters()), 1 - self.decay_at(step))
+        buffers = list(self.module.buffers())
+        if buffers:
+            torch._foreach_copy_(buffers, list(generator.buffers()))

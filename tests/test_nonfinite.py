@@ -87,10 +87,10 @@ def test_fp16_overflows_are_the_scalers_to_skip_not_divergence(process_group):
 
 def test_fp16_overflows_stop_as_diverged_only_after_many_in_a_row():
     from orchestrator.train.periodic import nonfinite_stop
-    from orchestrator.train.phases import Phase
+    from orchestrator.train.phases import Phase, Streak
 
-    def phases(overflowed_in_a_row: int) -> list[Phase]:
-        return [Phase("D", None, None, None, 1, True, None, overflowed_in_a_row=overflowed_in_a_row),
+    def phases(in_a_row: int) -> list[Phase]:
+        return [Phase("D", None, None, None, 1, True, None, overflowed=Streak(in_a_row, in_a_row, in_a_row)),
                 Phase("G", None, None, None, 1, False, None)]
 
     assert nonfinite_stop(phases(1), "stop", 7) is None  # even train.nonfinite 'stop' leaves overflows be

@@ -85,7 +85,7 @@ def decide(monitor: StabilityMonitor, step: int, flags: list, stop_on: list[str]
     import torch
 
     from orchestrator.train.periodic import stop_decision
-    from orchestrator.train.phases import Phase
+    from orchestrator.train.phases import Phase, Streak
 
     class Logger:
         def __init__(self):
@@ -94,12 +94,13 @@ def decide(monitor: StabilityMonitor, step: int, flags: list, stop_on: list[str]
         def log_flag(self, name, step, description):
             self.logged.append(description)
 
-    phases = [Phase("D", None, None, None, 1, True, None, skipped_in_a_row=skipped_d_in_a_row),
+    phases = [Phase("D", None, None, None, 1, True, None,
+                    skipped=Streak(skipped_d_in_a_row, skipped_d_in_a_row, skipped_d_in_a_row)),
               Phase("G", None, None, None, 1, False, None)]
     t = SimpleNamespace(phases=phases, spec=SimpleNamespace(train=SimpleNamespace(nonfinite="stop")), step=step,
                         device=torch.device("cpu"))
     logger = Logger()
-    return stop_decision(t, monitor, stop_on, flags, logger, observed=True), logger.logged
+    return stop_decision(t, monitor, stop_on, flags, logger), logger.logged
 
 
 def test_the_stop_names_the_flag_that_stopped_the_run_not_an_earlier_one():

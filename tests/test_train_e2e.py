@@ -37,7 +37,7 @@ def compare_ranks_after_every_phase(config):
 
     def run_phase_then_compare(phase, *args):
         stats = real_run_phase(phase, *args)
-        digests = ddp.gather_digests({"trained": phase.trains.module, "frozen": phase.frozen},
+        digests = ddp.gather_digests({"trained": ddp.unwrap(phase.trains), "frozen": phase.frozen},
                                              parameters_only=True)
         checks.append((phase.name, all(len(set(per_rank)) == 1 for per_rank in digests.values())))
         return stats

@@ -73,29 +73,45 @@ def gather_rows(local: torch.Tensor, share: int) -> torch.Tensor:
 
 
 class StatsAccumulator:
-    """Sums per-step scalars locally; `reduce()` averages them over steps and ranks with one all-reduce."""
+    """Sums per-step scalars on the device, without a host sync; `reduce()` averages them over the interval's
+    steps and all ranks with one all-reduce and one host read."""
 
     def __init__(self, device: torch.device):
         self.device = device
-        self.sums: dict[str, torch.Tensor] = {}
-        self.counts: dict[str, int] = {}
+        self.sums: dict[tuple[str, ...], torch.Tensor] = {}    # by a step's names: their sums
+        self.counts: dict[tuple[str, ...], torch.Tensor] = {}  # and how many steps counted
 
-    def add(self, stats: dict[str, torch.Tensor]) -> None:
-        for name, value in stats.items():
-            value = value.detach().float().mean()
-            self.sums[name] = self.sums[name] + value if name in self.sums else value
-            self.counts[name] = self.counts.get(name, 0) + 1
+    def add(self, stats: dict[str, torch.Tensor], counted: torch.Tensor | None = None) -> None:
+        """One step's stats (each averaged over its batch); a step whose `counted` is False adds nothing."""
+        names = tuple(stats)
+        values = torch.stack([value.detach().float().mean() for value in stats.values()])
+        count = torch.ones((), device=values.device) if counted is None else counted.float()
+        values = torch.where(count > 0, values, 0.0)
+        if names in self.sums:
+            self.sums[names] += values
+            self.counts[names] += count
+        else:
+            self.sums[names], self.counts[names] = values, count
 
     def reduce(self) -> dict[str, float]:
-        """Means over the interval and all ranks. Every rank must call it with the same names."""
-        names = sorted(self.sums)
-        if not names:
+        """Means over the interval and all ranks; a name no step counted is left out. Every rank must call it
+        with the same names."""
+        keys = sorted(self.sums)
+        if not keys:
             return {}
-        totals = torch.stack([self.sums[n] / self.counts[n] for n in names]).to(self.device)
+        totals = torch.cat([self.sums[k] for k in keys] + [self.counts[k].reshape(1) for k in keys]).to(self.device)
         if world_size() > 1:
             dist.all_reduce(totals)
-            totals /= world_size()
         values = totals.tolist()
+        sums, counts = values[:len(totals) - len(keys)], values[len(totals) - len(keys):]
+        total: dict[str, float] = {}
+        steps: dict[str, float] = {}
+        position = 0
+        for key, count in zip(keys, counts):
+            for name in key:
+                total[name] = total.get(name, 0.0) + sums[position]
+                steps[name] = steps.get(name, 0.0) + count
+                position += 1
         self.sums.clear()
         self.counts.clear()
-        return dict(zip(names, values))
+        return {name: total[name] / steps[name] for name in sorted(total) if steps[name] > 0}

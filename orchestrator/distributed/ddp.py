@@ -1,7 +1,7 @@
 """DDP for the alternating phases, and the check that every rank holds the same networks.
 
 G and D are separate DDP modules. In a phase only the trained network runs through its DDP wrapper;
-the frozen one is called as the bare module (`ddp.module`) with `requires_grad=False`, so its reducer
+the frozen one is called as the bare module (`unwrap(ddp)`) with `requires_grad=False`, so its reducer
 never waits for gradients that will not come and the phase all-reduces only what it steps.
 A phase may call its trained network more than once before its single backward (D on real, then on
 fake): every parameter still gets one accumulated gradient, so DDP reduces each once.
@@ -18,13 +18,24 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from orchestrator.distributed.collectives import gather_objects, world_size
 
 
-def wrap_ddp(module: nn.Module, device: torch.device) -> DDP:
+def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
+    """The module as a phase trains it: in DDP (`data_parallel`) when there are several ranks; a single rank trains
+    the module itself, where DDP would only copy its gradients into buckets and back."""
+    return data_parallel(module, device) if world_size() > 1 else module
+
+
+def data_parallel(module: nn.Module, device: torch.device) -> DDP:
     """DDP without per-forward buffer broadcasts. BatchNorm running statistics are not used in training
     mode, so each rank keeps its own until `broadcast_buffers` aligns them to rank 0's before a snapshot."""
     device_ids = [device.index] if device.type == "cuda" else None
     if "forward_sync_buffers" in inspect.signature(DDP).parameters:  # newer torch renamed the option
         return DDP(module, device_ids=device_ids, forward_sync_buffers=False)
     return DDP(module, device_ids=device_ids, broadcast_buffers=False)
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The network inside a DDP wrapper (a bare one as it is)."""
+    return module.module if isinstance(module, DDP) else module
 
 
 def broadcast_buffers(module: nn.Module) -> None:

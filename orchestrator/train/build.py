@@ -101,8 +101,7 @@ def build(spec: JobSpec, context: Any, logger: Any) -> Training:
     memory_format = torch.channels_last if spec.train.channels_last else torch.contiguous_format
     G_ddp = ddp.wrap_ddp(G.to(device, memory_format=memory_format), device)
     D_ddp = ddp.wrap_ddp(D.to(device, memory_format=memory_format), device)
-    opt_g = torch.optim.Adam(G.parameters(), lr=spec.optim.g.lr, betas=spec.optim.g.betas)
-    opt_d = torch.optim.Adam(D.parameters(), lr=spec.optim.d.lr, betas=spec.optim.d.betas)
+    opt_g, opt_d = adam(G, spec.optim.g), adam(D, spec.optim.d)
     phases = build_phases(G_ddp, D_ddp, opt_g, opt_d, build_loss(spec.train.loss), spec.train.n_critic,
                           build_regularizers(spec), Precision(spec.train.precision, device), classes > 0)
     ema = GeneratorEMA(G, spec.train.ema_decay, spec.train.ema_rampup)  # on every rank: samples and evaluation
@@ -126,6 +125,11 @@ def build(spec: JobSpec, context: Any, logger: Any) -> Training:
         resume.restore_rng(context.resume, noise, device)
     return Training(spec, device, rank, world_size, classes, G, D, ema, opt_g, opt_d, phases, batches, source, noise,
                     fixed, evaluator, step, images_seen)
+
+
+def adam(net: torch.nn.Module, settings: Any) -> torch.optim.Adam:
+    """Fused Adam: one kernel for all parameters, and it takes a step's skip as a device tensor (`found_inf`)."""
+    return torch.optim.Adam(net.parameters(), lr=settings.lr, betas=settings.betas, fused=True)
 
 
 def build_evaluator(spec: JobSpec, context: Any, logger: Any, dataset: Any, data_classes: int,

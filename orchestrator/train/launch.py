@@ -1,8 +1,11 @@
 """From a validated JobSpec to a finished Ray Train run recorded in MLflow."""
 
 import dataclasses
+import os
 import socket
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from orchestrator.spec import JobSpec
@@ -14,6 +17,8 @@ from orchestrator.train.trainer import for_workers, ray_datasets, torch_trainer
 
 if TYPE_CHECKING:
     from orchestrator.train.resume_from import Resumption
+
+IMPORTED_AT = time.time()
 
 
 @dataclass
@@ -92,7 +97,8 @@ def fit(spec: JobSpec, uri: str, run_id: str, run_name: str, loop: Callable[[dic
 
     board = ProgressBoard.remote()
     trainer = torch_trainer(spec, {"spec": spec.to_dict(), "tracking_uri": uri, "run_id": run_id, "progress": board,
-                                   "mlflow_env": store.environment(), **handed_over},
+                                   "mlflow_env": store.environment(), "started_at": process_started_at(),
+                                   **handed_over},
                             name=run_name, callbacks=[failures.FailureWatch(board)], datasets=datasets, loop=loop)
     store.client(uri).set_tag(run_id, TAG_STORAGE, f"{trainer.run_config.storage_path.rstrip('/')}/{run_name}")
     try:
@@ -102,3 +108,14 @@ def fit(spec: JobSpec, uri: str, run_id: str, run_name: str, loop: Callable[[dic
             return trainer.fit()
     except TrainingFailedError as err:  # in words, without Ray's report (in its log files)
         raise failures.explain(err, run_id, ray.get(board.read.remote())) from None
+
+
+def process_started_at() -> float:
+    """When this process started, as Unix time: from /proc on Linux (the start in clock ticks after boot), else
+    when orchestrator.train.launch was imported."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return IMPORTED_AT
+    return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")

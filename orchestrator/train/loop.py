@@ -3,6 +3,7 @@ metrics, samples, evaluation, stop decisions and checkpoints. `train` runs it on
 
 import math
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,7 @@ class WorkerContext:
     placement: list[str] | None = None    # per rank: where it runs, for the run's tags
     restarted_after: str | None = None    # rank 0 of workers Ray Train restarted: why the ones before failed
     verdicts: Any = None    # in a Tune trial: a queue that gives rank 0 Tune's go-ahead after each report
+    started_at: float | None = None  # when the driver started (Unix time): rank 0 logs the time to the first step
 
 
 def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
@@ -70,12 +72,14 @@ def train_logged(spec: JobSpec, context: WorkerContext, logger: Any, report=None
     speed = Throughput(spec.train.batch_size * spec.train.n_critic, t.step)
     progress = ProgressPost(context.progress if t.rank == 0 else None)
     out = Outcome(best_fid=logger.best_fid if logger else math.inf)
+    if logger and context.started_at and not context.restarted_after:
+        logger.log_metrics(t.step, {"startup_s": time.time() - context.started_at})
     while t.step < spec.train.steps and out.stopped is None:
         t.step += 1
         t.images_seen += speed.images_per_step
         for phase in t.phases:
-            for step_stats in run_phase(phase, t.batches, t.draw_latent, t.draw_uniform):
-                stats.add(step_stats)
+            for step_stats, applied in run_phase(phase, t.batches, t.draw_latent, t.draw_uniform):
+                stats.add(step_stats, counted=applied)
         t.ema.update(t.G, t.step)
         progress.step(t.step, speed)
 
@@ -97,7 +101,8 @@ def train_logged(spec: JobSpec, context: WorkerContext, logger: Any, report=None
             if logger:
                 logger.log_metrics(t.step, out.scores)
             keep_if_best(t, out, logger)
-        out.stopped = stop_decision(t, monitor, stop_on, flags, logger, observed=measured or evaluated)
+        if measured or evaluated:
+            out.stopped = stop_decision(t, monitor, stop_on, flags, logger)
         if t.step % track.checkpoint_every == 0 or last or out.stopped is not None:
             checkpoint_and_report(t, out, logger, report, context.verdicts)
             progress.checkpointed(t.step)

@@ -76,8 +76,8 @@ def interval_metrics(t: Training, stats: StatsAccumulator, speed: Throughput) ->
     """The interval's means over steps and ranks (one all-reduce), with throughput, rates and skipped steps."""
     metrics = {**stats.reduce(), "images_per_sec": speed.rate(t.step), "images_seen": t.images_seen,
                "lr_g": t.opt_g.param_groups[0]["lr"], "lr_d": t.opt_d.param_groups[0]["lr"],
-               **{f"skipped_{p.name.lower()}": p.skipped for p in t.phases},
-               **{f"overflow_{p.name.lower()}": p.overflowed for p in t.phases if p.scaler is not None}}
+               **{f"skipped_{p.name.lower()}": p.skipped.counts()[0] for p in t.phases},
+               **{f"overflow_{p.name.lower()}": p.overflowed.counts()[0] for p in t.phases if p.scaler is not None}}
     speed.restart(t.step)
     return metrics
 
@@ -107,22 +107,18 @@ def keep_if_best(t: Training, out: Outcome, logger: Any) -> None:
 
 
 def stop_decision(t: Training, monitor: StabilityMonitor, stop_on: list[str], flags: list[Flag],
-                  logger: Any, observed: bool) -> Flag | None:
+                  logger: Any) -> Flag | None:
     """The flag that stops the run at this step, if any, taken by all ranks together; rank 0 logs this step's flags.
-    `observed`: the monitor saw metrics or an evaluation at this step. Only then can one of its flags have been
-    raised, so only then do the ranks agree on rank 0's monitor (one broadcast); a rank whose own monitor differs
-    stops with the others all the same."""
-    stopped = None
-    not_finite = nonfinite_stop(t.phases, t.spec.train.nonfinite, t.step)  # counters every rank holds alike
-    if not_finite:
-        flags.append(not_finite)
-        monitor.raised.setdefault(not_finite.name, not_finite)  # a `diverged` raised before stays the first seen
-        stopped = not_finite
+    Called at metrics and evaluation steps only, the steps whose flags the monitor raises: the ranks agree on rank 0's
+    monitor there (one broadcast), and a rank whose own monitor differs stops with the others all the same. Skipped
+    steps are counted on the device and looked at here too: alike on every rank, they need no agreement."""
+    stopped = nonfinite_stop(t.phases, t.spec.train.nonfinite, t.step)
+    if stopped:
+        flags.append(stopped)
+        monitor.raised.setdefault(stopped.name, stopped)  # a `diverged` raised before stays the first seen
     if logger:
         for flag in flags:
             logger.log_flag(flag.name, flag.step, flag.describe())
-    if not observed:
-        return stopped
     # Only a flag raised at this step can stop the run here: one raised before was not in stop_on.
     now = {flag.name: flag for flag in flags}
     first_stop = collectives.agree(next((i for i, name in enumerate(stop_on) if name in now), -1), t.device)
@@ -133,19 +129,21 @@ def stop_decision(t: Training, monitor: StabilityMonitor, stop_on: list[str], fl
 
 
 def nonfinite_stop(phases: list[Phase], policy: str, step: int) -> Flag | None:
-    """The `diverged` flag when steps were skipped for a non-finite loss or gradient: at the first with
-    train.nonfinite 'stop', after NONFINITE_PATIENCE of a network in a row with 'skip'. fp16 overflows are the
-    gradient scaler's to skip, whatever the policy, until NONFINITE_PATIENCE of them in a row: its scale then fell
-    2^NONFINITE_PATIENCE-fold and the gradients are still not finite."""
-    overflowing = max(phases, key=lambda p: p.overflowed_in_a_row)
-    if overflowing.overflowed_in_a_row >= NONFINITE_PATIENCE:
-        return Flag("diverged", step, f"{overflowing.overflowed_in_a_row} {overflowing.name} step(s) in a row had "
-                                      "gradients that overflowed in fp16, however far the gradient scaler backed off")
-    worst = max(phases, key=lambda p: p.skipped_in_a_row)
-    if worst.skipped_in_a_row < (1 if policy == "stop" else NONFINITE_PATIENCE):
+    """The `diverged` flag when steps were skipped for a non-finite loss or gradient since the last look: at the
+    first with train.nonfinite 'stop', after NONFINITE_PATIENCE of a network in a row with 'skip'. fp16 overflows are
+    the gradient scaler's to skip, whatever the policy, until NONFINITE_PATIENCE of them in a row: its scale then
+    fell 2^NONFINITE_PATIENCE-fold and the gradients are still not finite."""
+    overflowed = {p.name: p.overflowed.take_longest() for p in phases}
+    skipped = {p.name: p.skipped.take_longest() for p in phases}
+    name, longest = max(overflowed.items(), key=lambda item: item[1])
+    if longest >= NONFINITE_PATIENCE:
+        return Flag("diverged", step, f"{longest} {name} step(s) in a row had gradients that overflowed in fp16, "
+                                      "however far the gradient scaler backed off")
+    name, longest = max(skipped.items(), key=lambda item: item[1])
+    if longest < (1 if policy == "stop" else NONFINITE_PATIENCE):
         return None
-    return Flag("diverged", step, f"{worst.skipped_in_a_row} {worst.name} step(s) in a row had a non-finite loss or "
-                                  f"gradient and were not applied (train.nonfinite {policy!r})")
+    return Flag("diverged", step, f"{longest} {name} step(s) in a row had a non-finite loss or gradient and were "
+                                  f"not applied (train.nonfinite {policy!r})")
 
 
 def checkpoint_and_report(t: Training, out: Outcome, logger: Any, report: Any, verdicts: Any) -> None:

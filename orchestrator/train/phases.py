@@ -2,16 +2,17 @@
 its optimizer, how many steps it takes per iteration, and its objective."""
 
 import contextlib
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable, ContextManager, Iterator
+from typing import Any, Callable, ContextManager, Iterator
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from gan_models.losses import GANLoss
 from gan_models.regularizers import Regularizer, Uniform
+from orchestrator.distributed.ddp import unwrap
 from orchestrator.train.precision import Precision
 
 Stats = dict[str, torch.Tensor]
@@ -32,9 +33,32 @@ Objective = Callable[[StepInputs], tuple[torch.Tensor, Stats]]
 
 
 @dataclass
+class Streak:
+    """How many of a phase's steps something happened to (a non-finite gradient, an fp16 overflow): in all, in a
+    row up to now, and in the longest row since the stop decision last looked. Device tensors, updated without a
+    host sync; plain ints until the first update (and in a checkpoint)."""
+    total: Any = 0
+    in_a_row: Any = 0
+    longest: Any = 0
+
+    def add(self, happened: torch.Tensor) -> None:
+        self.total = self.total + happened
+        self.in_a_row = (self.in_a_row + 1) * happened
+        self.longest = torch.maximum(self.in_a_row, torch.as_tensor(self.longest, device=happened.device))
+
+    def counts(self) -> list[int]:
+        return [int(self.total), int(self.in_a_row), int(self.longest)]
+
+    def take_longest(self) -> int:
+        """The longest row since the last call; the row under way counts again at the next."""
+        longest, self.longest = int(self.longest), self.in_a_row
+        return longest
+
+
+@dataclass
 class Phase:
     name: str
-    trains: nn.Module        # the DDP-wrapped network this phase steps
+    trains: nn.Module        # the network this phase steps (DDP-wrapped when there are several ranks)
     frozen: nn.Module        # the other network, bare: no gradients, no all-reduce
     optimizer: torch.optim.Optimizer
     repeats: int             # steps per iteration (n_critic for D)
@@ -43,10 +67,8 @@ class Phase:
     autocast: Callable[[], ContextManager] = contextlib.nullcontext
     scaler: torch.amp.GradScaler | None = None   # fp16 only
     steps_taken: int = 0
-    skipped: int = 0            # steps not taken because their loss or gradient was not finite
-    skipped_in_a_row: int = 0   # of those, the latest ones without a step taken between them
-    overflowed: int = 0         # fp16: steps the gradient scaler skipped, its gradients having overflowed
-    overflowed_in_a_row: int = 0
+    skipped: Streak = field(default_factory=Streak)     # steps not applied: their loss or gradient was not finite
+    overflowed: Streak = field(default_factory=Streak)  # fp16: steps the gradient scaler skipped (overflow)
 
 
 def conditioned(net: nn.Module, conditional: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -88,25 +110,28 @@ def generator_objective(loss: GANLoss, conditional: bool, D: nn.Module, G: nn.Mo
 def build_phases(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
                  loss: GANLoss, n_critic: int, regularizers: list[Regularizer] = (),
                  precision: Precision | None = None, conditional: bool = False) -> list[Phase]:
-    """G and D are the DDP wrappers; each phase calls the other network's bare module."""
+    """G and D are the networks as trained (DDP-wrapped when there are several ranks); each phase calls the other
+    network's bare module. The optimizers must be fused (they take a step's skip as a device tensor)."""
     precision = precision or Precision("fp32", torch.device("cpu"))
     return [
-        Phase("D", trains=D, frozen=G.module, optimizer=opt_d, repeats=n_critic, uses_real=True,
-              objective=partial(discriminator_objective, loss, list(regularizers), conditional, D, G.module),
+        Phase("D", trains=D, frozen=unwrap(G), optimizer=opt_d, repeats=n_critic, uses_real=True,
+              objective=partial(discriminator_objective, loss, list(regularizers), conditional, D, unwrap(G)),
               autocast=precision.autocast, scaler=precision.new_scaler()),
-        Phase("G", trains=G, frozen=D.module, optimizer=opt_g, repeats=1, uses_real=False,
-              objective=partial(generator_objective, loss, conditional, D.module, G),
+        Phase("G", trains=G, frozen=unwrap(D), optimizer=opt_g, repeats=1, uses_real=False,
+              objective=partial(generator_objective, loss, conditional, unwrap(D), G),
               autocast=precision.autocast, scaler=precision.new_scaler()),
     ]
 
 
 def run_phase(phase: Phase, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
               draw_latent: Callable[[], tuple[torch.Tensor, torch.Tensor | None]],
-              draw_uniform: Uniform | None = None) -> list[Stats]:
-    """`repeats` optimizer steps of the trained network; returns the stats of the steps taken. A step whose loss
-    (on any rank) or gradient is not finite is not taken, and counted in `phase.skipped`; under fp16 a step whose
-    gradients overflowed is the scaler's to skip (it lowers its scale), counted in `phase.overflowed`. Neither
-    contributes stats."""
+              draw_uniform: Uniform | None = None) -> list[tuple[Stats, torch.Tensor]]:
+    """`repeats` optimizer steps of the trained network; returns each step's stats and whether it was applied (a
+    device tensor). Decided on the device, with no host sync and no collective beyond DDP's all-reduce: a step whose
+    gradient is not finite is not applied (counted in `phase.skipped`), and a loss that is not finite on one rank
+    seeds that rank's backward with NaN, so the all-reduced gradient is not finite on every rank and all skip
+    together. Under fp16 such a step is the gradient scaler's to skip (it lowers its scale), counted in
+    `phase.overflowed`."""
     phase.frozen.requires_grad_(False)
     phase.trains.requires_grad_(True)
     stats = []
@@ -119,46 +144,39 @@ def run_phase(phase: Phase, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
         phase.optimizer.zero_grad(set_to_none=True)
         with phase.autocast():
             value, step_stats = phase.objective(inputs)
-        overflowed = False
+        seed = torch.where(torch.isfinite(value.detach()), 1.0, math.nan)
         if scaler is None:
-            value.backward()
-            norm = step_stats[f"grad_norm_{phase.name.lower()}"] = grad_norm(phase.trains)
-            finite = all(finite_on_all_ranks(torch.stack([value.detach().float(), norm])))
-            if finite:
-                phase.optimizer.step()
+            value.backward(seed)
+            norm = grad_norm(phase.trains)
+            applied = torch.isfinite(norm)  # the all-reduced gradients are alike on every rank: so is this
+            step_unless(phase.optimizer, ~applied)
+            phase.skipped.add(~applied)
         else:  # fp16: scaled backward; the scaler skips a step whose gradient overflowed, and backs off
-            scaler.scale(value).backward()
+            scaler.scale(value).backward(seed)
             scaler.unscale_(phase.optimizer)
-            norm = step_stats[f"grad_norm_{phase.name.lower()}"] = grad_norm(phase.trains)
-            finite, grads_finite = finite_on_all_ranks(torch.stack([value.detach().float(), norm]))
-            overflowed = finite and not grads_finite  # gradients are all-reduced: the same on every rank
-            if finite:
-                scaler.step(phase.optimizer)
+            norm = grad_norm(phase.trains)
+            applied = torch.isfinite(norm)
+            scaler.step(phase.optimizer)  # a fused optimizer takes the scaler's found_inf: no host sync
             scaler.update()
+            phase.overflowed.add(~applied)
+        step_stats[f"grad_norm_{phase.name.lower()}"] = norm
         phase.steps_taken += 1
-        if overflowed:
-            phase.overflowed += 1
-            phase.overflowed_in_a_row += 1
-        elif finite:
-            phase.skipped_in_a_row = phase.overflowed_in_a_row = 0
-            stats.append(step_stats)
-        else:
-            phase.skipped += 1
-            phase.skipped_in_a_row += 1
+        stats.append((step_stats, applied))
     return stats
 
 
-def finite_on_all_ranks(values: torch.Tensor) -> list[bool]:
-    """For each of `values`, whether it is finite on every rank (one all-reduce, one host sync): a step is taken,
-    or not, by all ranks together. (Gradients are all-reduced, so a rank's non-finite gradient is every rank's; a
-    loss is each rank's own.)"""
-    bad = (~torch.isfinite(values)).float()
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(bad)
-    return [count == 0 for count in bad.tolist()]
+def step_unless(optimizer: torch.optim.Optimizer, not_finite: torch.Tensor) -> None:
+    """optimizer.step(), a no-op where `not_finite`: a fused optimizer's `found_inf`, as the gradient scaler passes
+    it, so the decision stays on the device."""
+    assert all(group.get("fused") for group in optimizer.param_groups), "phases need fused optimizers"
+    optimizer.found_inf = not_finite.float()
+    try:
+        optimizer.step()
+    finally:
+        del optimizer.found_inf
 
 
 def grad_norm(module: nn.Module) -> torch.Tensor:
     """The L2 norm of all the module's gradients together (no host sync; reduced once per interval)."""
     grads = [p.grad for p in module.parameters() if p.grad is not None]
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))

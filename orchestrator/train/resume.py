@@ -13,14 +13,14 @@ from torch import nn
 
 from orchestrator.spec import JobSpec
 from orchestrator.train import checkpoint
-from orchestrator.train.phases import Phase
+from orchestrator.train.phases import Phase, Streak
 
 
 def loop_state(phases: list[Phase], noise: torch.Generator, data_position: int | None,
                device: torch.device) -> dict[str, Any]:
     state = {"phase_steps": {p.name: p.steps_taken for p in phases},
-             "phase_skipped": {p.name: [p.skipped, p.skipped_in_a_row] for p in phases},
-             "phase_overflowed": {p.name: [p.overflowed, p.overflowed_in_a_row] for p in phases},
+             "phase_skipped": {p.name: p.skipped.counts() for p in phases},
+             "phase_overflowed": {p.name: p.overflowed.counts() for p in phases},
              "grad_scalers": {p.name: p.scaler.state_dict() for p in phases if p.scaler is not None},
              "noise_rng": noise.get_state(), "torch_rng": torch.get_rng_state()}
     if device.type == "cuda":
@@ -45,13 +45,13 @@ def restore_training(state: dict[str, Any], G_ema: nn.Module, opt_g: torch.optim
     G_ema.load_state_dict(state["generator_ema"])
     for optimizer, key, settings in ((opt_g, "optimizer_g", spec.optim.g), (opt_d, "optimizer_d", spec.optim.d)):
         optimizer.load_state_dict(state[key])
-        for group in optimizer.param_groups:
-            group["lr"], group["betas"] = settings.lr, tuple(settings.betas)
+        for group in optimizer.param_groups:  # a checkpoint from before fused optimizers says fused: None
+            group["lr"], group["betas"], group["fused"] = settings.lr, tuple(settings.betas), optimizer.defaults["fused"]
     loop = state.get("loop", {})
     for phase in phases:
         phase.steps_taken = loop.get("phase_steps", {}).get(phase.name, 0)
-        phase.skipped, phase.skipped_in_a_row = loop.get("phase_skipped", {}).get(phase.name, [0, 0])
-        phase.overflowed, phase.overflowed_in_a_row = loop.get("phase_overflowed", {}).get(phase.name, [0, 0])
+        phase.skipped = Streak(*loop.get("phase_skipped", {}).get(phase.name, []))
+        phase.overflowed = Streak(*loop.get("phase_overflowed", {}).get(phase.name, []))
         if phase.scaler is not None and phase.name in loop.get("grad_scalers", {}):
             phase.scaler.load_state_dict(loop["grad_scalers"][phase.name])
 

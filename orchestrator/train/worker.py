@@ -38,7 +38,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                             progress=board, data_shard=shard, resume=state, resumed_from=resumed_from,
                             passed_over=passed_over,
                             placement=collectives.gather_objects(placement(device)),
-                            restarted_after=restarted_after, verdicts=config.get("verdicts"))
+                            restarted_after=restarted_after, verdicts=config.get("verdicts"),
+                            started_at=config.get("started_at"))
     try:
         return train(spec, context, report=ray.train.report)
     except Exception as err:

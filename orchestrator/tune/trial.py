@@ -9,6 +9,7 @@ import dataclasses
 import json
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,7 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], keys: list[str], 
 
     from orchestrator.train.trainer import ray_datasets, torch_trainer
 
+    started_at = time.time()
     store.adopt(mlflow_env)
     spec = trial_spec(base, config, keys)
     trial_id = ray.tune.get_context().get_trial_id()
@@ -69,7 +71,8 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], keys: list[str], 
     # workers Ray Train restarted inside the trial would find the verdict of a report their predecessors did not
     # live to wait for in `verdicts`, and run one report ahead of Tune.
     trainer = torch_trainer(spec, {"spec": spec.to_dict(), "tracking_uri": tracking_uri, "run_id": run_id,
-                                   "resume_from": resume_from, "verdicts": verdicts, "mlflow_env": mlflow_env},
+                                   "resume_from": resume_from, "verdicts": verdicts, "mlflow_env": mlflow_env,
+                                   "started_at": started_at},
                             name=f"{sweep_name}-{trial_id}" + (f"-restart{start}" if start else ""),
                             callbacks=[ReportForwarder(reports)], datasets=datasets, max_failures=0)
     status, tags = "FAILED", {}

@@ -1,0 +1,329 @@
+"""ganorch against bare PyTorch loops that do the same maths, side by side in one run: steady-state images/s and the
+time from process start to the first training step.
+
+    (a) bare       one process, a hand-written loop
+    (b) bare DDP   N processes over torch.distributed (gloo on CPU, NCCL on GPU), no Ray
+    (c) ganorch    `ganorch run` with 1 worker
+    (d) ganorch    `ganorch run` with N workers
+    (r) Ray Train's minimum: a trivial TorchTrainer of N workers, from process start to its train function
+
+Every configuration is a fresh process (N for b), started from here, on the same data (mnist5k), networks, loss,
+global batch and precision; ganorch runs with the quickstart's tracking settings and evaluation off. An iteration is
+n_critic D steps (G frozen) then one G step (D frozen) and the G_ema update; images/s counts real images through D,
+over all workers, in windows of `--window` steps (ganorch's tracking.metrics_every): the median window after the
+first. (a) runs for `--seconds` after its first window; the others take as many steps as (a) did.
+
+    python benchmarks/throughput.py                      # the quickstart's settings: DCGAN 28 px, 2 workers x 1 CPU
+    python benchmarks/throughput.py --threads 2 --workers 1
+    python benchmarks/throughput.py --device cuda --family dcgan --image-size 64 --width 64 --batch 256 --precision bf16
+    python benchmarks/throughput.py --smoke              # a few steps of each, to see that it runs
+"""
+
+import argparse
+import copy
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+RESULT = "RESULT "  # a child's line of results on stdout
+
+
+def benchmark_spec(args: argparse.Namespace, workers: int, steps: int, storage: str) -> dict:
+    """The quickstart's job at the benchmark's settings, evaluation off."""
+    spec = yaml.safe_load((REPO / "jobs/quickstart.yaml").read_text())
+    spec["name"] = "throughput-benchmark"
+    spec["model"].update(family=args.family, image_size=args.image_size, g_width=args.width, d_width=args.width,
+                         latent_dim=args.latent)
+    spec["train"].update(steps=steps, batch_size=args.batch, n_critic=args.n_critic, loss=args.loss,
+                         precision=args.precision, channels_last=args.channels_last)
+    spec["resources"].update(num_workers=workers, cpus_per_worker=args.threads, use_gpu=args.device == "cuda")
+    spec["tracking"].update(metrics_every=args.window, storage_path=storage)
+    spec["eval"]["every"] = 0
+    return spec
+
+
+# ---- (a), (b): the bare loops, in child processes ----
+
+def bare(args: argparse.Namespace) -> None:
+    """One rank of the bare loop (the only one, or one of N over torch.distributed); rank 0 prints the results."""
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from gan_models import build_loss, build_models
+    from orchestrator.data.sources import load_dataset
+    from orchestrator.spec import parse
+
+    torch.set_num_threads(args.threads)
+    rank, world = args.rank, args.world
+    device = torch.device("cuda", rank) if args.device == "cuda" else torch.device("cpu")
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                init_method=f"tcp://127.0.0.1:{args.port}", rank=rank, world_size=world)
+    spec = parse(benchmark_spec(args, world, 1, "unused"))
+    m, b = spec.model, args.batch // world
+    images = load_dataset(spec.data, spec.model).tensors[0].to(device)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    torch.manual_seed(0)
+    G, D = build_models(m.family, latent_dim=m.latent_dim, image_size=m.image_size, channels=m.channels,
+                        g_width=m.g_width, d_width=m.d_width)
+    G, D = G.to(device, memory_format=memory_format), D.to(device, memory_format=memory_format)
+    G_ema = copy.deepcopy(G).requires_grad_(False)
+    G_train, D_train = (DDP(G, broadcast_buffers=False), DDP(D, broadcast_buffers=False)) if world > 1 else (G, D)
+    opt_g = torch.optim.Adam(G.parameters(), lr=spec.optim.g.lr, betas=spec.optim.g.betas)
+    opt_d = torch.optim.Adam(D.parameters(), lr=spec.optim.d.lr, betas=spec.optim.d.betas)
+    loss = build_loss(spec.train.loss)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
+    scaler_g, scaler_d = (torch.amp.GradScaler(device.type, enabled=dtype is torch.float16) for _ in range(2))
+    ema_params, g_params = list(G_ema.parameters()), list(G.parameters())
+
+    def autocast():
+        return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+    def step(optimizer, scaler, value):
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(value).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    def batches():
+        generator = torch.Generator(device=device).manual_seed(0)
+        while True:  # every rank shuffles alike and takes every world-th image
+            order = torch.randperm(len(images), generator=generator, device=device)[rank::world]
+            for i in range(len(order) // b):
+                yield images[order[i * b:(i + 1) * b]].contiguous(memory_format=memory_format)
+
+    real_batches = batches()
+    first_step_at = time.time()
+    rates, done, started = [], 0, time.perf_counter()
+    deadline = None
+    while (done < args.steps) if args.steps else (deadline is None or time.perf_counter() < deadline):
+        G.requires_grad_(False)
+        D.requires_grad_(True)
+        for _ in range(args.n_critic):
+            z = torch.randn(b, m.latent_dim, device=device)
+            with autocast():
+                with torch.no_grad():
+                    fake = G(z)
+                value = loss.discriminator(D_train(next(real_batches)).float(), D_train(fake).float())
+            step(opt_d, scaler_d, value)
+        D.requires_grad_(False)
+        G.requires_grad_(True)
+        z = torch.randn(b, m.latent_dim, device=device)
+        with autocast():
+            value = loss.generator(D(G_train(z)).float())
+        step(opt_g, scaler_g, value)
+        torch._foreach_lerp_(ema_params, g_params, 1 - spec.train.ema_decay)
+        done += 1
+        if done % args.window == 0:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            now = time.perf_counter()
+            rates.append(args.window * args.batch * args.n_critic / (now - started))
+            started = now
+            if deadline is None:  # the first window is the warm-up
+                deadline = now + args.seconds
+    if rank == 0:
+        print(RESULT + json.dumps({"first_step_at": first_step_at, "rates": rates, "steps": done}), flush=True)
+    if world > 1:
+        dist.destroy_process_group()
+
+
+# ---- (r): Ray Train's minimum ----
+
+def ray_minimum(args: argparse.Namespace) -> None:
+    """A TorchTrainer of the benchmark's worker group whose train function only notes when it starts."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    def note_start(config: dict) -> None:
+        import ray.train
+
+        if ray.train.get_context().get_world_rank() == 0:
+            Path(config["file"]).write_text(str(time.time()))
+
+    ray.init(log_to_driver=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        file = Path(tmp) / "started"
+        use_gpu = args.device == "cuda"
+        TorchTrainer(note_start, train_loop_config={"file": str(file)},
+                     scaling_config=ScalingConfig(num_workers=args.world, use_gpu=use_gpu,
+                                                  resources_per_worker={"CPU": args.threads,
+                                                                        **({"GPU": 1} if use_gpu else {})}),
+                     torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+                     run_config=RunConfig(storage_path=tmp, name="ray-minimum")).fit()
+        print(RESULT + json.dumps({"first_step_at": float(file.read_text())}), flush=True)
+
+
+# ---- the parent: runs every configuration and prints the table ----
+
+def child(args: argparse.Namespace, role: str, **options) -> list[str]:
+    argv = [sys.executable, __file__, "--role", role]
+    for name, value in {**vars(args), **options}.items():
+        if name in ("role", "smoke", "only"):
+            continue
+        if isinstance(value, bool):
+            argv += [f"--{name.replace('_', '-')}"] if value else []
+        else:
+            argv += [f"--{name.replace('_', '-')}", str(value)]
+    return argv
+
+
+def result_of(out: str) -> dict:
+    lines = [line for line in out.splitlines() if line.startswith(RESULT)]
+    assert lines, f"the child printed no results:\n{out[-3000:]}"
+    return json.loads(lines[-1][len(RESULT):])
+
+
+def run_bare(args: argparse.Namespace, world: int, steps: int) -> dict:
+    port = free_port()
+    launched = time.time()
+    processes = [subprocess.Popen(child(args, "bare", rank=rank, world=world, port=port, steps=steps),
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for rank in range(world)]
+    outputs = [p.communicate()[0] for p in processes]
+    for p, out in zip(processes, outputs):
+        assert p.returncode == 0, f"a bare rank failed:\n{out[-3000:]}"
+    found = result_of(outputs[0])
+    return {"rate": statistics.median(found["rates"][1:] or found["rates"]), "steps": found["steps"],
+            "first_step_s": found["first_step_at"] - launched, "whole_s": time.time() - launched}
+
+
+def run_ray_minimum(args: argparse.Namespace) -> dict:
+    launched = time.time()
+    out = subprocess.run(child(args, "ray-minimum", world=args.workers), capture_output=True, text=True)
+    assert out.returncode == 0, f"the trivial TorchTrainer failed:\n{out.stdout[-2000:]}{out.stderr[-3000:]}"
+    return {"first_step_s": result_of(out.stdout)["first_step_at"] - launched, "whole_s": time.time() - launched}
+
+
+def run_ganorch(args: argparse.Namespace, workers: int, steps: int) -> dict:
+    """`ganorch run` on a job file of the benchmark's settings, in a store of its own; its figures from MLflow."""
+    import psutil
+    from mlflow import MlflowClient
+
+    with tempfile.TemporaryDirectory(prefix="ganorch-benchmark-") as tmp:
+        job = Path(tmp) / "job.yaml"
+        job.write_text(yaml.safe_dump(benchmark_spec(args, workers, steps, str(Path(tmp) / "ray"))))
+        uri = f"sqlite:///{tmp}/mlflow.db"
+        env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "GANORCH_HOME": str(Path(tmp) / "home")}
+        launched = time.time()
+        process = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(job)], cwd=tmp, env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            created = psutil.Process(process.pid).create_time()
+        except psutil.NoSuchProcess:
+            created = launched
+        out = process.communicate()[0]
+        whole = time.time() - launched
+        assert process.returncode == 0, f"ganorch run failed:\n{out[-3000:]}"
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name("throughput-benchmark")
+        run = client.search_runs([experiment.experiment_id])[0]
+        rates = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "images_per_sec"),
+                                         key=lambda m: m.step)]
+        startup = client.get_metric_history(run.info.run_id, "startup_s")
+    return {"rate": statistics.median(rates[1:] or rates), "steps": steps, "whole_s": whole,
+            "first_step_s": startup[0].value + (created - launched) if startup else float("nan")}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name(0)
+    return f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", default="dcgan", choices=["dcgan", "resnet"])
+    parser.add_argument("--image-size", type=int, default=28)
+    parser.add_argument("--width", type=int, default=32, help="g_width and d_width")
+    parser.add_argument("--latent", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=64, help="the global batch, split over the workers")
+    parser.add_argument("--n-critic", type=int, default=1)
+    parser.add_argument("--loss", default="nonsaturating", choices=["nonsaturating", "hinge", "lsgan"])
+    parser.add_argument("--workers", type=int, default=2, help="N, for (b) and (d)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process (ganorch: CPUs a worker)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--seconds", type=float, default=60.0, help="how long (a) runs after its warm-up window")
+    parser.add_argument("--window", type=int, default=100, help="steps per timed window (tracking.metrics_every)")
+    parser.add_argument("--only", default="a,b,c,d,r", help="which configurations to run")
+    parser.add_argument("--smoke", action="store_true", help="a few steps of each, at a toy size")
+    parser.add_argument("--role", default="parent", choices=["parent", "bare", "ray-minimum"], help=argparse.SUPPRESS)
+    parser.add_argument("--rank", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--world", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role == "bare":
+        return bare(args)
+    if args.role == "ray-minimum":
+        return ray_minimum(args)
+    if args.smoke:
+        args.width, args.latent, args.batch, args.window, args.seconds = 4, 8, 8, 2, 0.0
+    if args.batch % args.workers:
+        parser.error(f"--batch {args.batch} does not split over --workers {args.workers}")
+    only = set(args.only.split(","))
+
+    import torch
+
+    print(f"# {date.today()}; {device_name(args.device)}; torch {torch.__version__}; python {platform.python_version()}")
+    print(f"# {args.family} {args.image_size} px, widths {args.width}, latent {args.latent}, global batch "
+          f"{args.batch}, n_critic {args.n_critic}, {args.loss}, {args.precision}"
+          f"{', channels_last' if args.channels_last else ''}; {args.workers} workers x {args.threads} thread(s); "
+          f"windows of {args.window} steps")
+    print(f"# {' '.join(sys.argv)}")
+    found: dict[str, dict] = {}
+    steps = 0
+    if "a" in only or not {"b", "c", "d"} <= only:
+        found["a"] = run_bare(args, 1, 0)
+        steps = found["a"]["steps"]
+    steps = max(steps, 3 * args.window)
+    if "b" in only:
+        found["b"] = run_bare(args, args.workers, steps)
+    if "c" in only:
+        found["c"] = run_ganorch(args, 1, steps)
+    if "d" in only:
+        found["d"] = run_ganorch(args, args.workers, steps)
+    if "r" in only:
+        found["r"] = run_ray_minimum(args)
+
+    names = {"a": "(a) bare, 1 process", "b": f"(b) bare DDP, {args.workers} processes",
+             "c": "(c) ganorch, 1 worker", "d": f"(d) ganorch, {args.workers} workers",
+             "r": f"(r) Ray Train minimum, {args.workers} workers"}
+    print(f"{'configuration':34} {'images/s':>10} {'steps':>6} {'to first step s':>16} {'whole process s':>16}")
+    for key, row in found.items():
+        rate = f"{row['rate']:10.0f}" if "rate" in row else f"{'':>10}"
+        steps_done = f"{row['steps']:6d}" if "steps" in row else f"{'':>6}"
+        print(f"{names[key]:34} {rate} {steps_done} {row['first_step_s']:16.1f} {row['whole_s']:16.1f}")
+    for num, den in (("c", "a"), ("d", "b")):
+        if num in found and den in found:
+            print(f"ratio {num}/{den} = {found[num]['rate'] / found[den]['rate']:.3f}")
+    if "d" in found and "r" in found:
+        print(f"start-up: ganorch ({args.workers} workers) to its first step minus Ray Train's minimum = "
+              f"{found['d']['first_step_s'] - found['r']['first_step_s']:+.1f} s (goal: at most +3 s)")
+
+
+if __name__ == "__main__":
+    main()
