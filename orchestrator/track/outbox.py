@@ -136,7 +136,7 @@ class Outbox:
 
     def __init__(self, uri: str, run_id: str, name: str, notify: Callable[[str], None] | None = None):
         scope_http_settings()
-        self.client = store.client(uri)
+        self.uri, self.client = uri, None  # the client is made by the thread: importing MLflow takes seconds
         self.where = redact(uri)
         self.run_id, self.name = run_id, name
         self.notify = notify or (lambda line: print(f"ganorch: {line}", flush=True))
@@ -202,6 +202,7 @@ class Outbox:
                 op = self.pending[0]
                 self.sending = True
             try:
+                self.client = self.client or store.client(self.uri)
                 send(self.client, self.run_id, op, self.files)
             except Exception as err:
                 with self.lock:

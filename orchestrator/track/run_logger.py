@@ -1,5 +1,6 @@
 """Rank 0's handle on its MLflow run during training: metrics, sample grids, checkpoints, flags and tags."""
 
+import functools
 import math
 import tempfile
 from pathlib import Path
@@ -28,12 +29,17 @@ class RunLogger:
     MLflow outage never stops training (`close` says where what could not be sent was kept)."""
 
     def __init__(self, uri: str, run_id: str, notify: Callable[[str], None] | None = None):
-        self.client = client(uri)
+        self.uri = uri
         self.run_id = run_id
         self.outbox = Outbox(uri, run_id, "rank0", notify)
         self.logged_through: dict[str, int] = {}  # metric -> the last step logged before a resume
         self.floor = -1                            # when those could not be read: the checkpoint's step
         self.best_fid = math.inf                   # the FID of the run's best checkpoint before a resume
+
+    @functools.cached_property
+    def client(self) -> Any:
+        """For reads (at a resume): made when first needed, so a fresh run's first step waits on no MLflow import."""
+        return client(self.uri)
 
     def resuming(self, step: int) -> None:
         """Training goes on from the checkpoint of `step`, so it takes again steps that may have been logged after
