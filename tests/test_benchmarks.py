@@ -1,5 +1,6 @@
 """Benchmark scripts stay runnable: each runs once at a toy size (their figures are not checked here)."""
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -15,3 +16,36 @@ def test_precision_throughput_prints_a_row_per_configuration():
     rows = [line.split() for line in out.stdout.splitlines() if line.startswith(("fp32 ", "bf16 "))]
     assert [(r[0], r[1]) for r in rows] == [("fp32", "False"), ("bf16", "False"), ("fp32", "True"), ("bf16", "True")]
     assert all(float(r[2]) > 0 for r in rows) and [r[3] for r in rows if r[0] == "fp32"] == ["1.00x", "1.00x"]
+
+
+def test_sweep_prints_a_row_per_sweep(mnist_classifier):
+    out = subprocess.run([sys.executable, "benchmarks/sweep.py", "--smoke", "--cache-dir", str(mnist_classifier[1])],
+                         cwd=REPO, capture_output=True, text=True, timeout=480)
+    assert out.returncode == 0, out.stderr
+    rows = {row[0]: row for row in map(str.split, out.stdout.splitlines()) if row and row[0] in ("grid", "asha", "pbt")}
+    assert list(rows) == ["grid", "asha", "pbt"], out.stdout
+    for name, (_, trials, starts, worker_s, wall_s, best_fid, reached) in rows.items():
+        assert int(trials) == 2 and int(starts) >= 2, rows[name]
+        assert float(worker_s) > 0 and float(wall_s) > 0 and float(best_fid) > 0, rows[name]
+        assert reached == "never" or 0 < float(reached) <= float(worker_s), rows[name]
+    assert rows["grid"][-1] != "never"   # the grid reaches its own best
+
+
+def test_sweep_counts_the_worker_seconds_of_each_start_of_a_trial():
+    import pandas as pd
+
+    loaded = importlib.util.spec_from_file_location("sweep_benchmark", REPO / "benchmarks" / "sweep.py")
+    sweep = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(sweep)
+    # Trial a: started at 100, reported at 110 and 120, paused; resumed at 150, reported at 155. Trial b: 100 to 130.
+    a = pd.DataFrame({"timestamp": [110, 120, 155], "time_since_restore": [10.0, 20.0, 5.0],
+                      "iterations_since_restore": [1, 2, 1], "fid": [50.0, 40.0, 20.0]})
+    b = pd.DataFrame({"timestamp": [130], "time_since_restore": [30.0], "iterations_since_restore": [1],
+                      "fid": [float("nan")]})
+    starts, evaluations = sweep.read_trial(a, workers=2)
+    assert starts == [(100.0, 120.0, 2), (150.0, 155.0, 2)] and evaluations == [(110, 50.0), (120, 40.0), (155, 20.0)]
+    b_starts, b_evaluations = sweep.read_trial(b, workers=2)
+    result = sweep.SweepResult("pbt", 2, 3, 60.0, starts + b_starts, sorted(evaluations + b_evaluations))
+    assert result.worker_seconds == 2 * (20 + 5 + 30) and result.best_fid == 20.0
+    assert result.worker_seconds_to(45.0) == 2 * (20 + 20)     # at 120: a's first start, b so far
+    assert result.worker_seconds_to(20.0) == 2 * (20 + 5 + 30) and result.worker_seconds_to(10.0) is None
