@@ -22,6 +22,7 @@ first. (a) runs for `--seconds` after its first window; the others take as many 
 import argparse
 import copy
 import json
+import logging
 import os
 import platform
 import socket
@@ -218,6 +219,8 @@ def run_ganorch(args: argparse.Namespace, workers: int, steps: int) -> dict:
         job = Path(tmp) / "job.yaml"
         job.write_text(yaml.safe_dump(benchmark_spec(args, workers, steps, str(Path(tmp) / "ray"))))
         uri = f"sqlite:///{tmp}/mlflow.db"
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
         MlflowClient(uri).search_experiments()  # a store's first use creates its tables: not part of a run
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "GANORCH_HOME": str(Path(tmp) / "home")}
         launched = time.time()
