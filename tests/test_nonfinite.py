@@ -55,6 +55,15 @@ def test_with_nonfinite_stop_the_first_one_ends_the_run_as_diverged(process_grou
     assert finite_networks(state) and state["step"] == 3  # the final checkpoint holds no NaN
 
 
+def test_under_fp16_a_non_finite_loss_is_a_skip_not_an_overflow(process_group):
+    """The scaler skips the step either way; a loss that is not finite is still counted as one, and stops the run."""
+    summary, state = train_keeping_last_state(poisoned("user_networks:NaNDiscriminator", "train.nonfinite=stop",
+                                                       "train.precision=fp16"))
+    assert summary["step"] == 3 and summary["stopped"].startswith("diverged at step 3: 1 D step(s) in a row had a "
+                                                                  "non-finite loss"), summary["stopped"]
+    assert finite_networks(state)
+
+
 def test_skipping_stops_as_diverged_when_nothing_can_be_learnt(process_group):
     summary, state = train_keeping_last_state(poisoned("user_networks:NaNFromStepTwo", "train.steps=100"))
     assert summary["step"] == 21 and "20 D step(s) in a row" in summary["stopped"], summary["stopped"]

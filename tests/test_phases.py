@@ -91,3 +91,42 @@ def test_digest_sees_every_bit():
     next(b for b in twin2.buffers() if b.is_floating_point()).add_(1)
     assert ddp.state_digest(G) != ddp.state_digest(twin2)
     assert ddp.state_digest(G, parameters_only=True) == ddp.state_digest(twin2, parameters_only=True)
+
+
+def test_a_training_step_reads_nothing_back_from_the_device(process_group, monkeypatch):
+    """Between interval ends the loop never waits on the device: no .item(), .tolist(), bool(), int() or float() of
+    a tensor in the phases or the G_ema update (a host sync each, a stalled CUDA queue on a GPU)."""
+    from pathlib import Path
+
+    import orchestrator.train.loop as loop
+    from gan_models import GeneratorEMA
+    from orchestrator.spec import load
+    from orchestrator.train.loop import WorkerContext, train
+
+    reads, inside = [], []
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__"):
+        real = getattr(torch.Tensor, name)
+
+        def read(tensor, *args, _real=real, _name=name):
+            if inside:
+                reads.append(_name)
+            return _real(tensor, *args)
+
+        monkeypatch.setattr(torch.Tensor, name, read)
+
+    def within(function):
+        def wrapped(*args, **kwargs):
+            inside.append(True)
+            try:
+                return function(*args, **kwargs)
+            finally:
+                inside.pop()
+        return wrapped
+
+    monkeypatch.setattr(loop, "run_phase", within(loop.run_phase))
+    monkeypatch.setattr(GeneratorEMA, "update", within(GeneratorEMA.update))
+    spec = load(Path(__file__).resolve().parents[1] / "jobs/debug_dcgan.yaml",
+                ["resources.num_workers=1", "train.steps=4", "tracking.metrics_every=4"])
+    summary = train(spec, WorkerContext(device=torch.device("cpu")))
+    assert summary["step"] == 4 and summary["metrics"]["loss_d"] == summary["metrics"]["loss_d"]
+    assert reads == [], f"host reads in the training steps: {reads}"

@@ -1,5 +1,6 @@
 """The whole path on real components: Ray Train with 2 DDP workers (gloo), a real MLflow SQLite store."""
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -26,6 +27,27 @@ from orchestrator.train.networks import build_networks
 REPO = Path(__file__).resolve().parents[1]
 
 
+@contextlib.contextmanager
+def counting_collectives():
+    """The torch.distributed collectives called inside, by name."""
+    import torch.distributed as dist
+
+    names = ("all_reduce", "broadcast", "all_gather", "all_gather_object", "broadcast_object_list", "barrier",
+             "reduce", "gather", "scatter")
+    called, real = [], {name: getattr(dist, name) for name in names}
+
+    def counted(name):
+        return lambda *args, **kwargs: (called.append(name), real[name](*args, **kwargs))[1]
+
+    for name in names:
+        setattr(dist, name, counted(name))
+    try:
+        yield called
+    finally:
+        for name, function in real.items():
+            setattr(dist, name, function)
+
+
 def compare_ranks_after_every_phase(config):
     """The real per-worker loop, with every rank's G and D parameters compared after each phase."""
     import orchestrator.train.loop as loop
@@ -36,10 +58,11 @@ def compare_ranks_after_every_phase(config):
     real_run_phase = loop.run_phase
 
     def run_phase_then_compare(phase, *args):
-        stats = real_run_phase(phase, *args)
+        with counting_collectives() as collectives:  # beyond DDP's own all-reduce, which is the reducer's
+            stats = real_run_phase(phase, *args)
         digests = ddp.gather_digests({"trained": ddp.unwrap(phase.trains), "frozen": phase.frozen},
                                              parameters_only=True)
-        checks.append((phase.name, all(len(set(per_rank)) == 1 for per_rank in digests.values())))
+        checks.append((phase.name, all(len(set(per_rank)) == 1 for per_rank in digests.values()), collectives))
         return stats
 
     loop.run_phase = run_phase_then_compare
@@ -77,8 +100,9 @@ def debug_run(ray_session, tmp_path_factory, mnist_classifier):
 def test_parameters_identical_on_every_rank_after_every_phase(debug_run):
     spec, outcome, _, _ = debug_run
     checks = outcome.summary["phase_checks"]
-    assert [name for name, _ in checks] == ["D", "G"] * spec.train.steps
-    assert all(equal for _, equal in checks), checks
+    assert [name for name, _, _ in checks] == ["D", "G"] * spec.train.steps
+    assert all(equal for _, equal, _ in checks), checks
+    assert all(not collectives for _, _, collectives in checks), checks  # a step's only all-reduce is DDP's
     digests = outcome.summary["parameter_digests"]
     assert set(digests) == {"generator", "generator_ema", "discriminator"}
     for name, per_rank in digests.items():
@@ -100,6 +124,8 @@ def test_run_records_params_metrics_samples(debug_run):
         assert [m.step for m in history] == [2, 4, 6], key
         assert all(m.value == m.value for m in history), f"{key} has NaN"
     assert all(0 <= m.value <= 1 for m in client.get_metric_history(outcome.run_id, "d_real"))
+    startup = client.get_metric_history(outcome.run_id, "startup_s")
+    assert [m.step for m in startup] == [0] and 0 < startup[0].value < 600, startup
     samples = [f.path for f in client.list_artifacts(outcome.run_id, "samples")]
     assert samples == ["samples/step_000000.png", "samples/step_000003.png", "samples/step_000006.png"]
     artifacts = {f.path for f in client.list_artifacts(outcome.run_id)}

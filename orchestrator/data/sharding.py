@@ -45,8 +45,9 @@ class ShardedBatches:
             skip = 0
             if isinstance(self.dataset, TensorDataset):
                 all_images, all_labels = self.dataset.tensors
-                indices = (torch.tensor(b, device=self.device) for b in batches)
-                loaded = ((all_images[i], all_labels[i]) for i in indices)
+                # the epoch's indices copied to the device at once: a copy per batch would wait on the GPU each time
+                order = torch.tensor([i for batch in batches for i in batch], dtype=torch.long, device=self.device)
+                loaded = ((all_images[i], all_labels[i]) for i in order.split(self.batch_size))
             else:
                 loaded = DataLoader(self.dataset, batch_sampler=batches, pin_memory=self.device.type == "cuda")
             for images, labels in loaded:

@@ -27,6 +27,13 @@ def agree(value: int, device: torch.device) -> int:
     return int(tensor.item())
 
 
+def largest_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """The elementwise largest of every rank's `values` (one all-reduce)."""
+    if world_size() > 1:
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return values
+
+
 _rank0_waits = itertools.count()  # every rank calls wait_for_rank0 as often as the others: the keys agree
 
 

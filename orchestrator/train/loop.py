@@ -18,6 +18,7 @@ from orchestrator.train.periodic import (
     Outcome,
     ProgressPost,
     Throughput,
+    agree_counts,
     checkpoint_and_report,
     evaluate,
     interval_metrics,
@@ -87,6 +88,8 @@ def train_logged(spec: JobSpec, context: WorkerContext, logger: Any, report=None
         flags = []
         measured = t.step % track.metrics_every == 0 or last
         evaluated = t.evaluator is not None and (t.step % spec.eval.every == 0 or last)
+        if measured or evaluated:
+            agree_counts(t)
         if measured:
             out.metrics = interval_metrics(t, stats, speed)
             flags += monitor.observe(t.step, out.metrics)

@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from orchestrator.distributed import collectives, ddp
 from orchestrator.distributed.collectives import StatsAccumulator
 from orchestrator.evaluate.stability import Flag, StabilityMonitor
@@ -17,7 +19,7 @@ from orchestrator.track.tags import TAG_CHECKPOINT
 from orchestrator.train import checkpoint
 from orchestrator.train.build import Training
 from orchestrator.train.networks import sample
-from orchestrator.train.phases import Phase
+from orchestrator.train.phases import STREAK_FIELDS, Phase
 
 PROGRESS_EVERY_S = 1.0
 # How long rank 0 waits for Tune's verdict on a report, which usually comes within seconds: under the process
@@ -70,6 +72,20 @@ class ProgressPost:
     def checkpointed(self, step: int) -> None:
         if self.board:
             self.board.post.remote({"step": step, "checkpoint_step": step})
+
+
+def agree_counts(t: Training) -> None:
+    """Under fp16, make every rank's skip and overflow counts the largest of the ranks' (one all-reduce, where they
+    are read: at metrics and evaluation steps): a rank counts its own non-finite losses. Without fp16 every count
+    comes from all-reduced gradients and is alike everywhere already."""
+    if not any(p.scaler is not None for p in t.phases):
+        return
+    streaks = [streak for p in t.phases for streak in (p.skipped, p.overflowed)]
+    agreed = collectives.largest_over_ranks(
+        torch.stack([torch.as_tensor(getattr(s, f), device=t.device) for s in streaks for f in STREAK_FIELDS]).long())
+    for i, s in enumerate(streaks):
+        for j, f in enumerate(STREAK_FIELDS):
+            setattr(s, f, agreed[i * len(STREAK_FIELDS) + j])
 
 
 def interval_metrics(t: Training, stats: StatsAccumulator, speed: Throughput) -> dict[str, float]:

@@ -32,6 +32,9 @@ class StepInputs:
 Objective = Callable[[StepInputs], tuple[torch.Tensor, Stats]]
 
 
+STREAK_FIELDS = ("total", "in_a_row", "longest")
+
+
 @dataclass
 class Streak:
     """How many of a phase's steps something happened to (a non-finite gradient, an fp16 overflow): in all, in a
@@ -131,7 +134,7 @@ def run_phase(phase: Phase, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
     gradient is not finite is not applied (counted in `phase.skipped`), and a loss that is not finite on one rank
     seeds that rank's backward with NaN, so the all-reduced gradient is not finite on every rank and all skip
     together. Under fp16 such a step is the gradient scaler's to skip (it lowers its scale), counted in
-    `phase.overflowed`."""
+    `phase.overflowed`, or in `phase.skipped` where the loss itself was not finite."""
     phase.frozen.requires_grad_(False)
     phase.trains.requires_grad_(True)
     stats = []
@@ -144,7 +147,8 @@ def run_phase(phase: Phase, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
         phase.optimizer.zero_grad(set_to_none=True)
         with phase.autocast():
             value, step_stats = phase.objective(inputs)
-        seed = torch.where(torch.isfinite(value.detach()), 1.0, math.nan)
+        loss_finite = torch.isfinite(value.detach())
+        seed = torch.where(loss_finite, 1.0, math.nan)
         if scaler is None:
             value.backward(seed)
             norm = grad_norm(phase.trains)
@@ -158,7 +162,10 @@ def run_phase(phase: Phase, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
             applied = torch.isfinite(norm)
             scaler.step(phase.optimizer)  # a fused optimizer takes the scaler's found_inf: no host sync
             scaler.update()
-            phase.overflowed.add(~applied)
+            # A non-finite loss is a skip, which only its own rank sees; the ranks' counts are agreed (the largest)
+            # where the stop decision looks at them (periodic.agree_counts).
+            phase.skipped.add(~loss_finite)
+            phase.overflowed.add(loss_finite & ~applied)
         step_stats[f"grad_norm_{phase.name.lower()}"] = norm
         phase.steps_taken += 1
         stats.append((step_stats, applied))

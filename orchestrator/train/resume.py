@@ -44,9 +44,12 @@ def restore_training(state: dict[str, Any], G_ema: nn.Module, opt_g: torch.optim
     """The EMA generator, both optimizers (rates and betas from `spec`) and the phases' counters."""
     G_ema.load_state_dict(state["generator_ema"])
     for optimizer, key, settings in ((opt_g, "optimizer_g", spec.optim.g), (opt_d, "optimizer_d", spec.optim.d)):
-        optimizer.load_state_dict(state[key])
-        for group in optimizer.param_groups:  # a checkpoint from before fused optimizers says fused: None
-            group["lr"], group["betas"], group["fused"] = settings.lr, tuple(settings.betas), optimizer.defaults["fused"]
+        # A checkpoint from before fused optimizers says fused: None, and loading places the step counters by it
+        fused = optimizer.defaults["fused"]
+        optimizer.load_state_dict({**state[key], "param_groups": [{**group, "fused": fused}
+                                                                  for group in state[key]["param_groups"]]})
+        for group in optimizer.param_groups:
+            group["lr"], group["betas"] = settings.lr, tuple(settings.betas)
     loop = state.get("loop", {})
     for phase in phases:
         phase.steps_taken = loop.get("phase_steps", {}).get(phase.name, 0)
