@@ -471,7 +471,7 @@ def run_job(spec: JobSpec, run_name: str | None = None, resume: Any = None, comm
     from orchestrator.train.failures import TrainingFailed
 
     try:
-        outcome = launch.run(spec, run_name=run_name, resume=resume)
+        outcome = launch.run(spec, run_name=run_name, resume=resume, started_at=launch.process_started_at())
     except KeyboardInterrupt:
         print("\nganorch: interrupted; the MLflow run is marked KILLED", file=sys.stderr)
         return 130

@@ -32,11 +32,14 @@ class RunOutcome:
 
 
 def run(spec: JobSpec, loop: Callable[[dict], Any] | None = None, show_progress: bool = True,
-        run_name: str | None = None, resume: "Resumption | None" = None) -> RunOutcome:
+        run_name: str | None = None, resume: "Resumption | None" = None,
+        started_at: float | None = None) -> RunOutcome:
     """Train `spec` on Ray Train and record it in MLflow. `loop` replaces the per-worker function (tests wrap it).
     A `run_name` that Ray Train ran before under the same storage path (a resubmitted job) continues from that
     run's latest checkpoint, in the same MLflow run. `resume` (`ganorch run --resume`) continues from its
-    checkpoint, in the MLflow run it came from when it names one."""
+    checkpoint, in the MLflow run it came from when it names one. `started_at` (Unix time; by default the call's)
+    is what the metric `startup_s` counts from: `ganorch run` passes its process's start."""
+    started_at = started_at or time.time()
     keep_local()
     import ray
 
@@ -53,7 +56,8 @@ def run(spec: JobSpec, loop: Callable[[dict], Any] | None = None, show_progress:
     handed_over = {"resume_state": resume.state, "resume_origin": resume.origin} if resume else {}
     status, tags = "FAILED", {}
     try:
-        result = fit(spec, uri, run_id, run_name, loop, datasets, handed_over, show_progress)
+        result = fit(spec, uri, run_id, run_name, loop, datasets, {**handed_over, "started_at": started_at},
+                     show_progress)
         checkpoint_path = checkpoint.location(result.checkpoint) if result.checkpoint else None
         if checkpoint_path:
             tags[TAG_RAY_CHECKPOINT] = checkpoint_path
@@ -97,8 +101,7 @@ def fit(spec: JobSpec, uri: str, run_id: str, run_name: str, loop: Callable[[dic
 
     board = ProgressBoard.remote()
     trainer = torch_trainer(spec, {"spec": spec.to_dict(), "tracking_uri": uri, "run_id": run_id, "progress": board,
-                                   "mlflow_env": store.environment(), "started_at": process_started_at(),
-                                   **handed_over},
+                                   "mlflow_env": store.environment(), **handed_over},
                             name=run_name, callbacks=[failures.FailureWatch(board)], datasets=datasets, loop=loop)
     store.client(uri).set_tag(run_id, TAG_STORAGE, f"{trainer.run_config.storage_path.rstrip('/')}/{run_name}")
     try:
