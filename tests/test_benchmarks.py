@@ -1,6 +1,6 @@
-"""Benchmark scripts stay runnable: each runs once at a toy size (their figures are not checked here). sweep.py's
-own smoke run (`python benchmarks/sweep.py --smoke`, minutes: a trial each of three sweeps) is left out of the suite
-for its time; its counting is tested below, its sweeps are tests/test_sweep.py's."""
+"""Benchmark scripts stay runnable: each runs at a toy size (their figures are not checked here). The parts that
+start Ray Train runs wait for room in the suite's 20 minutes: `python benchmarks/sweep.py --smoke` (about 3 min) and
+`python benchmarks/throughput.py --smoke` (about 2 min) run them; sweep.py's counting is tested below."""
 
 import importlib.util
 import subprocess
@@ -20,18 +20,17 @@ def test_precision_throughput_prints_a_row_per_configuration():
     assert all(float(r[2]) > 0 for r in rows) and [r[3] for r in rows if r[0] == "fp32"] == ["1.00x", "1.00x"]
 
 
-def test_throughput_compares_ganorch_with_the_bare_loops():
-    """(c) is (d)'s code with one worker, and Ray Train's minimum (r) a trivial TorchTrainer: left out for time."""
-    out = subprocess.run([sys.executable, "benchmarks/throughput.py", "--smoke", "--only", "a,b,d"],
-                         cwd=REPO, capture_output=True, text=True, timeout=480)
+def test_throughput_runs_its_bare_loops():
+    """The bare loop and the bare DDP loop at a toy size. Its ganorch runs ((c), (d)) and Ray Train's minimum (r),
+    about 50 s more, wait for room in the suite's 20 minutes: `python benchmarks/throughput.py --smoke` runs them."""
+    out = subprocess.run([sys.executable, "benchmarks/throughput.py", "--smoke", "--only", "a,b"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    rows = {line[:3]: line.split() for line in out.stdout.splitlines() if line.startswith(("(a)", "(b)", "(d)"))}
-    assert list(rows) == ["(a)", "(b)", "(d)"], out.stdout
+    rows = {line[:3]: line.split() for line in out.stdout.splitlines() if line.startswith(("(a)", "(b)"))}
+    assert list(rows) == ["(a)", "(b)"], out.stdout
     for name, row in rows.items():
         images_per_s, first_step_s, whole_s = map(float, row[-3:])
         assert images_per_s > 0 and 0 < first_step_s < whole_s, (name, row)
-    ratio = next(line for line in out.stdout.splitlines() if line.startswith("ratio d/b = "))
-    assert float(ratio.split()[3]) > 0, ratio
 
 
 def test_sweep_counts_the_worker_seconds_of_each_start_of_a_trial():
