@@ -285,6 +285,11 @@ def main() -> None:
         return ray_minimum(args)
     if args.smoke:
         args.width, args.latent, args.batch, args.window, args.seconds = 4, 8, 8, 2, 0.0
+    for name in ("workers", "threads", "batch", "window", "repeats", "width", "latent", "n_critic"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')}: got {getattr(args, name)}; expected at least 1")
+    if args.seconds < 0:
+        parser.error(f"--seconds: got {args.seconds:g}; expected 0 or more")
     if args.batch % args.workers:
         parser.error(f"--batch {args.batch} does not split over --workers {args.workers}")
     only = set(args.only.split(","))

@@ -205,3 +205,31 @@ def test_checkpoints_move_between_cpu_and_gpu(process_group, tmp_path):
         saved = checkpoint.save(train_on(taken_on, 3)[3], tmp_path)
         first, again = (train_on(resumed_on, 6, resume=checkpoint.load(saved))[6] for _ in range(2))
         assert first["step"] == 6 and same_state(first, again), (taken_on, resumed_on)
+
+
+def test_an_optimizer_saved_before_fused_adam_resumes_fused_and_skips_on_the_device():
+    """A checkpoint from before fused optimizers says fused: None; the resumed optimizer must still be fused (its
+    step counters placed for the fused kernel), or it could not take a step's skip as a device tensor."""
+    from orchestrator.train import resume
+    from orchestrator.train.build import adam
+    from orchestrator.train.networks import build_networks
+    from orchestrator.train.phases import step_unless
+
+    spec = load(JOB)
+    G, D = build_networks(spec)
+    old_g, old_d = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())  # not fused, as before
+    for net, optimizer in ((G, old_g), (D, old_d)):
+        for p in net.parameters():
+            p.grad = torch.ones_like(p)
+        optimizer.step()
+    state = {"generator_ema": G.state_dict(), "optimizer_g": old_g.state_dict(), "optimizer_d": old_d.state_dict()}
+    assert state["optimizer_g"]["param_groups"][0]["fused"] is None
+    opt_g, opt_d = adam(G, spec.optim.g), adam(D, spec.optim.d)
+    resume.restore_training(state, G, opt_g, opt_d, [], spec)
+    assert all(group["fused"] for o in (opt_g, opt_d) for group in o.param_groups)
+    before = [p.detach().clone() for p in G.parameters()]
+    step_unless(opt_g, torch.tensor(True))  # skipped: neither the weights nor the step counters move
+    assert all(torch.equal(a, p) for a, p in zip(before, G.parameters()))
+    assert all(float(s["step"]) == 1 for s in opt_g.state.values())
+    step_unless(opt_g, torch.tensor(False))
+    assert all(float(s["step"]) == 2 for s in opt_g.state.values())
