@@ -18,7 +18,7 @@ from orchestrator.track.tags import (
     TAG_BEST_STEP,
     TAG_CHECKPOINT,
 )
-from orchestrator.train import build, checkpoint
+from orchestrator.train import checkpoint, scoring
 from orchestrator.train.loop import WorkerContext, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,8 +32,8 @@ def run_with_fids(fids: dict[int, float], mlflow_store, monkeypatch, steps: int 
     the MLflow client and the run's id."""
     spec = load(REPO / "jobs/debug_dcgan.yaml", ["resources.num_workers=1", "eval.every=2", f"train.steps={steps}"])
     scores = iter(fids[step] for step in sorted(fids))
-    monkeypatch.setattr(build, "build_evaluator",
-                        lambda *args: SimpleNamespace(evaluate=lambda G: {"fid": next(scores)}))
+    monkeypatch.setattr(scoring, "build_evaluator",
+                        lambda *args: (SimpleNamespace(evaluate=lambda G: {"fid": next(scores)}), {}))
     writes, log_best = [], RunLogger.log_best_checkpoint
 
     def logged_best(logger, step, path, fid):

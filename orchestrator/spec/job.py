@@ -154,14 +154,26 @@ class TrackingSpec:
 
 
 @dataclass
+class EvalResourcesSpec:
+    cpus: float = setting(1.0, ge=0, help="CPUs Ray reserves for the evaluator actor (eval.background), beside the workers'; 0 reserves none, so it shares the workers' CPUs.")
+    gpus: float = setting(0.0, ge=0, help="GPUs Ray reserves for the evaluator actor (fractions share a GPU); 0 scores on CPU.")
+
+
+@dataclass
 class EvalSpec:
     every: int = setting(0, ge=0, help="Steps between evaluations of G_ema (fid, kid, is, precision, recall, mode_coverage, class_kl on a domain classifier's features), also at the end; 0 turns evaluation off. Needs labelled data.")
     num_samples: int = setting(2000, ge=10, help="Generated images per evaluation, and real images in the reference set; shared across the workers.")
     cache_dir: str | None = setting(None, help="Where domain classifiers are cached, one per dataset; null means ~/.cache/ganorch (or $XDG_CACHE_HOME/ganorch).")
     inception: Literal["auto", "download", "off"] = setting("auto", help="Also score on FID's Inception-v3 features (fid_inception, kid_inception, is_inception): `auto` when its weights are at eval.inception_weights or in torch.hub's cache (a message says how to get them otherwise), `download` fetches them into that cache first (needs internet), `off`. Slow on CPU: about 10 images/s.")
     inception_weights: str | None = setting(None, help="A local copy of torch-fidelity's weights-inception-2015-12-05-6726825d.pth; null looks in torch.hub's cache ($TORCH_HOME/hub/checkpoints).")
+    background: bool = setting(False, help="Score G_ema in an evaluator actor of its own (with eval.resources) while the workers train on: at each evaluation rank 0 hands it G_ema and a copy of the training state, and the scores (logged at their step), the stability flags they raise and the best checkpoint are taken at the first metrics step after they arrive; every checkpoint waits for the evaluations up to its step, so reports to Tune carry them as they would in-line. False scores in-line on the workers, which wait: the sensible choice when the workers take every CPU or GPU.")
+    resources: EvalResourcesSpec = setting(default_factory=EvalResourcesSpec, help="What Ray reserves for the evaluator actor of eval.background.")
 
     def problems(self) -> Iterator[Problem]:
+        if self.background and not self.every:
+            yield ("background", "every"), "needs evaluations: set eval.every, or remove eval.background"
+        if not self.background and self.resources != EvalResourcesSpec():
+            yield ("resources", "background"), f"{UNUSED}eval.background false; remove it or set eval.background true"
         if self.inception == "off" and self.inception_weights:
             yield ("inception_weights", "inception"), "is not used with eval.inception 'off'; remove it or set 'auto'"
 

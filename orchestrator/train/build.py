@@ -2,7 +2,7 @@
 data and noise, the networks and their DDP wrappers, the optimizers, the D/G phases, G_ema, and the evaluator."""
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -12,14 +12,11 @@ from orchestrator.data.sources import check_conditional, load_dataset, num_class
 from orchestrator.distributed import collectives, ddp
 from orchestrator.spec import JobSpec
 from orchestrator.track.redact import masked
-from orchestrator.track.tags import TAG_CLASSIFIER, TAG_CLASSIFIER_ACCURACY, TAG_INCEPTION
 from orchestrator.train import checkpoint, resume
 from orchestrator.train.networks import build_networks, fixed_samples
 from orchestrator.train.phases import Phase, build_phases
 from orchestrator.train.precision import Precision
-
-if TYPE_CHECKING:
-    from orchestrator.evaluate.evaluator import Evaluator
+from orchestrator.train.scoring import BackgroundScoring, InlineScoring, build_scoring
 
 
 @dataclass
@@ -40,7 +37,7 @@ class Training:
     source: ShardedBatches | None  # None for a Ray Data stream, which has no position to resume at
     noise: torch.Generator
     fixed: tuple[torch.Tensor, torch.Tensor | None, int]  # the sample grids' z, labels and columns
-    evaluator: "Evaluator | None"
+    scoring: InlineScoring | BackgroundScoring | None  # None: evaluation off
     step: int
     images_seen: int
 
@@ -119,38 +116,18 @@ def build(spec: JobSpec, context: Any, logger: Any) -> Training:
                                                 seed=spec.seed + rank, device=device, memory_format=memory_format))
     noise = torch.Generator(device=device).manual_seed(spec.seed + 1)
     fixed = fixed_samples(spec, classes, device)
-    evaluator = build_evaluator(spec, context, logger, dataset, data_classes, classes) if spec.eval.every else None
+    scoring = (build_scoring(spec, device, logger, dataset, data_classes, classes, rank,
+                             streamed=context.data_shard is not None) if spec.eval.every else None)
     step, images_seen = (context.resume["step"], context.resume["images_seen"]) if context.resume else (0, 0)
     if context.resume:
         resume.restore_rng(context.resume, noise, device)
     return Training(spec, device, rank, world_size, classes, G, D, ema, opt_g, opt_d, phases, batches, source, noise,
-                    fixed, evaluator, step, images_seen)
+                    fixed, scoring, step, images_seen)
 
 
 def adam(net: torch.nn.Module, settings: Any) -> torch.optim.Adam:
     """Fused Adam: one kernel for all parameters, and it takes a step's skip as a device tensor (`found_inf`)."""
     return torch.optim.Adam(net.parameters(), lr=settings.lr, betas=settings.betas, fused=True)
-
-
-def build_evaluator(spec: JobSpec, context: Any, logger: Any, dataset: Any, data_classes: int,
-                    classes: int) -> "Evaluator":
-    from orchestrator.evaluate.evaluator import Evaluator
-    from orchestrator.evaluate.inception import inception_weights
-
-    m = spec.model
-    inception, inception_line = inception_weights(spec.eval)
-    if context.data_shard is not None:  # a sample of the stream's files, read into memory
-        from orchestrator.data import ray_data
-        dataset = ray_data.eval_sample(spec.data.path, num_samples=spec.eval.num_samples, image_size=m.image_size,
-                                       channels=m.channels, seed=spec.seed)
-    evaluator = Evaluator(dataset, data_classes, classes, num_samples=spec.eval.num_samples,
-                          latent_dim=m.latent_dim, image_size=m.image_size, channels=m.channels,
-                          cache_dir=spec.eval.cache_dir, seed=spec.seed, device=context.device, inception=inception)
-    if logger:
-        logger.set_tag(TAG_CLASSIFIER, evaluator.classifier_path)
-        logger.set_tag(TAG_CLASSIFIER_ACCURACY, f"{evaluator.classifier_accuracy:.4f}")
-        logger.set_tag(TAG_INCEPTION, inception_line)
-    return evaluator
 
 
 def build_regularizers(spec: JobSpec) -> list[Regularizer]:

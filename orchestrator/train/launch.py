@@ -12,7 +12,7 @@ from orchestrator.spec import JobSpec
 from orchestrator.track import runs, store
 from orchestrator.track.tags import TAG_OUTCOME, TAG_RAY_CHECKPOINT, TAG_STORAGE, TAG_TRAIN_RUN
 from orchestrator.train import checkpoint, failures
-from orchestrator.train.ray_init import check_data_cpus, check_tracking_store, init_ray, keep_local
+from orchestrator.train.ray_init import check_spare_resources, check_tracking_store, init_ray, keep_local
 from orchestrator.train.trainer import for_workers, ray_datasets, torch_trainer
 
 if TYPE_CHECKING:
@@ -45,8 +45,7 @@ def run(spec: JobSpec, loop: Callable[[dict], Any] | None = None, show_progress:
 
     init_ray()  # an unreachable cluster fails here, before an MLflow run exists
     spec = for_workers(spec)
-    if spec.data.source == "ray-data":  # checked and opened before a run exists, like an unreachable cluster
-        check_data_cpus(spec)
+    check_spare_resources(spec)  # before a run exists, like an unreachable cluster
     datasets, skipped = ray_datasets(spec)
     uri = store.tracking_uri()
     store.check_reachable(uri)

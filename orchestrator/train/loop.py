@@ -20,11 +20,10 @@ from orchestrator.train.periodic import (
     Throughput,
     agree_counts,
     checkpoint_and_report,
-    evaluate,
     interval_metrics,
-    keep_if_best,
     log_samples,
     stop_decision,
+    take_scores,
 )
 from orchestrator.train.phases import run_phase
 from orchestrator.train.rank0_logger import open_logger
@@ -64,6 +63,15 @@ def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
 def train_logged(spec: JobSpec, context: WorkerContext, logger: Any, report=None) -> dict[str, Any]:
     """The loop itself; rank 0 logs through `logger` (None elsewhere, and without a run)."""
     t = build(spec, context, logger)
+    try:
+        return loop(spec, context, logger, report, t)
+    finally:
+        if t.scoring:
+            t.scoring.close()
+
+
+def loop(spec: JobSpec, context: WorkerContext, logger: Any, report: Any, t: Training) -> dict[str, Any]:
+    """Steps from `t.step` to train.steps, or to the step a stop is agreed at."""
     track = spec.tracking
     stats = StatsAccumulator(t.device)
     monitor = StabilityMonitor(spec.train.stability_window, spec.train.loss)
@@ -87,8 +95,10 @@ def train_logged(spec: JobSpec, context: WorkerContext, logger: Any, report=None
         last = t.step == spec.train.steps
         flags = []
         measured = t.step % track.metrics_every == 0 or last
-        evaluated = t.evaluator is not None and (t.step % spec.eval.every == 0 or last)
-        if measured or evaluated:
+        evaluated = t.scoring is not None and (t.step % spec.eval.every == 0 or last)
+        checkpointed = t.step % track.checkpoint_every == 0 or last
+        looked_at = measured or evaluated or checkpointed  # the steps with collectives beyond DDP's
+        if looked_at:
             agree_counts(t)
         if measured:
             out.metrics = interval_metrics(t, stats, speed)
@@ -99,14 +109,13 @@ def train_logged(spec: JobSpec, context: WorkerContext, logger: Any, report=None
         if logger and (t.step % track.samples_every == 0 or last):
             log_samples(logger, t)
         if evaluated:
-            out.scores = evaluate(t)
-            flags += monitor.observe_eval(t.step, out.scores)
-            if logger:
-                logger.log_metrics(t.step, out.scores)
-            keep_if_best(t, out, logger)
-        if measured or evaluated:
+            t.scoring.submit(t)
+        if looked_at:
+            flags += take_scores(t, out, monitor, logger, wait=checkpointed)  # a checkpoint reports them all
             out.stopped = stop_decision(t, monitor, stop_on, flags, logger)
-        if t.step % track.checkpoint_every == 0 or last or out.stopped is not None:
+            if out.stopped is not None and not checkpointed:
+                take_scores(t, out, monitor, logger, wait=True, log_flags=True)
+        if checkpointed or out.stopped is not None:
             checkpoint_and_report(t, out, logger, report, context.verdicts)
             progress.checkpointed(t.step)
     return summary(t, out, monitor, context)

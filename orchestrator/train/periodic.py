@@ -20,6 +20,7 @@ from orchestrator.train import checkpoint
 from orchestrator.train.build import Training
 from orchestrator.train.networks import sample
 from orchestrator.train.phases import STREAK_FIELDS, Phase
+from orchestrator.train.scoring import Scored
 
 PROGRESS_EVERY_S = 1.0
 # How long rank 0 waits for Tune's verdict on a report, which usually comes within seconds: under the process
@@ -103,23 +104,41 @@ def log_samples(logger: Any, t: Training) -> None:
     logger.log_samples(t.step, sample(t.ema.module, z, labels), columns)
 
 
-def evaluate(t: Training) -> dict[str, float]:
-    """G_ema's scores, every rank drawing its share of the samples with rank 0's network: G_ema's parameters are
-    alike on every rank (averages of the same G), its BatchNorm statistics follow each rank's own G and are made rank
-    0's first (a broadcast per buffer, at evaluations only)."""
-    ddp.broadcast_buffers(t.ema.module)
-    return t.evaluator.evaluate(t.ema.module)
-
-
-def keep_if_best(t: Training, out: Outcome, logger: Any) -> None:
-    """After an evaluation with the lowest FID so far (rank 0 decides; NaN, a diverged G, is never best), every rank
-    checks the networks and rank 0 replaces the run's best checkpoint."""
-    if collectives.agree(int(out.scores["fid"] < out.best_fid), t.device):
-        out.best_fid = out.scores["fid"]
-        state = t.snapshot()
+def take_scores(t: Training, out: Outcome, monitor: StabilityMonitor, logger: Any, wait: bool,
+                log_flags: bool = False) -> list[Flag]:
+    """The evaluations scored since the last look (in-line: this step's; in the background: those the evaluator
+    finished, all of them with `wait`), in step order: rank 0 logs them at their steps, the monitor looks at them,
+    the best is kept. Returns the flags they raise; rank 0 logs them too with `log_flags` (a stop_decision logs
+    the others)."""
+    flags = []
+    for scored in t.scoring.arrived(wait) if t.scoring else ():
+        out.scores = scored.scores
+        flags += monitor.observe_eval(scored.step, scored.scores)
         if logger:
-            with tempfile.TemporaryDirectory(prefix="ganorch-best-") as tmp:
-                logger.log_best_checkpoint(t.step, checkpoint.save(state, tmp), out.best_fid)
+            logger.log_metrics(scored.step, scored.scores)
+        keep_if_best(t, out, logger, scored)
+    for flag in flags if log_flags and logger else ():
+        logger.log_flag(flag.name, flag.step, flag.describe())
+    return flags
+
+
+def keep_if_best(t: Training, out: Outcome, logger: Any, scored: Scored) -> None:
+    """After an evaluation with the lowest FID so far (NaN, a diverged G, is never best), rank 0 replaces the run's
+    best checkpoint. In-line every rank has the scores: they agree on rank 0's decision and check the networks
+    together. In the background only rank 0 has them, and the state it copied at their step."""
+    fid = scored.scores["fid"]
+    if scored.background:
+        if not fid < out.best_fid:
+            return
+        state = scored.state
+    else:
+        if not collectives.agree(int(fid < out.best_fid), t.device):
+            return
+        state = t.snapshot()
+    out.best_fid = fid
+    if logger:
+        with tempfile.TemporaryDirectory(prefix="ganorch-best-") as tmp:
+            logger.log_best_checkpoint(scored.step, checkpoint.save(state, tmp), fid)
 
 
 def stop_decision(t: Training, monitor: StabilityMonitor, stop_on: list[str], flags: list[Flag],

@@ -94,19 +94,39 @@ def check_tracking_store(uri: str) -> None:
 DATA_CPUS = 1.0
 
 
-def check_data_cpus(spec: JobSpec) -> None:
-    """Ray Data's tasks may only use CPUs the training workers have not reserved: with none left they would
-    wait forever. Raises on a cluster without enough; warns on a remote one, whose autoscaler may add nodes."""
+def spare_needs(spec: JobSpec) -> dict[str, tuple[float, str]]:
+    """What a run needs beside its workers' reservations, by Ray resource: amount, and the spec keys that ask."""
+    cpus, gpus, asked = 0.0, 0.0, []
+    if spec.data.source == "ray-data":
+        cpus += DATA_CPUS
+        asked.append(f"data.source 'ray-data' decodes images in Ray Data tasks, which need at least {DATA_CPUS:g}")
+    if spec.eval.background:
+        cpus += spec.eval.resources.cpus
+        gpus += spec.eval.resources.gpus
+        asked.append(f"eval.background's evaluator reserves eval.resources.cpus {spec.eval.resources.cpus:g}")
+    needs = {"CPU": (cpus, "; ".join(asked))} if cpus else {}
+    if gpus:
+        needs["GPU"] = (gpus, f"eval.background's evaluator reserves eval.resources.gpus {gpus:g}")
+    return needs
+
+
+def check_spare_resources(spec: JobSpec) -> None:
+    """Ray Data's tasks and a background evaluator may only use what the training workers have not reserved: with
+    too little left they would wait forever. Raises on a cluster without enough; warns on a remote one, whose
+    autoscaler may add nodes."""
     import ray
 
-    total = ray.cluster_resources().get("CPU", 0)
-    reserved = spec.resources.num_workers * spec.resources.cpus_per_worker
-    if total - reserved >= DATA_CPUS:
-        return
-    message = (f"resources.cpus_per_worker: data.source 'ray-data' decodes images in Ray Data tasks, which need "
-               f"at least {DATA_CPUS:g} CPU besides the training workers'; {ray_target()} has {total:g} CPUs and "
-               f"the workers reserve {reserved:g} (resources.num_workers x resources.cpus_per_worker): lower "
-               "resources.cpus_per_worker or add CPUs")
-    if not os.environ.get("RAY_ADDRESS"):
-        raise ValueError(message)
-    print(f"ganorch: warning: {message}; going on in case the cluster scales up", file=sys.stderr)
+    r = spec.resources
+    total = ray.cluster_resources()
+    reserved = {"CPU": r.num_workers * r.cpus_per_worker, "GPU": r.num_workers * r.gpus_per_worker if r.use_gpu else 0}
+    for resource, (needed, asked) in spare_needs(spec).items():
+        if total.get(resource, 0) - reserved[resource] >= needed - 1e-9:
+            continue
+        per_worker = "cpus_per_worker" if resource == "CPU" else "gpus_per_worker"
+        key = f"eval.resources.{resource.lower()}s" if spec.eval.background else f"resources.{per_worker}"
+        message = (f"{key}: {asked} {resource} besides the training workers'; {ray_target()} has "
+                   f"{total.get(resource, 0):g} {resource}s and the workers reserve {reserved[resource]:g} "
+                   f"(resources.num_workers x resources.{per_worker}): lower one of them or add {resource}s")
+        if not os.environ.get("RAY_ADDRESS"):
+            raise ValueError(message)
+        print(f"ganorch: warning: {message}; going on in case the cluster scales up", file=sys.stderr)

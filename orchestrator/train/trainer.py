@@ -47,6 +47,9 @@ def resources_line(spec: JobSpec) -> str:
             f"({spec.batch_per_worker} per worker)")
     if spec.data.source == "ray-data":
         line += f"; Ray Data decodes on the cluster's other CPUs (at least {DATA_CPUS:g})"
+    if spec.eval.background:
+        e = spec.eval.resources
+        line += f"; an evaluator actor of {e.cpus:g} CPU, {e.gpus:g} GPU scores G_ema while they train"
     return line
 
 

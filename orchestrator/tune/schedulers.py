@@ -7,17 +7,20 @@ from typing import Any
 from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 
 from orchestrator.spec import JobSpec, search_space
+from orchestrator.spec.job import EvalResourcesSpec
 
 # The trial driver's reservation: Tune needs a non-empty one, the workers reserve their own.
 DRIVER_CPUS = 0.01
 
 
 def concurrent_trials(spec: JobSpec, cpus: float, gpus: float) -> int:
-    """How many trials fit at once on a cluster with `cpus` and `gpus`, within tune.max_concurrent_trials."""
-    r = spec.resources
-    fits = math.floor(cpus / (r.num_workers * r.cpus_per_worker + DRIVER_CPUS) + 1e-9)
-    if r.use_gpu:
-        fits = min(fits, math.floor(gpus / (r.num_workers * r.gpus_per_worker) + 1e-9))
+    """How many trials fit at once on a cluster with `cpus` and `gpus`, within tune.max_concurrent_trials: each
+    takes its workers and, with eval.background, its evaluator."""
+    r, evaluator = spec.resources, spec.eval.resources if spec.eval.background else EvalResourcesSpec(0, 0)
+    fits = math.floor(cpus / (r.num_workers * r.cpus_per_worker + DRIVER_CPUS + evaluator.cpus) + 1e-9)
+    trial_gpus = (r.num_workers * r.gpus_per_worker if r.use_gpu else 0) + evaluator.gpus
+    if trial_gpus:
+        fits = min(fits, math.floor(gpus / trial_gpus + 1e-9))
     fits = max(fits, 1)
     return min(fits, spec.tune.max_concurrent_trials) if spec.tune.max_concurrent_trials else fits
 

@@ -51,14 +51,13 @@ def run(spec: JobSpec, export: str | Path | None = None, show_progress: bool = T
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from orchestrator.train.ray_init import check_data_cpus, check_tracking_store, init_ray
+    from orchestrator.train.ray_init import check_spare_resources, check_tracking_store, init_ray
     from orchestrator.train.trainer import for_workers
     from orchestrator.tune.trial_table import TrialTable
 
     init_ray()
     spec = for_workers(spec)
-    if spec.data.source == "ray-data":  # each trial streams its own; checked once, before the sweep's run exists
-        check_data_cpus(spec)
+    check_spare_resources(spec)  # what each trial needs; once, before the sweep's run exists
     t = spec.tune
     uri = store.tracking_uri()
     check_tracking_store(uri)
