@@ -6,16 +6,21 @@ time from process start to the first training step.
     (c) ganorch    `ganorch run` with 1 worker
     (d) ganorch    `ganorch run` with N workers
     (r) Ray Train's minimum: a trivial TorchTrainer of N workers, from process start to its train function
+    (e) ganorch    `ganorch run` with N workers, evaluating in-line every `--eval-every` steps (as the quickstart)
+    (f) ganorch    the same, evaluating in the background (eval.background, an evaluator actor of --eval-cpus CPUs)
 
 Every configuration is a fresh process (N for b), started from here, on the same data (mnist5k), networks, loss,
 global batch and precision; ganorch runs with the quickstart's tracking settings and evaluation off. An iteration is
 n_critic D steps (G frozen) then one G step (D frozen) and the G_ema update; images/s counts real images through D,
 over all workers, in windows of `--window` steps (ganorch's tracking.metrics_every): the median window after the
-first. (a) runs for `--seconds` after its first window; the others take as many steps as (a) did.
+first. (a) runs for `--seconds` after its first window; the others take as many steps as (a) did, or `--run-steps`.
+(e) and (f) run only when asked for: with (d) beside them, `--only d,e,f --run-steps 5000` gives the quickstart's
+wall time without evaluation, evaluating in-line, and in the background (the domain classifier is trained before).
 
     python benchmarks/throughput.py                      # the quickstart's settings: DCGAN 28 px, 2 workers x 1 CPU
     python benchmarks/throughput.py --threads 2 --workers 1
     python benchmarks/throughput.py --device cuda --family dcgan --image-size 64 --width 64 --batch 256 --precision bf16
+    python benchmarks/throughput.py --only d,e,f --run-steps 5000   # the quickstart's wall time, with evaluation
     python benchmarks/throughput.py --smoke              # a few steps of each, to see that it runs
 """
 
@@ -40,8 +45,8 @@ REPO = Path(__file__).resolve().parents[1]
 RESULT = "RESULT "  # a child's line of results on stdout
 
 
-def benchmark_spec(args: argparse.Namespace, workers: int, steps: int, storage: str) -> dict:
-    """The quickstart's job at the benchmark's settings, evaluation off."""
+def benchmark_spec(args: argparse.Namespace, workers: int, steps: int, storage: str, evaluation: str = "off") -> dict:
+    """The quickstart's job at the benchmark's settings; `evaluation` 'off', 'inline' or 'background'."""
     spec = yaml.safe_load((REPO / "jobs/quickstart.yaml").read_text())
     spec["name"] = "throughput-benchmark"
     spec["model"].update(family=args.family, image_size=args.image_size, g_width=args.width, d_width=args.width,
@@ -51,6 +56,10 @@ def benchmark_spec(args: argparse.Namespace, workers: int, steps: int, storage: 
     spec["resources"].update(num_workers=workers, cpus_per_worker=args.threads, use_gpu=args.device == "cuda")
     spec["tracking"].update(metrics_every=args.window, storage_path=storage)
     spec["eval"]["every"] = 0
+    if evaluation != "off":
+        spec["eval"].update(every=args.eval_every, num_samples=args.eval_samples, cache_dir=args.eval_cache)
+    if evaluation == "background":
+        spec["eval"].update(background=True, resources={"cpus": args.eval_cpus})
     return spec
 
 
@@ -175,7 +184,8 @@ def ray_minimum(args: argparse.Namespace) -> None:
 def child(args: argparse.Namespace, role: str, **options) -> list[str]:
     argv = [sys.executable, __file__, "--role", role]
     for name, value in {**vars(args), **options}.items():
-        if name in ("role", "smoke", "only", "repeats"):
+        if name in ("role", "smoke", "only", "repeats", "run_steps", "eval_every", "eval_samples", "eval_cpus",
+                    "eval_cache"):
             continue
         if isinstance(value, bool):
             argv += [f"--{name.replace('_', '-')}"] if value else []
@@ -211,13 +221,13 @@ def run_ray_minimum(args: argparse.Namespace) -> dict:
     return {"first_step_s": result_of(out.stdout)["first_step_at"] - launched, "whole_s": time.time() - launched}
 
 
-def run_ganorch(args: argparse.Namespace, workers: int, steps: int) -> dict:
+def run_ganorch(args: argparse.Namespace, workers: int, steps: int, evaluation: str = "off") -> dict:
     """`ganorch run` on a job file of the benchmark's settings, in a store of its own; its figures from MLflow."""
     from mlflow import MlflowClient
 
     with tempfile.TemporaryDirectory(prefix="ganorch-benchmark-") as tmp:
         job = Path(tmp) / "job.yaml"
-        job.write_text(yaml.safe_dump(benchmark_spec(args, workers, steps, str(Path(tmp) / "ray"))))
+        job.write_text(yaml.safe_dump(benchmark_spec(args, workers, steps, str(Path(tmp) / "ray"), evaluation)))
         uri = f"sqlite:///{tmp}/mlflow.db"
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -234,9 +244,23 @@ def run_ganorch(args: argparse.Namespace, workers: int, steps: int) -> dict:
         rates = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "images_per_sec"),
                                          key=lambda m: m.step)]
         startup = client.get_metric_history(run.info.run_id, "startup_s")
+        fids = client.get_metric_history(run.info.run_id, "fid")
+        assert len(fids) == (steps // args.eval_every + (steps % args.eval_every > 0) if evaluation != "off" else 0)
     # startup_s counts from the start of ganorch's process, a few milliseconds after `launched`
     return {"rate": statistics.median(rates[1:] or rates), "steps": steps, "whole_s": whole,
-            "first_step_s": startup[0].value if startup else float("nan")}
+            "first_step_s": startup[0].value if startup else float("nan"),
+            **({"final_fid": max(fids, key=lambda m: m.step).value} if fids else {})}
+
+
+def train_classifier(args: argparse.Namespace) -> None:
+    """The domain classifier (e) and (f) evaluate with, trained into --eval-cache before any run is timed."""
+    from orchestrator.data.sources import load_dataset
+    from orchestrator.evaluate.domain_classifier import domain_classifier
+    from orchestrator.spec import parse
+
+    spec = parse(benchmark_spec(args, 1, 1, "unused", "inline"))
+    domain_classifier(load_dataset(spec.data, spec.model), 10, image_size=spec.model.image_size,
+                      channels=spec.model.channels, cache_dir=args.eval_cache, seed=spec.seed)
 
 
 def free_port() -> int:
@@ -269,8 +293,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--seconds", type=float, default=60.0, help="how long (a) runs after its warm-up window")
     parser.add_argument("--window", type=int, default=100, help="steps per timed window (tracking.metrics_every)")
-    parser.add_argument("--only", default="a,b,c,d,r", help="which configurations to run ((a) runs anyway when "
-                        "others need its step count)")
+    parser.add_argument("--only", default="a,b,c,d,r", help="which configurations to run, of a,b,c,d,r,e,f ((a) "
+                        "runs anyway when others need its step count)")
+    parser.add_argument("--run-steps", type=int, default=0, help="steps of every run; 0: as many as (a) took")
+    parser.add_argument("--eval-every", type=int, default=1000, help="(e), (f): eval.every (the quickstart's)")
+    parser.add_argument("--eval-samples", type=int, default=2000, help="(e), (f): eval.num_samples (the quickstart's)")
+    parser.add_argument("--eval-cpus", type=float, default=None, help="(f): eval.resources.cpus; default: 1 when the "
+                        "machine has a CPU beside the workers', else 0 (sharing theirs)")
+    parser.add_argument("--eval-cache", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=1, help="rounds of every configuration, taking turns")
     parser.add_argument("--smoke", action="store_true", help="a few steps of each, at a toy size")
     parser.add_argument("--role", default="parent", choices=["parent", "bare", "ray-minimum"], help=argparse.SUPPRESS)
@@ -285,7 +315,9 @@ def main() -> None:
         return ray_minimum(args)
     if args.smoke:
         args.width, args.latent, args.batch, args.window, args.seconds = 4, 8, 8, 2, 0.0
-    for name in ("workers", "threads", "batch", "window", "repeats", "width", "latent", "n_critic"):
+        args.eval_every, args.eval_samples = min(args.eval_every, 4), min(args.eval_samples, 100)
+    for name in ("workers", "threads", "batch", "window", "repeats", "width", "latent", "n_critic", "eval_every",
+                 "eval_samples"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')}: got {getattr(args, name)}; expected at least 1")
     if args.seconds < 0:
@@ -293,6 +325,12 @@ def main() -> None:
     if args.batch % args.workers:
         parser.error(f"--batch {args.batch} does not split over --workers {args.workers}")
     only = set(args.only.split(","))
+    if only - set("abcdref"):
+        parser.error(f"--only: {','.join(sorted(only - set('abcdref')))}: expected some of a,b,c,d,r,e,f")
+    if args.run_steps < 0:
+        parser.error(f"--run-steps: got {args.run_steps}; expected 0 or more")
+    if args.eval_cpus is None:
+        args.eval_cpus = 1.0 if (os.cpu_count() or 1) > args.workers * args.threads else 0.0
 
     import torch
 
@@ -304,9 +342,19 @@ def main() -> None:
     print(f"# {' '.join(sys.argv)}")
     names = {"a": "(a) bare, 1 process", "b": f"(b) bare DDP, {args.workers} processes",
              "c": "(c) ganorch, 1 worker", "d": f"(d) ganorch, {args.workers} workers",
-             "r": f"(r) Ray Train minimum, {args.workers} workers"}
+             "r": f"(r) Ray Train minimum, {args.workers} workers",
+             "e": f"(e) ganorch, {args.workers} workers, eval in-line",
+             "f": f"(f) ganorch, {args.workers} workers, eval background"}
     rounds: list[dict[str, dict]] = []
-    steps = 0
+    steps = args.run_steps
+    evaluated = only & {"e", "f"}
+    if evaluated:
+        print(f"# (e), (f): eval.every {args.eval_every}, eval.num_samples {args.eval_samples}; (f): "
+              f"eval.resources.cpus {args.eval_cpus:g}")
+    cache = tempfile.TemporaryDirectory(prefix="ganorch-benchmark-classifier-") if evaluated else None
+    if cache:
+        args.eval_cache = cache.name
+        train_classifier(args)
     for round_ in range(1, args.repeats + 1):  # the configurations take turns, so a slow spell hits them alike
         found: dict[str, dict] = {}
         if "a" in only or not steps:
@@ -320,24 +368,38 @@ def main() -> None:
             found["d"] = run_ganorch(args, args.workers, steps)
         if "r" in only:
             found["r"] = run_ray_minimum(args)
+        if "e" in only:
+            found["e"] = run_ganorch(args, args.workers, steps, "inline")
+        if "f" in only:
+            found["f"] = run_ganorch(args, args.workers, steps, "background")
         rounds.append(found)
         print(f"# round {round_}: " + "; ".join(
             f"{key} {row['rate']:.0f} img/s, first step {row['first_step_s']:.1f} s" if "rate" in row
             else f"{key} first step {row['first_step_s']:.1f} s" for key, row in found.items()), flush=True)
 
+    if cache:
+        cache.cleanup()
+
     def median(key: str, figure: str) -> float:
         return statistics.median(r[key][figure] for r in rounds)
 
     print(f"medians of {args.repeats} round(s), {steps} steps a run")
-    print(f"{'configuration':34} {'images/s':>10} {'to first step s':>16} {'whole process s':>16}")
+    print(f"{'configuration':40} {'images/s':>10} {'to first step s':>16} {'whole process s':>16}"
+          + (f" {'final fid':>10}" if evaluated else ""))
     for key in (k for k in names if k in rounds[0]):
         rate = f"{median(key, 'rate'):10.0f}" if "rate" in rounds[0][key] else f"{'':>10}"
-        print(f"{names[key]:34} {rate} {median(key, 'first_step_s'):16.1f} {median(key, 'whole_s'):16.1f}")
+        fid = f" {median(key, 'final_fid'):10.2f}" if "final_fid" in rounds[0][key] else ""
+        print(f"{names[key]:40} {rate} {median(key, 'first_step_s'):16.1f} {median(key, 'whole_s'):16.1f}{fid}")
     for num, den in (("c", "a"), ("d", "b")):
         if num in rounds[0] and den in rounds[0]:
             ratios = [r[num]["rate"] / r[den]["rate"] for r in rounds]
             print(f"ratio {num}/{den} = {statistics.median(ratios):.3f} (median of the rounds' ratios: "
                   f"{', '.join(f'{x:.3f}' for x in ratios)}; goal: at least 0.97)")
+    for key in ("e", "f"):
+        if key in rounds[0] and "d" in rounds[0]:
+            extra = [r[key]["whole_s"] - r["d"]["whole_s"] for r in rounds]
+            print(f"evaluation's cost, {names[key][4:]}: whole process {statistics.median(extra):+.1f} s against (d) "
+                  f"(rounds: {', '.join(f'{x:+.1f}' for x in extra)})")
     if "d" in rounds[0] and "r" in rounds[0]:
         extra = [r["d"]["first_step_s"] - r["r"]["first_step_s"] for r in rounds]
         print(f"start-up: ganorch ({args.workers} workers) to its first step minus Ray Train's minimum = "
