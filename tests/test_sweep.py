@@ -52,6 +52,10 @@ def test_concurrent_trials_counts_workers_and_the_limit():
     spec = parse({"name": "t", "resources": {"num_workers": 2, "cpus_per_worker": 1}, "eval": {"every": 10},
                   "tracking": {"checkpoint_every": 10}, "tune": {"space": {"optim.g.lr": {"choice": [1.0e-4]}}}})
     assert schedulers.concurrent_trials(spec, cpus=8, gpus=0) == 3   # 2.01 CPUs a trial
+    evaluated = parse({**spec.to_dict(), "eval": {"every": 10, "background": True, "resources": {"cpus": 0.5}}})
+    assert schedulers.concurrent_trials(evaluated, cpus=8, gpus=0) == 3   # 2.51 CPUs a trial
+    evaluated = parse({**spec.to_dict(), "eval": {"every": 10, "background": True, "resources": {"cpus": 1}}})
+    assert schedulers.concurrent_trials(evaluated, cpus=8, gpus=0) == 2   # 3.01 CPUs a trial, its evaluator's too
     gpu = parse({**spec.to_dict(), "resources": {"num_workers": 1, "use_gpu": True, "gpus_per_worker": 0.25},
                  "tune": {"space": {"optim.g.lr": {"choice": [1.0e-4]}}, "max_concurrent_trials": 6}})
     assert schedulers.concurrent_trials(gpu, cpus=16, gpus=1) == 4   # four quarter-GPU trials share one GPU

@@ -202,6 +202,29 @@ def test_best_checkpoint_is_the_periodic_checkpoint_of_the_lowest_fid_step(debug
     assert all(torch.equal(state["generator_ema"][k], periodic["generator_ema"][k]) for k in state["generator_ema"])
 
 
+def test_an_evaluator_actor_scores_what_the_workers_score_in_line(debug_run, tmp_path, monkeypatch):
+    """The same 2-worker run with eval.background: the same scores at the same steps, the same best step, the same
+    training, and still no collective inside a step."""
+    spec, inline, client, _ = debug_run
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    background_spec = load(REPO / "jobs/debug_dcgan.yaml", [
+        f"tracking.storage_path={tmp_path / 'ray_storage'}", "eval.every=3", "eval.num_samples=301",
+        f"eval.cache_dir={spec.eval.cache_dir}", "eval.background=true", "eval.resources.cpus=0"])
+    outcome = launch.run(background_spec, loop=compare_ranks_after_every_phase)
+    found = store.client(outcome.tracking_uri)
+    for key in ("fid", "kid", "precision", "mode_coverage"):
+        expected = [(m.step, m.value) for m in client.get_metric_history(inline.run_id, key)]
+        scored = [(m.step, m.value) for m in found.get_metric_history(outcome.run_id, key)]
+        assert [step for step, _ in scored] == [step for step, _ in expected] == [3, 6], key
+        assert [v for _, v in scored] == pytest.approx([v for _, v in expected], rel=1e-4), key
+    assert outcome.summary["parameter_digests"] == inline.summary["parameter_digests"]
+    assert all(not collectives for _, _, collectives in outcome.summary["phase_checks"])
+    tags, inline_tags = found.get_run(outcome.run_id).data.tags, client.get_run(inline.run_id).data.tags
+    assert tags[TAG_BEST_STEP] == inline_tags[TAG_BEST_STEP]
+    assert tags[TAG_CLASSIFIER] == inline_tags[TAG_CLASSIFIER]
+
+
 def test_a_run_that_was_not_stopped_is_recorded_as_completed(debug_run):
     _, outcome, client, _ = debug_run
     assert client.get_run(outcome.run_id).data.tags[TAG_OUTCOME] == "completed"

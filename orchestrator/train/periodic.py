@@ -77,7 +77,7 @@ class ProgressPost:
 
 def agree_counts(t: Training) -> None:
     """Under fp16, make every rank's skip and overflow counts the largest of the ranks' (one all-reduce, where they
-    are read: at metrics and evaluation steps): a rank counts its own non-finite losses. Without fp16 every count
+    are read: at metrics, evaluation and checkpoint steps): a rank counts its own non-finite losses. Without fp16 every count
     comes from all-reduced gradients and is alike everywhere already."""
     if not any(p.scaler is not None for p in t.phases):
         return
@@ -144,8 +144,8 @@ def keep_if_best(t: Training, out: Outcome, logger: Any, scored: Scored) -> None
 def stop_decision(t: Training, monitor: StabilityMonitor, stop_on: list[str], flags: list[Flag],
                   logger: Any) -> Flag | None:
     """The flag that stops the run at this step, if any, taken by all ranks together; rank 0 logs this step's flags.
-    Called at metrics and evaluation steps only, the steps whose flags the monitor raises: the ranks agree on rank 0's
-    monitor there (one broadcast), and a rank whose own monitor differs stops with the others all the same. Skipped
+    Called at metrics, evaluation and checkpoint steps only, where the monitor raises flags (from metrics, and from
+    evaluations as their scores are taken): the ranks agree on rank 0's monitor there (one broadcast), and a rank whose own monitor differs stops with the others all the same. Skipped
     steps are counted on the device and looked at here too: alike on every rank, they need no agreement."""
     stopped = nonfinite_stop(t.phases, t.spec.train.nonfinite, t.step)
     if stopped:

@@ -114,12 +114,15 @@ def check_spare_resources(spec: JobSpec) -> None:
     """Ray Data's tasks and a background evaluator may only use what the training workers have not reserved: with
     too little left they would wait forever. Raises on a cluster without enough; warns on a remote one, whose
     autoscaler may add nodes."""
+    needs = spare_needs(spec)
+    if not needs:
+        return
     import ray
 
     r = spec.resources
     total = ray.cluster_resources()
     reserved = {"CPU": r.num_workers * r.cpus_per_worker, "GPU": r.num_workers * r.gpus_per_worker if r.use_gpu else 0}
-    for resource, (needed, asked) in spare_needs(spec).items():
+    for resource, (needed, asked) in needs.items():
         if total.get(resource, 0) - reserved[resource] >= needed - 1e-9:
             continue
         per_worker = "cpus_per_worker" if resource == "CPU" else "gpus_per_worker"

@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 # Evaluations rank 0 may have in the evaluator actor at once: one more waits for the oldest, so scores never fall
 # more than one evaluation behind training.
 MAX_PENDING = 1
+# How long rank 0 waits for the evaluator (its start, with the domain classifier, or an evaluation) while the other
+# ranks wait in a collective: under the process group's timeout (Ray Train's: 30 min), so the run fails with rank
+# 0's error, which names what to change.
+EVALUATOR_WAIT_S = 1500.0
 
 
 def build_scoring(spec: JobSpec, device: torch.device, logger: Any, dataset: Any, data_classes: int, classes: int,
@@ -98,7 +102,10 @@ class BackgroundScoring:
             import ray
 
             r = spec.eval.resources
-            self.actor = ray.remote(EvaluatorActor).options(num_cpus=r.cpus, num_gpus=r.gpus).remote(spec, classes)
+            # DEFAULT: outside the workers' placement group, which a Tune trial's workers would place it in (their
+            # bundles are full).
+            self.actor = ray.remote(EvaluatorActor).options(num_cpus=r.cpus, num_gpus=r.gpus,
+                                                            scheduling_strategy="DEFAULT").remote(spec, classes)
             self.described = self.actor.describe.remote()
 
     def submit(self, t: Any) -> None:
@@ -118,15 +125,23 @@ class BackgroundScoring:
         while self.pending and (wait or ray.wait([self.pending[0][1]], timeout=0)[0]):
             self.take_oldest()
         if self.described is not None and (wait or ray.wait([self.described], timeout=0)[0]):
-            self.tag_classifier(ray.get(self.described))
+            self.tag_classifier(self.get(self.described, "to start (data, domain classifier, G)"))
         done, self.done = self.done, []
         return done
 
     def take_oldest(self) -> None:
+        step, ref, state = self.pending.popleft()
+        self.done.append(Scored(step, self.get(ref, f"to score step {step}"), state, background=True))
+
+    def get(self, ref: Any, what: str) -> Any:
         import ray
 
-        step, ref, state = self.pending.popleft()
-        self.done.append(Scored(step, ray.get(ref), state, background=True))
+        try:
+            return ray.get(ref, timeout=EVALUATOR_WAIT_S)
+        except ray.exceptions.GetTimeoutError:
+            raise TimeoutError(f"eval.resources: the evaluator actor took over {EVALUATOR_WAIT_S:g} s {what}; give it "
+                               "more (eval.resources), score fewer samples (eval.num_samples) or evaluate in-line "
+                               "(eval.background false)") from None
 
     def tag_classifier(self, tags: dict[str, str]) -> None:
         self.described = None
