@@ -300,7 +300,8 @@ def main() -> None:
     parser.add_argument("--eval-samples", type=int, default=2000, help="(e), (f): eval.num_samples (the quickstart's)")
     parser.add_argument("--eval-cpus", type=float, default=None, help="(f): eval.resources.cpus; default: 1 when the "
                         "machine has a CPU beside the workers', else 0 (sharing theirs)")
-    parser.add_argument("--eval-cache", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--eval-cache", default=None, help="(e), (f): where the domain classifier is cached "
+                        "(default: a temporary directory, trained in before any run is timed)")
     parser.add_argument("--repeats", type=int, default=1, help="rounds of every configuration, taking turns")
     parser.add_argument("--smoke", action="store_true", help="a few steps of each, at a toy size")
     parser.add_argument("--role", default="parent", choices=["parent", "bare", "ray-minimum"], help=argparse.SUPPRESS)
@@ -351,10 +352,12 @@ def main() -> None:
     if evaluated:
         print(f"# (e), (f): eval.every {args.eval_every}, eval.num_samples {args.eval_samples}; (f): "
               f"eval.resources.cpus {args.eval_cpus:g}")
-    cache = tempfile.TemporaryDirectory(prefix="ganorch-benchmark-classifier-") if evaluated else None
+    cache = tempfile.TemporaryDirectory(prefix="ganorch-benchmark-classifier-") if evaluated and not args.eval_cache \
+        else None
     if cache:
         args.eval_cache = cache.name
-        train_classifier(args)
+    if evaluated:
+        train_classifier(args)  # or load it
     for round_ in range(1, args.repeats + 1):  # the configurations take turns, so a slow spell hits them alike
         found: dict[str, dict] = {}
         if "a" in only or not steps:
