@@ -15,14 +15,14 @@ class Regularizer:
     needs_real_grad: bool = False  # whether it differentiates D(real) with respect to the real images
 
     def penalty(self, D: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, real_scores: torch.Tensor,
-                fake: torch.Tensor, scale: float = 1.0, uniform: Uniform | None = None) -> torch.Tensor:
-        """D scores images (under fixed labels when class-conditional). `scale`: the fp16 loss scale, so the
-        input gradient does not underflow (PyTorch AMP's recipe). `uniform` draws the random numbers a penalty
+                fake: torch.Tensor, scale: torch.Tensor | float = 1.0, uniform: Uniform | None = None) -> torch.Tensor:
+        """D scores images (under fixed labels when class-conditional). `scale`: the fp16 loss scale (a tensor, so
+        reading it needs no host sync), so the input gradient does not underflow (PyTorch AMP's recipe). `uniform` draws the random numbers a penalty
         needs; torch.rand (this process alone) when None."""
         raise NotImplementedError
 
 
-def _input_gradient(scores: torch.Tensor, inputs: torch.Tensor, scale: float) -> torch.Tensor:
+def _input_gradient(scores: torch.Tensor, inputs: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
     (grad,) = torch.autograd.grad(scores.float().sum() * scale, inputs, create_graph=True)
     return grad.float().flatten(1) / scale
 

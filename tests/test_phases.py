@@ -2,6 +2,7 @@
 
 import copy
 
+import pytest
 import torch
 
 from gan_models import build_loss, build_models
@@ -93,9 +94,13 @@ def test_digest_sees_every_bit():
     assert ddp.state_digest(G, parameters_only=True) == ddp.state_digest(twin2, parameters_only=True)
 
 
-def test_a_training_step_reads_nothing_back_from_the_device(process_group, monkeypatch):
+@pytest.mark.parametrize("settings", [
+    [], ["train.precision=fp16", "train.r1_gamma=1.0", "train.r1_every=1", "model.d_norm=none"],
+    ["train.precision=fp16", "train.loss=wgan-gp", "model.d_norm=none"]], ids=["fp32", "fp16-r1", "fp16-gp"])
+def test_a_training_step_reads_nothing_back_from_the_device(process_group, monkeypatch, settings):
     """Between interval ends the loop never waits on the device: no .item(), .tolist(), bool(), int() or float() of
-    a tensor in the phases or the G_ema update (a host sync each, a stalled CUDA queue on a GPU)."""
+    a tensor in the phases or the G_ema update (a host sync each, a stalled CUDA queue on a GPU); under fp16 the
+    penalties' loss scale is not read back either."""
     from pathlib import Path
 
     import orchestrator.train.loop as loop
@@ -127,7 +132,7 @@ def test_a_training_step_reads_nothing_back_from_the_device(process_group, monke
     monkeypatch.setattr(loop, "run_phase", within(loop.run_phase, phase=True))
     monkeypatch.setattr(GeneratorEMA, "update", within(GeneratorEMA.update, phase=False))
     spec = load(Path(__file__).resolve().parents[1] / "jobs/debug_dcgan.yaml",
-                ["resources.num_workers=1", "train.steps=4", "tracking.metrics_every=4"])
+                ["resources.num_workers=1", "train.steps=24", "tracking.metrics_every=24", *settings])
     summary = train(spec, WorkerContext(device=torch.device("cpu")))
-    assert summary["step"] == 4 and summary["metrics"]["loss_d"] == summary["metrics"]["loss_d"]
+    assert summary["step"] == 24 and summary["metrics"]["loss_d"] == summary["metrics"]["loss_d"]  # steps applied
     assert reads == [], f"host reads in the training steps: {reads}"

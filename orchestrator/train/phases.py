@@ -13,7 +13,7 @@ from torch import nn
 from gan_models.losses import GANLoss
 from gan_models.regularizers import Regularizer, Uniform
 from orchestrator.distributed.ddp import unwrap
-from orchestrator.train.precision import Precision
+from orchestrator.train.precision import Precision, loss_scale
 
 Stats = dict[str, torch.Tensor]
 
@@ -25,7 +25,7 @@ class StepInputs:
     z: torch.Tensor
     fake_labels: torch.Tensor | None    # the classes G is asked for (None when unconditional)
     index: int                          # how many steps this phase has taken before
-    loss_scale: Callable[[], float]     # fp16's current loss scale (1 otherwise)
+    loss_scale: Callable[[], torch.Tensor | float]  # fp16's current loss scale (1 otherwise)
     uniform: Uniform | None = None      # draws a penalty's random numbers: this rank's share of the global batch's
 
 
@@ -142,8 +142,7 @@ def run_phase(phase: Phase, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
         real, real_labels = next(batches) if phase.uses_real else (None, None)
         z, fake_labels = draw_latent()
         scaler = phase.scaler
-        inputs = StepInputs(real, real_labels, z, fake_labels, phase.steps_taken,
-                            scaler.get_scale if scaler else lambda: 1.0, draw_uniform)
+        inputs = StepInputs(real, real_labels, z, fake_labels, phase.steps_taken, loss_scale(scaler), draw_uniform)
         phase.optimizer.zero_grad(set_to_none=True)
         with phase.autocast():
             value, step_stats = phase.objective(inputs)
