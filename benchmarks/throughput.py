@@ -332,6 +332,8 @@ def main() -> None:
         parser.error(f"--run-steps: got {args.run_steps}; expected 0 or more")
     if args.eval_cpus is None:
         args.eval_cpus = 1.0 if (os.cpu_count() or 1) > args.workers * args.threads else 0.0
+    if args.eval_cpus < 0:
+        parser.error(f"--eval-cpus: got {args.eval_cpus:g}; expected 0 or more")
 
     import torch
 
