@@ -101,7 +101,8 @@ def dry_run_report(spec: JobSpec) -> str:
         lines.append(f"# sweep: {sweep_line(spec)}")
     lines.append("# not checked without starting Ray: its free CPUs and GPUs for the workers"
                  + (" and Ray Data's tasks" if spec.data.source == "ray-data" else "")
-                 + ", and that a local tracking store is on the cluster's only host")
+                 + ", that a local tracking store is on the cluster's only host, and that MLflow can use an SQLite "
+                 "store (here it is only opened as a database)")
     return "\n".join(lines)
 
 
@@ -191,9 +192,7 @@ def pre_start_checks(args: argparse.Namespace, spec: JobSpec) -> Any:
 
     print(f"data: {check_data_and_models(spec)}")
     check_output_file("--export", getattr(args, "export", None))
-    uri = store.tracking_uri()
-    if not (args.dry_run and uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists()):
-        store.check_reachable(uri)  # a new SQLite store is created by opening it: left to the run
+    store.check_before_start(store.tracking_uri())
     return resumption(getattr(args, "resume", None), spec)
 
 

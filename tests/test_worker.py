@@ -194,3 +194,39 @@ def test_a_rank_whose_monitor_saw_nothing_stops_with_rank_0(process_group, monke
     summary = train(spec, WorkerContext(device=torch.device("cpu")))
     assert summary["step"] == 3
     assert summary["stopped"] == "diverged at step 3: raised by rank 0's stability monitor", summary["stopped"]
+
+
+def test_rank_0_makes_no_mlflow_client_and_draws_no_grid_before_its_first_step(process_group, mlflow_store,
+                                                                                monkeypatch):
+    """Importing MLflow and drawing the step-0 grid (torchvision's import) took rank 0 seconds before its first step
+    while the other ranks waited at DDP's first broadcast: its logger sends from the first step on, and grids are
+    drawn by the outbox's thread. Everything is still logged."""
+    import threading
+    import time
+
+    from orchestrator.track import run_logger, runs, store
+    from orchestrator.train import loop
+
+    spec = load(REPO / "jobs/debug_dcgan.yaml", ["resources.num_workers=1", "train.steps=2", "eval.every=0"])
+    run_id, _ = runs.start_run(spec, mlflow_store)
+    events = []
+    client, run_phase, image_grid = store.client, loop.run_phase, run_logger.image_grid
+
+    def first_phase(*args):
+        if "phase" not in events:
+            time.sleep(0.3)  # time enough for a thread that does not wait to make its client first
+            events.append("phase")
+        yield from run_phase(*args)
+
+    monkeypatch.setattr(store, "client", lambda uri: events.append("client") or client(uri))
+    monkeypatch.setattr(loop, "run_phase", first_phase)
+    monkeypatch.setattr(run_logger, "image_grid", lambda *a: events.append(threading.current_thread().name)
+                        or image_grid(*a))
+    train(spec, WorkerContext(device=torch.device("cpu"), tracking_uri=mlflow_store, run_id=run_id,
+                              started_at=time.time()))
+    assert events[0] == "phase" and "client" in events, events
+    assert {e for e in events if e not in ("phase", "client")} == {"ganorch-outbox-rank0"}, events
+    run = client(mlflow_store).get_run(run_id)
+    assert run.data.metrics["startup_s"] > 0 and run.data.metrics["loss_d"] > 0
+    assert {a.path for a in client(mlflow_store).list_artifacts(run_id, "samples")} == {
+        "samples/step_000000.png", "samples/step_000002.png"}

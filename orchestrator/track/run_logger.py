@@ -2,7 +2,6 @@
 
 import functools
 import math
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -28,10 +27,10 @@ class RunLogger:
     """Rank 0's handle on the run the driver created. Reads happen at once; writes go through an Outbox, so an
     MLflow outage never stops training (`close` says where what could not be sent was kept)."""
 
-    def __init__(self, uri: str, run_id: str, notify: Callable[[str], None] | None = None):
+    def __init__(self, uri: str, run_id: str, notify: Callable[[str], None] | None = None, held: bool = False):
         self.uri = uri
         self.run_id = run_id
-        self.outbox = Outbox(uri, run_id, "rank0", notify)
+        self.outbox = Outbox(uri, run_id, "rank0", notify, held)
         self.logged_through: dict[str, int] = {}  # metric -> the last step logged before a resume
         self.floor = -1                            # when those could not be read: the checkpoint's step
         self.best_fid = math.inf                   # the FID of the run's best checkpoint before a resume
@@ -62,12 +61,17 @@ class RunLogger:
             self.outbox.metrics(step, fresh)
 
     def log_samples(self, step: int, images: "torch.Tensor", columns: int) -> None:
-        from PIL import Image
+        """`images` (not changed afterwards) as one grid `samples/step_N.png`, made by the outbox's thread."""
+        def write(path: Path) -> None:
+            from PIL import Image
 
-        with tempfile.TemporaryDirectory(prefix="ganorch-samples-") as tmp:
-            path = Path(tmp) / f"step_{step:06d}.png"
             Image.fromarray(image_grid(images, columns)).save(path)
-            self.outbox.artifacts([path], "samples")
+
+        self.outbox.render(f"step_{step:06d}.png", write, "samples")
+
+    def release(self) -> None:
+        """Start sending, for a logger made `held`."""
+        self.outbox.release()
 
     def log_checkpoint(self, step: int, path: Path, keep: int | None = None) -> str:
         """Log the checkpoint (and its checksum) as `checkpoints/step_N/`; with `keep`, delete all but the latest

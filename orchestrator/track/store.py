@@ -108,6 +108,30 @@ def redacted_copy(path: Path) -> Iterator[Path]:
         yield copy
 
 
+def check_before_start(uri: str) -> None:
+    """What can be known of a tracking store before Ray starts, without importing MLflow (seconds) where that can be
+    done: an SQLite file must open as a database (or, for a store its first run creates, its folder must exist),
+    a server must answer on its port; other stores MLflow opens (`check_reachable`). ValueError naming
+    MLFLOW_TRACKING_URI if not. MLflow itself opens an SQLite store while Ray starts (launch.run)."""
+    import sqlite3
+    from urllib.parse import quote
+
+    path = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") and "?" not in uri else None
+    if path is None or path in ("", ":memory:"):
+        return check_reachable(uri)
+    database = Path(path)
+    try:
+        if not database.exists():
+            if not database.parent.is_dir():
+                raise sqlite3.OperationalError(f"no such folder: {database.parent}")
+            return
+        with contextlib.closing(sqlite3.connect(f"file:{quote(str(database))}?mode=ro", uri=True)) as db:
+            db.execute("PRAGMA schema_version")
+    except sqlite3.Error as err:
+        raise ValueError(f"MLFLOW_TRACKING_URI: cannot open the MLflow tracking store {redact(uri)}: "
+                         f"{redact(str(err))[:300]}") from None
+
+
 def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
     """A tracking server must answer before a run starts; ValueError naming MLFLOW_TRACKING_URI if not."""
     import socket

@@ -12,7 +12,7 @@ from orchestrator.spec import JobSpec
 from orchestrator.track import runs, store
 from orchestrator.track.tags import TAG_OUTCOME, TAG_RAY_CHECKPOINT, TAG_STORAGE, TAG_TRAIN_RUN
 from orchestrator.train import checkpoint, failures
-from orchestrator.train.ray_init import check_spare_resources, check_tracking_store, init_ray, keep_local
+from orchestrator.train.ray_init import check_spare_resources, check_tracking_store, init_ray_and_store, keep_local
 from orchestrator.train.trainer import for_workers, ray_datasets, torch_trainer
 
 if TYPE_CHECKING:
@@ -43,12 +43,11 @@ def run(spec: JobSpec, loop: Callable[[dict], Any] | None = None, show_progress:
     keep_local()
     import ray
 
-    init_ray()  # an unreachable cluster fails here, before an MLflow run exists
+    uri = store.tracking_uri()
+    init_ray_and_store(uri)  # an unreachable cluster or store fails here, before an MLflow run exists
     spec = for_workers(spec)
     check_spare_resources(spec)  # before a run exists, like an unreachable cluster
     datasets, skipped = ray_datasets(spec)
-    uri = store.tracking_uri()
-    store.check_reachable(uri)
     check_tracking_store(uri)
     run_name = run_name or runs.default_run_name(spec)
     run_id = open_run(spec, uri, run_name, resume)

@@ -83,6 +83,7 @@ def loop(spec: JobSpec, context: WorkerContext, logger: Any, report: Any, t: Tra
     out = Outcome(best_fid=logger.best_fid if logger else math.inf)
     if logger and context.started_at and not context.restarted_after:
         logger.log_metrics(t.step, {"startup_s": time.time() - context.started_at})
+    first_step = t.step + 1
     while t.step < spec.train.steps and out.stopped is None:
         t.step += 1
         t.images_seen += speed.images_per_step
@@ -91,6 +92,8 @@ def loop(spec: JobSpec, context: WorkerContext, logger: Any, report: Any, t: Tra
                 stats.add(step_stats, counted=applied)
         t.ema.update(t.G, t.step)
         progress.step(t.step, speed)
+        if logger and t.step == first_step:
+            logger.release()  # MLflow's import and the first writes wait until training has started
 
         last = t.step == spec.train.steps
         flags = []

@@ -10,10 +10,12 @@ from orchestrator.train import resume
 
 
 def open_logger(context: Any) -> RunLogger:
-    """The logger of `context` (a WorkerContext) on rank 0, its start recorded in the run."""
+    """The logger of `context` (a WorkerContext) on rank 0, its start recorded in the run. It is held: it sends
+    nothing (and does not import MLflow, seconds of rank 0's start that the other ranks would wait for at DDP's
+    first broadcast) until the loop releases it after the first step."""
     board = context.progress
     logger = RunLogger(context.tracking_uri, context.run_id,
-                       notify=(lambda line: board.notice.remote(line)) if board is not None else None)
+                       notify=(lambda line: board.notice.remote(line)) if board is not None else None, held=True)
     if context.placement:
         logger.set_tag(TAG_WORKERS, "; ".join(f"rank {r}: {where}" for r, where in enumerate(context.placement)))
     if context.resume or context.restarted_after:

@@ -4,9 +4,11 @@ checks a cluster must pass before a run starts on it."""
 import logging
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from orchestrator.spec import JobSpec
+from orchestrator.track import store
 from orchestrator.track.redact import redact
 from orchestrator.track.store import is_local_store
 
@@ -70,6 +72,20 @@ def init_ray() -> None:
     pythonpath = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)
     ray.init(log_to_driver=False, logging_level=logging.ERROR, configure_logging=True,
              runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+
+
+def init_ray_and_store(uri: str) -> None:
+    """init_ray() while a thread imports MLflow and opens the tracking store at `uri` as a run's first write will:
+    seconds each, mostly waiting on Ray's processes starting, so together they take the longer of the two. Raises
+    what either raised, Ray's first (before any MLflow run exists)."""
+    def open_store() -> None:
+        store.check_reachable(uri)  # an SQLite store that MLflow cannot use: ValueError naming the URI
+        store.client(uri)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="ganorch-store") as pool:
+        opened = pool.submit(open_store)
+        init_ray()
+        opened.result()
 
 
 def ray_target() -> str:

@@ -51,15 +51,15 @@ def run(spec: JobSpec, export: str | Path | None = None, show_progress: bool = T
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from orchestrator.train.ray_init import check_spare_resources, check_tracking_store, init_ray
+    from orchestrator.train.ray_init import check_spare_resources, check_tracking_store, init_ray_and_store
     from orchestrator.train.trainer import for_workers
     from orchestrator.tune.trial_table import TrialTable
 
-    init_ray()
+    uri = store.tracking_uri()
+    init_ray_and_store(uri)
     spec = for_workers(spec)
     check_spare_resources(spec)  # what each trial needs; once, before the sweep's run exists
     t = spec.tune
-    uri = store.tracking_uri()
     check_tracking_store(uri)
     parent_run_id, sweep_name = runs.start_run(spec, uri)
     client = store.client(uri)
