@@ -6,6 +6,7 @@ time from process start to the first training step.
     (c) ganorch    `ganorch run` with 1 worker
     (d) ganorch    `ganorch run` with N workers
     (r) Ray Train's minimum: a trivial TorchTrainer of N workers, from process start to its train function
+    (g) bare DDP   (b)'s loop as the train function of a TorchTrainer of N workers: Ray Train without ganorch
     (e) ganorch    `ganorch run` with N workers, evaluating in-line every `--eval-every` steps (as the quickstart)
     (f) ganorch    the same, evaluating in the background (eval.background, an evaluator actor of --eval-cpus CPUs)
 
@@ -67,8 +68,22 @@ def benchmark_spec(args: argparse.Namespace, workers: int, steps: int, storage: 
 
 def bare(args: argparse.Namespace) -> None:
     """One rank of the bare loop (the only one, or one of N over torch.distributed); rank 0 prints the results."""
-    import torch
     import torch.distributed as dist
+
+    if args.world > 1:
+        dist.init_process_group("nccl" if args.device == "cuda" else "gloo",
+                                init_method=f"tcp://127.0.0.1:{args.port}", rank=args.rank, world_size=args.world)
+    found = bare_loop(args, args.rank, args.world)
+    if args.rank == 0:
+        print(RESULT + json.dumps(found), flush=True)
+    if args.world > 1:
+        dist.destroy_process_group()
+
+
+def bare_loop(args: argparse.Namespace, rank: int, world: int) -> dict:
+    """The bare loop's maths on this rank of `world` (a process group of that size is set up): its first step's
+    time, window rates and steps."""
+    import torch
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from gan_models import build_loss, build_models
@@ -78,11 +93,7 @@ def bare(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     if args.device == "cpu":
         torch.set_flush_denormal(True)  # as ganorch does: a saturated D's denormal activations are slow on CPU
-    rank, world = args.rank, args.world
     device = torch.device("cuda", rank) if args.device == "cuda" else torch.device("cpu")
-    if world > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                init_method=f"tcp://127.0.0.1:{args.port}", rank=rank, world_size=world)
     spec = parse(benchmark_spec(args, world, 1, "unused"))
     m, b = spec.model, args.batch // world
     images = load_dataset(spec.data, spec.model).tensors[0].to(device)
@@ -146,10 +157,7 @@ def bare(args: argparse.Namespace) -> None:
             started = now
             if deadline is None:  # the first window is the warm-up
                 deadline = now + args.seconds
-    if rank == 0:
-        print(RESULT + json.dumps({"first_step_at": first_step_at, "rates": rates, "steps": done}), flush=True)
-    if world > 1:
-        dist.destroy_process_group()
+    return {"first_step_at": first_step_at, "rates": rates, "steps": done}
 
 
 # ---- (r): Ray Train's minimum ----
@@ -177,6 +185,35 @@ def ray_minimum(args: argparse.Namespace) -> None:
                      torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
                      run_config=RunConfig(storage_path=tmp, name="ray-minimum")).fit()
         print(RESULT + json.dumps({"first_step_at": float(file.read_text())}), flush=True)
+
+
+def ray_bare(args: argparse.Namespace) -> None:
+    """(g): the bare DDP loop as the train function of a TorchTrainer of N workers: Ray Train's processes and process
+    group, and nothing of ganorch's. Against (b) it is what Ray costs, against (d) what ganorch costs on top."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    def loop(config: dict) -> None:
+        import ray.train
+
+        context = ray.train.get_context()
+        found = bare_loop(argparse.Namespace(**config["args"]), context.get_world_rank(), context.get_world_size())
+        if context.get_world_rank() == 0:
+            Path(config["file"]).write_text(json.dumps(found))
+
+    ray.init(log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
+        p for p in (str(REPO), str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p)}})
+    with tempfile.TemporaryDirectory() as tmp:
+        file = Path(tmp) / "found.json"
+        use_gpu = args.device == "cuda"
+        TorchTrainer(loop, train_loop_config={"file": str(file), "args": vars(args)},
+                     scaling_config=ScalingConfig(num_workers=args.world, use_gpu=use_gpu,
+                                                  resources_per_worker={"CPU": args.threads,
+                                                                        **({"GPU": 1} if use_gpu else {})}),
+                     torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+                     run_config=RunConfig(storage_path=tmp, name="ray-bare")).fit()
+        print(RESULT + file.read_text(), flush=True)
 
 
 # ---- the parent: runs every configuration and prints the table ----
@@ -210,6 +247,15 @@ def run_bare(args: argparse.Namespace, world: int, steps: int) -> dict:
     for p, out in zip(processes, outputs):
         assert p.returncode == 0, f"a bare rank failed:\n{out[-3000:]}"
     found = result_of(outputs[0])
+    return {"rate": statistics.median(found["rates"][1:] or found["rates"]), "steps": found["steps"],
+            "first_step_s": found["first_step_at"] - launched, "whole_s": time.time() - launched}
+
+
+def run_ray_bare(args: argparse.Namespace, steps: int) -> dict:
+    launched = time.time()
+    out = subprocess.run(child(args, "ray-bare", world=args.workers, steps=steps), capture_output=True, text=True)
+    assert out.returncode == 0, f"the bare loop in Ray Train failed:\n{out.stdout[-2000:]}{out.stderr[-3000:]}"
+    found = result_of(out.stdout)
     return {"rate": statistics.median(found["rates"][1:] or found["rates"]), "steps": found["steps"],
             "first_step_s": found["first_step_at"] - launched, "whole_s": time.time() - launched}
 
@@ -293,7 +339,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--seconds", type=float, default=60.0, help="how long (a) runs after its warm-up window")
     parser.add_argument("--window", type=int, default=100, help="steps per timed window (tracking.metrics_every)")
-    parser.add_argument("--only", default="a,b,c,d,r", help="which configurations to run, of a,b,c,d,r,e,f ((a) "
+    parser.add_argument("--only", default="a,b,c,d,r", help="which configurations to run, of a,b,c,d,r,g,e,f ((a) "
                         "runs anyway when others need its step count)")
     parser.add_argument("--run-steps", type=int, default=0, help="steps of every run; 0: as many as (a) took")
     parser.add_argument("--eval-every", type=int, default=1000, help="(e), (f): eval.every (the quickstart's)")
@@ -304,7 +350,8 @@ def main() -> None:
                         "(default: a temporary directory, trained in before any run is timed)")
     parser.add_argument("--repeats", type=int, default=1, help="rounds of every configuration, taking turns")
     parser.add_argument("--smoke", action="store_true", help="a few steps of each, at a toy size")
-    parser.add_argument("--role", default="parent", choices=["parent", "bare", "ray-minimum"], help=argparse.SUPPRESS)
+    parser.add_argument("--role", default="parent", choices=["parent", "bare", "ray-minimum", "ray-bare"],
+                        help=argparse.SUPPRESS)
     parser.add_argument("--rank", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--world", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -314,6 +361,8 @@ def main() -> None:
         return bare(args)
     if args.role == "ray-minimum":
         return ray_minimum(args)
+    if args.role == "ray-bare":
+        return ray_bare(args)
     if args.smoke:
         args.width, args.latent, args.batch, args.window, args.seconds = 4, 8, 8, 2, 0.0
         args.eval_every, args.eval_samples = min(args.eval_every, 4), min(args.eval_samples, 100)
@@ -326,8 +375,8 @@ def main() -> None:
     if args.batch % args.workers:
         parser.error(f"--batch {args.batch} does not split over --workers {args.workers}")
     only = set(args.only.split(","))
-    if only - set("abcdref"):
-        parser.error(f"--only: {','.join(sorted(only - set('abcdref')))}: expected some of a,b,c,d,r,e,f")
+    if only - set("abcdrgef"):
+        parser.error(f"--only: {','.join(sorted(only - set('abcdrgef')))}: expected some of a,b,c,d,r,g,e,f")
     if args.run_steps < 0:
         parser.error(f"--run-steps: got {args.run_steps}; expected 0 or more")
     if args.eval_cpus is None:
@@ -346,6 +395,7 @@ def main() -> None:
     names = {"a": "(a) bare, 1 process", "b": f"(b) bare DDP, {args.workers} processes",
              "c": "(c) ganorch, 1 worker", "d": f"(d) ganorch, {args.workers} workers",
              "r": f"(r) Ray Train minimum, {args.workers} workers",
+             "g": f"(g) bare DDP in Ray Train, {args.workers} workers",
              "e": f"(e) ganorch, {args.workers} workers, eval in-line",
              "f": f"(f) ganorch, {args.workers} workers, eval background"}
     rounds: list[dict[str, dict]] = []
@@ -373,6 +423,8 @@ def main() -> None:
             found["d"] = run_ganorch(args, args.workers, steps)
         if "r" in only:
             found["r"] = run_ray_minimum(args)
+        if "g" in only:
+            found["g"] = run_ray_bare(args, steps)
         if "e" in only:
             found["e"] = run_ganorch(args, args.workers, steps, "inline")
         if "f" in only:
@@ -395,11 +447,12 @@ def main() -> None:
         rate = f"{median(key, 'rate'):10.0f}" if "rate" in rounds[0][key] else f"{'':>10}"
         fid = f" {median(key, 'final_fid'):10.2f}" if "final_fid" in rounds[0][key] else ""
         print(f"{names[key]:40} {rate} {median(key, 'first_step_s'):16.1f} {median(key, 'whole_s'):16.1f}{fid}")
-    for num, den in (("c", "a"), ("d", "b")):
+    for num, den, what in (("c", "a", "; goal: at least 0.97"), ("d", "b", "; goal: at least 0.97"),
+                           ("g", "b", ": what Ray Train costs"), ("d", "g", ": what ganorch costs on Ray Train")):
         if num in rounds[0] and den in rounds[0]:
             ratios = [r[num]["rate"] / r[den]["rate"] for r in rounds]
             print(f"ratio {num}/{den} = {statistics.median(ratios):.3f} (median of the rounds' ratios: "
-                  f"{', '.join(f'{x:.3f}' for x in ratios)}; goal: at least 0.97)")
+                  f"{', '.join(f'{x:.3f}' for x in ratios)}{what})")
     for key in ("e", "f"):
         if key in rounds[0] and "d" in rounds[0]:
             extra = [r[key]["whole_s"] - r["d"]["whole_s"] for r in rounds]

@@ -104,10 +104,64 @@ def test_a_held_outbox_sends_nothing_until_released_and_makes_files_in_its_threa
     assert [a.path for a in c.list_artifacts(run_id, "samples")] == ["samples/grid.png"]
 
 
-def test_a_file_still_to_render_when_mlflow_is_down_is_kept_on_disk(tmp_path, monkeypatch):
+def test_while_mlflow_is_down_files_are_drawn_and_kept_on_disk(tmp_path, monkeypatch):
+    """Grids waiting for MLflow wait on disk, not in memory; at the end they are kept with the rest."""
+    import time
+
     monkeypatch.setenv("GANORCH_HOME", str(tmp_path))
-    box = Outbox("http://127.0.0.1:1", "run2", "rank0", notify=lambda line: None, held=True)
+    box = Outbox("http://127.0.0.1:1", "run2", "rank0", notify=lambda line: None)
+    box.tags({"first": "1"})  # nothing answers: the thread waits on this one
     box.render("step_000000.png", lambda path: path.write_bytes(b"png"), "samples")
-    kept = box.close(wait_s=1)  # closing releases it; nothing answers
-    (op,) = [json.loads(line) for line in (kept / "ops.jsonl").read_text().splitlines()]
-    assert op["op"] == "artifacts" and op["path"] == "samples" and (kept / op["files"][0]).read_bytes() == b"png"
+    deadline = time.monotonic() + 10
+    while not list(box.files.rglob("step_000000.png")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(box.files.rglob("step_000000.png")), "drawn while the write before it waits"
+    kept = box.close(wait_s=1)
+    ops = [json.loads(line) for line in (kept / "ops.jsonl").read_text().splitlines()]
+    assert [op["op"] for op in ops] == ["tags", "artifacts"] and ops[1]["path"] == "samples"
+    assert (kept / ops[1]["files"][0]).read_bytes() == b"png"
+
+
+def test_a_file_that_cannot_be_drawn_is_set_aside_and_the_rest_goes_on(mlflow_store, tmp_path, monkeypatch):
+    from orchestrator.track import store
+
+    monkeypatch.setenv("GANORCH_HOME", str(tmp_path / "home"))
+    c = store.client(mlflow_store)
+    run_id = c.create_run(c.create_experiment("draw")).info.run_id
+    lines = []
+    box = Outbox(mlflow_store, run_id, "rank0", notify=lines.append, held=True)  # closing sends it all
+
+    def broken(path):
+        raise RuntimeError("no grid today")
+
+    box.render("step_000001.png", broken, "samples")
+    box.tags({"after": "yes"})
+    kept = box.close(wait_s=20)
+    assert c.get_run(run_id).data.tags["after"] == "yes"
+    (line,) = lines
+    assert "could not draw artifacts step_000001.png under samples/: RuntimeError: no grid today" in line, line
+    (refused,) = [json.loads(line) for line in (kept / REFUSED_FILE).read_text().splitlines()]
+    assert refused["refused"] == "RuntimeError: no grid today"
+
+
+def test_waiting_for_what_was_put_returns_once_sent_or_as_soon_as_mlflow_is_down(mlflow_store, tmp_path, monkeypatch):
+    """Rank 0 waits at a checkpoint until the steps before it are in MLflow (a restart from it does not log them
+    again), but not while MLflow is down: that would stop training."""
+    import time
+
+    from orchestrator.track import store
+
+    monkeypatch.setenv("GANORCH_HOME", str(tmp_path / "home"))
+    c = store.client(mlflow_store)
+    run_id = c.create_run(c.create_experiment("wait")).info.run_id
+    box = Outbox(mlflow_store, run_id, "rank0", held=True)
+    box.metrics(1, {"loss_d": 0.5})
+    assert box.wait_sent(timeout_s=30)
+    assert [m.step for m in c.get_metric_history(run_id, "loss_d")] == [1]
+    box.close(wait_s=5)
+
+    down = Outbox("http://127.0.0.1:1", "run3", "rank0", notify=lambda line: None)
+    down.metrics(1, {"loss_d": 0.5})
+    started = time.monotonic()
+    assert not down.wait_sent(timeout_s=30) and time.monotonic() - started < 10
+    down.close(wait_s=0)

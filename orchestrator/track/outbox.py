@@ -1,7 +1,7 @@
 """Writes to MLflow that outlive its outages.
 
 Metrics, tags and artifacts are put in an Outbox and a thread sends them in order, so training never waits on
-MLflow. While MLflow cannot be reached (no connection, a timeout, a 429 or 5xx answer) they wait (files copied
+MLflow; files that take time to make (a sample grid's PNG) are made by that thread too. While MLflow cannot be reached (no connection, a timeout, a 429 or 5xx answer) they wait (files copied
 aside first), retried with backoff; a warning says so once, and a line says when MLflow answers again. A write
 that retrying cannot mend (a 4xx answer, a local error such as a missing file) is reported once, with what failed,
 and set aside; the rest goes on. `close(wait_s)` gives MLflow that long to take what is
@@ -217,8 +217,17 @@ class Outbox:
                     return
                 op = self.pending[0]
                 self.sending = True
+            draw(op)
+            if "refused" in op:
+                with self.lock:
+                    self.sending = False
+                    if self.pending and self.pending[0] is op:
+                        self.pending.popleft()
+                        self.kept_aside.append(op)
+                        self.notify(f"warning: could not draw {describe(op)}: {op['refused']}; the run goes on")
+                    self.lock.notify_all()
+                continue
             try:
-                write_file(op)
                 if self.client is None:
                     scope_http_settings()
                     self.client = store.client(self.uri)
@@ -237,8 +246,12 @@ class Outbox:
                         self.down_since = time.time()
                         self.notify(f"warning: MLflow at {self.where} cannot be reached ({first_line(err)}); "
                                     "training goes on, and what it logs waits to be sent")
+                    undrawn = [waiting for waiting in self.pending if "write" in waiting]
+                for waiting in undrawn:  # what waits for MLflow waits on disk, not in memory
+                    draw(waiting)
+                with self.lock:
                     self.lock.wait(backoff)  # woken early by close()
-                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
                 continue
             with self.lock:
                 self.sending = False
@@ -252,6 +265,17 @@ class Outbox:
                     self.down_since = None
                 backoff = 1.0
                 self.lock.notify_all()
+
+    def wait_sent(self, timeout_s: float) -> bool:
+        """Wait until everything put so far is sent (or set aside), unless MLflow cannot be reached; at most
+        `timeout_s`. Whether it was all sent."""
+        deadline = time.monotonic() + timeout_s
+        with self.lock:
+            self.held = False
+            self.lock.notify_all()
+            while (self.pending or self.sending) and self.down_since is None and time.monotonic() < deadline:
+                self.lock.wait(min(1.0, max(deadline - time.monotonic(), 0.01)))
+            return not (self.pending or self.sending)
 
     def close(self, wait_s: float) -> Path | None:
         """Send everything; while MLflow cannot be reached, wait up to `wait_s` for it to come back. Keep what it
@@ -269,10 +293,7 @@ class Outbox:
             left = [*self.kept_aside, *self.pending]
             self.pending.clear()
         for op in left:
-            try:
-                write_file(op)
-            except Exception as err:
-                op["refused"] = redact(first_line(err))
+            draw(op)
         if not left:
             shutil.rmtree(self.files, ignore_errors=True)
             return None
@@ -296,11 +317,16 @@ class Outbox:
         return folder
 
 
-def write_file(op: dict[str, Any]) -> None:
-    """Make the file of an op put by `Outbox.render`, once."""
+def draw(op: dict[str, Any]) -> None:
+    """Write the file of an op that `Outbox.render` put, once. If that fails, the op is refused (set aside and kept
+    with the reason, like a write MLflow refused)."""
     write = op.pop("write", None)
-    if write is not None:
+    if write is None:
+        return
+    try:
         write()
+    except Exception as err:
+        op["refused"] = redact(f"{type(err).__name__}: {first_line(err)}")
 
 
 def first_line(err: BaseException) -> str:

@@ -61,7 +61,9 @@ class RunLogger:
             self.outbox.metrics(step, fresh)
 
     def log_samples(self, step: int, images: "torch.Tensor", columns: int) -> None:
-        """`images` (not changed afterwards) as one grid `samples/step_N.png`, made by the outbox's thread."""
+        """`images` as one grid `samples/step_N.png`, drawn by the outbox's thread from a copy in host memory."""
+        images = images.detach().cpu()
+
         def write(path: Path) -> None:
             from PIL import Image
 
@@ -72,6 +74,11 @@ class RunLogger:
     def release(self) -> None:
         """Start sending, for a logger made `held`."""
         self.outbox.release()
+
+    def wait_logged(self, timeout_s: float = 120.0) -> None:
+        """Wait until what was logged so far is in MLflow, unless MLflow cannot be reached: a restart from a
+        checkpoint logs again only the steps after it, so the steps before it must not be lost with this process."""
+        self.outbox.wait_sent(timeout_s)
 
     def log_checkpoint(self, step: int, path: Path, keep: int | None = None) -> str:
         """Log the checkpoint (and its checksum) as `checkpoints/step_N/`; with `keep`, delete all but the latest

@@ -110,8 +110,8 @@ def redacted_copy(path: Path) -> Iterator[Path]:
 
 def check_before_start(uri: str) -> None:
     """What can be known of a tracking store before Ray starts, without importing MLflow (seconds) where that can be
-    done: an SQLite file must open as a database (or, for a store its first run creates, its folder must exist),
-    a server must answer on its port; other stores MLflow opens (`check_reachable`). ValueError naming
+    done: an SQLite file must open as a database (one that does not exist yet, MLflow makes), a server must answer
+    on its port; other stores MLflow opens (`check_reachable`). ValueError naming
     MLFLOW_TRACKING_URI if not. MLflow itself opens an SQLite store while Ray starts (launch.run)."""
     import sqlite3
     from urllib.parse import quote
@@ -121,13 +121,11 @@ def check_before_start(uri: str) -> None:
         return check_reachable(uri)
     database = Path(path)
     try:
-        if not database.exists():
-            if not database.parent.is_dir():
-                raise sqlite3.OperationalError(f"no such folder: {database.parent}")
+        if not database.exists():  # MLflow makes it, and the folders above it
             return
         with contextlib.closing(sqlite3.connect(f"file:{quote(str(database))}?mode=ro", uri=True)) as db:
             db.execute("PRAGMA schema_version")
-    except sqlite3.Error as err:
+    except (sqlite3.Error, OSError) as err:
         raise ValueError(f"MLFLOW_TRACKING_URI: cannot open the MLflow tracking store {redact(uri)}: "
                          f"{redact(str(err))[:300]}") from None
 

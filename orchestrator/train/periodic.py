@@ -209,6 +209,7 @@ def save_and_report(report: Any, step: int, metrics: dict[str, float], state: di
         if state is not None:
             path = checkpoint.save(state, tmp)
             if logger:
+                logger.wait_logged()  # the steps up to this checkpoint, which a restart from it does not log again
                 logger.set_tag(TAG_CHECKPOINT, logger.log_checkpoint(step, path, keep))
             if report is not None:
                 from ray.train import Checkpoint

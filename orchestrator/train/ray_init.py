@@ -82,10 +82,13 @@ def init_ray_and_store(uri: str) -> None:
         store.check_reachable(uri)  # an SQLite store that MLflow cannot use: ValueError naming the URI
         store.client(uri)
 
-    with ThreadPoolExecutor(1, thread_name_prefix="ganorch-store") as pool:
-        opened = pool.submit(open_store)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="ganorch-store")
+    opened = pool.submit(open_store)
+    try:
         init_ray()
-        opened.result()
+    finally:
+        pool.shutdown(wait=False)  # Ray's error comes at once, not after the store's
+    opened.result()
 
 
 def ray_target() -> str:
