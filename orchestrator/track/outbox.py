@@ -1,8 +1,9 @@
 """Writes to MLflow that outlive its outages.
 
 Metrics, tags and artifacts are put in an Outbox and a thread sends them in order, so training never waits on
-MLflow; files that take time to make (a sample grid's PNG) are made by that thread too. While MLflow cannot be reached (no connection, a timeout, a 429 or 5xx answer) they wait (files copied
-aside first), retried with backoff; a warning says so once, and a line says when MLflow answers again. A write
+MLflow; files that take time to make (a sample grid's PNG) are made by that thread too. While MLflow cannot be
+reached (no connection, a timeout, a 429 or 5xx answer) they wait (files copied or made aside first), retried with
+backoff; a warning says so once, and a line says when MLflow answers again. A write
 that retrying cannot mend (a 4xx answer, a local error such as a missing file) is reported once, with what failed,
 and set aside; the rest goes on. `close(wait_s)` gives MLflow that long to take what is
 left, then keeps it on local disk, under ~/.ganorch/unsent/<run id>/ ($GANORCH_HOME), where `ganorch sync`
