@@ -80,7 +80,7 @@ class ResNetGenerator(nn.Module):
         self.to_image = _layer(nn.Conv2d(widths[-1], channels, 3, 1, 1), False)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.project(self.input(z, labels)).view(len(z), -1, self.base, self.base)
+        h = self.project(self.input(z, labels)).view(z.shape[0], -1, self.base, self.base)  # not len(z): torch.export keeps it symbolic
         return torch.tanh(self.to_image(F.relu(self.out_norm(self.blocks(h)))))
 
 

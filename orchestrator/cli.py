@@ -50,12 +50,42 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                           help="override a key of the checkpoint's spec, e.g. --set eval.num_samples=5000 or "
                                "--set data.path=/data/here (repeatable)")
+    sample = commands.add_parser("sample", help="draw images from a trained generator: a grid and/or a PNG each")
+    add_draw_args(sample)
+    sample.add_argument("--grid", metavar="PNG", help="write the images as one grid (a row per class when "
+                                                       "conditional)")
+    sample.add_argument("--out", metavar="DIR", help="write one PNG per image into DIR (new or empty)")
+    export = commands.add_parser("export", help="write a labelled synthetic dataset from a trained generator: "
+                                                "class folders of PNGs, or one .npz, with a manifest.json")
+    add_draw_args(export, num_required=True)
+    export.add_argument("--out", metavar="DIR|FILE.npz", required=True,
+                        help="a new (or empty) folder: one subfolder of PNGs per class, read by torchvision's "
+                             "ImageFolder and data.source folder; or FILE.npz: images uint8 (N, H, W, C) and labels")
     sync = commands.add_parser("sync", help="send to MLflow what runs kept on this machine while it could not be "
                                             "reached (MLFLOW_TRACKING_URI)")
     sync.add_argument("folders", nargs="*", metavar="FOLDER",
                       help="a folder a run named (default: every one under ~/.ganorch/unsent)")
     add_job_commands(commands)
     return parser
+
+
+def add_draw_args(parser: argparse.ArgumentParser, num_required: bool = False) -> None:
+    """`sample` and `export`: which generator, how many images, from which latents, on which device."""
+    parser.add_argument("source", metavar="SOURCE",
+                        help="a generator: an MLflow model URI (runs:/RUN_ID/generator, models:/MODEL_ID, "
+                             "models:/NAME@best, models:/NAME/latest), an MLflow run id (its generator), or a "
+                             "checkpoint file (or a directory holding checkpoint.pt)")
+    parser.add_argument("--num", type=int, required=num_required, default=None if num_required else 64,
+                        metavar="N", help="how many images" + ("" if num_required else " (default 64)")
+                        + "; shared evenly over the classes of a conditional generator")
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="the latents' seed (default 0): the same "
+                        "seed and generator give the same images")
+    parser.add_argument("--classes", metavar="K,K,...", help="conditional generators: only these classes "
+                        "(default: all)")
+    parser.add_argument("--truncation", type=float, metavar="PSI", help="draw z from a normal truncated to "
+                        "[-PSI, PSI] (the truncation trick: more typical, less varied images)")
+    parser.add_argument("--device", metavar="DEVICE", help="cpu, cuda, cuda:1, ... (default: cuda when there is "
+                        "one, else cpu)")
 
 
 def add_job_commands(commands: Any) -> None:
@@ -149,6 +179,8 @@ def run_command(args: argparse.Namespace) -> int:
         return evaluate_checkpoint(args)
     if args.command == "sync":
         return sync_unsent(args.folders)
+    if args.command in ("sample", "export"):
+        return generate_images(args)
     if args.command in ("status", "logs", "stop", "list"):
         return manage_job(args)
     if args.command in ("run", "tune"):
@@ -323,6 +355,51 @@ def evaluate_checkpoint(args: argparse.Namespace) -> int:
     if result.grid_path:
         print(f"sample grid: {result.grid_path}")
     print(f"MLflow run {result.run_id}; {ui_hint(uri)}")
+    return 0
+
+
+def generate_images(args: argparse.Namespace) -> int:
+    """`sample` and `export`: everything is checked before the generator is loaded, and nothing is overwritten."""
+    import torch
+
+    from orchestrator.generate import dataset, generator_source, samples
+    from orchestrator.track.store import tracking_uri
+
+    try:
+        if args.num < 1:
+            raise ValueError(f"--num: got {args.num}; at least 1 image")
+        if args.truncation is not None and not args.truncation > 0:
+            raise ValueError(f"--truncation: got {args.truncation}; a positive PSI (e.g. 0.7)")
+        try:
+            device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            torch.empty(0, device=device)
+        except (RuntimeError, AssertionError) as err:
+            raise ValueError(f"--device: {args.device!r} cannot be used here ({str(err).splitlines()[0]})") from None
+        if args.command == "sample":
+            if args.grid is None and args.out is None:
+                raise ValueError("say where the images go: --grid PNG and/or --out DIR")
+            grid_path, out_dir = (Path(p).expanduser() if p else None for p in (args.grid, args.out))
+            samples.check_new(grid_path, out_dir)
+        else:
+            out = Path(args.out).expanduser()
+            dataset.check_new(out)
+        G = generator_source.resolve(args.source, tracking_uri(), device)
+        classes = samples.parse_classes(args.classes, G)
+    except ValueError as err:
+        print(f"ganorch: {args.command}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    what = f"{G.source} (step {G.step})"
+    if args.command == "sample":
+        written = samples.write_samples(G, args.num, classes, args.seed, args.truncation, device, grid_path, out_dir)
+        print(f"{args.num} images from {what}: " + (f"grid {grid_path}" if grid_path else "")
+              + (", " if grid_path and out_dir else "") + (f"{len(written) - bool(grid_path)} PNGs in {out_dir}"
+                                                            if out_dir else ""))
+        return 0
+    manifest = dataset.export(G, args.num, classes, args.seed, args.truncation, device, out,
+                              show_progress=sys.stderr.isatty())
+    counts = ", ".join(f"{k}: {v}" for k, v in manifest["classes"].items())
+    print(f"{args.num} images from {what} in {manifest['seconds']:.1f} s: {out} ({counts}); "
+          f"{dataset.manifest_path(out)}")
     return 0
 
 

@@ -139,7 +139,7 @@ def test_a_file_that_cannot_be_drawn_is_set_aside_and_the_rest_goes_on(mlflow_st
     kept = box.close(wait_s=20)
     assert c.get_run(run_id).data.tags["after"] == "yes"
     (line,) = lines
-    assert "could not draw artifacts step_000001.png under samples/: RuntimeError: no grid today" in line, line
+    assert "could not make artifacts step_000001.png under samples/: RuntimeError: no grid today" in line, line
     (refused,) = [json.loads(line) for line in (kept / REFUSED_FILE).read_text().splitlines()]
     assert refused["refused"] == "RuntimeError: no grid today"
 

@@ -87,7 +87,8 @@ def test_asha_sweep_records_parent_and_child_runs_and_exports_the_best_job(
         "tracking.checkpoint_every=2", "tracking.metrics_every=2", "eval.every=2", "eval.num_samples=50",
         f"eval.cache_dir={mnist_classifier[1]}", f"tracking.storage_path={tmp_path / 'ray'}",
         "tune={space: {optim.g.lr: {loguniform: [1.0e-4, 1.0e-3]}, optim.lr_ratio: {choice: [1, 2]}}, "
-        "num_samples: 3, max_concurrent_trials: 2, scheduler: asha, grace_period: 2}"])
+        "num_samples: 3, max_concurrent_trials: 2, scheduler: asha, grace_period: 2}",
+        "tracking.register_as=sweep-generator"])
     export = tmp_path / "best.yaml"
     outcome = sweep.run(spec, export)
 
@@ -119,6 +120,11 @@ def test_asha_sweep_records_parent_and_child_runs_and_exports_the_best_job(
     assert parent.data.tags[TAG_BEST_TRIAL] == best["run_id"]
     assert by_id[best["run_id"]].data.tags[TAG_BEST_TRIAL] == "true"
     assert parent.data.metrics["best_fid"] == pytest.approx(best["metric"])
+    # Only the best trial's generator is registered, with the alias `best`: its G_ema at its best FID.
+    (version,) = client.search_model_versions("name = 'sweep-generator'")
+    assert client.get_model_version_by_alias("sweep-generator", "best").version == version.version
+    model = client.get_logged_model(version.source.removeprefix("models:/"))
+    assert (model.name, model.source_run_id) == ("generator_best", best["run_id"])
     exported = yaml.safe_load(export.read_text())
     artifact = Path(client.download_artifacts(outcome.parent_run_id, sweep.BEST_JOB_ARTIFACT, str(tmp_path)))
     assert yaml.safe_load(artifact.read_text()) == exported

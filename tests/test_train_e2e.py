@@ -16,9 +16,12 @@ from orchestrator.track.tags import (
     TAG_CHECKPOINT,
     TAG_CLASSIFIER,
     TAG_CLASSIFIER_ACCURACY,
+    TAG_DESCRIPTION,
     TAG_EVALUATED,
+    TAG_EXPERIMENT_KIND,
     TAG_OUTCOME,
     TAG_RAY_CHECKPOINT,
+    TAG_REGISTERED,
     TAG_UNSTABLE,
 )
 from orchestrator.train import checkpoint, launch
@@ -86,7 +89,8 @@ def debug_run(ray_session, tmp_path_factory, mnist_classifier):
     try:
         spec = load(REPO / "jobs/debug_dcgan.yaml", [f"tracking.storage_path={workdir / 'ray_storage'}",
                                                      "eval.every=3", "eval.num_samples=301",
-                                                     f"eval.cache_dir={mnist_classifier[1]}"])
+                                                     f"eval.cache_dir={mnist_classifier[1]}",
+                                                     "tracking.register_as=debug-generator"])
         outcome = launch.run(spec, loop=compare_ranks_after_every_phase)
     finally:
         os.chdir(old_cwd)
@@ -227,8 +231,48 @@ def test_an_evaluator_actor_scores_what_the_workers_score_in_line(debug_run, tmp
 
 def test_a_run_that_was_not_stopped_is_recorded_as_completed(debug_run):
     _, outcome, client, _ = debug_run
-    assert client.get_run(outcome.run_id).data.tags[TAG_OUTCOME] == "completed"
+    run = client.get_run(outcome.run_id)
+    assert run.data.tags[TAG_OUTCOME] == "completed"
     assert outcome.summary["stopped"] is None
+    what, how = run.data.tags[TAG_DESCRIPTION].splitlines()
+    assert what.startswith("DCGAN 28x28x1 (latent 8, widths G 4 / D 4) on mnist5k: 2 CPU workers on 1 node, 6 steps "
+                           "of batch 16"), what
+    assert how.startswith("Completed 6 steps; ") and f"best FID {float(run.data.tags[TAG_BEST_FID]):.2f} at step " \
+        f"{run.data.tags[TAG_BEST_STEP]}." in how, how
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags[TAG_EXPERIMENT_KIND] == "custom_model_development"  # MLflow's model-training view
+
+
+def test_sample_grids_are_mlflow_images_with_a_step_each(debug_run):
+    _, outcome, client, _ = debug_run
+    names = [f.path.split("/")[-1] for f in client.list_artifacts(outcome.run_id, "images")]
+    full = sorted(int(n.split("+step+")[1].split("+")[0]) for n in names if n.endswith(".png"))
+    assert full == [0, 3, 6] and all(n.startswith("samples+step+") for n in names), names
+
+
+def test_the_generator_and_the_best_are_mlflow_models_and_the_generator_is_registered(debug_run, tmp_path):
+    """The run's models: G_ema at the end, registered as tracking.register_as; G_ema at the best FID, the same
+    network as the best checkpoint's."""
+    from orchestrator.generate import generator_source
+
+    _, outcome, client, _ = debug_run
+    run = client.get_run(outcome.run_id)
+    models = {client.get_logged_model(o.model_id).name: o for o in run.outputs.model_outputs}
+    assert set(models) == {"generator", "generator_best"}
+    assert models["generator"].step == 6 and models["generator_best"].step == int(run.data.tags[TAG_BEST_STEP])
+    (version,) = client.search_model_versions("name = 'debug-generator'")
+    assert version.source == f"models:/{models['generator'].model_id}" and version.run_id == outcome.run_id
+    assert run.data.tags[TAG_REGISTERED] == "debug-generator version 1: generator"
+
+    cpu = torch.device("cpu")
+    best = generator_source.resolve(f"models:/{models['generator_best'].model_id}", outcome.tracking_uri, cpu)
+    state = checkpoint.load(client.download_artifacts(outcome.run_id, "checkpoints/best/checkpoint.pt",
+                                                      str(tmp_path)))
+    expected = generator_source.from_checkpoint(type("Found", (), {"state": state, "description": "best"}), cpu)
+    z = torch.randn(5, 8, generator=torch.Generator().manual_seed(1))
+    assert best.step == state["step"] and torch.allclose(best(z, None), expected(z, None), atol=1e-5)
+    final = generator_source.resolve("models:/debug-generator/latest", outcome.tracking_uri, cpu)
+    assert (final.step, final.latent_dim, final.num_classes, final.image_shape) == (6, 8, 0, (1, 28, 28))
 
 
 def test_eval_command_scores_a_run_as_training_did(debug_run, capsys, monkeypatch):

@@ -16,6 +16,7 @@ from orchestrator.spec.schema import flatten
 from orchestrator.track import store
 from orchestrator.track.redact import MASK
 from orchestrator.track.run_logger import RunLogger, image_grid
+from orchestrator.track.runs import experiment_for
 from orchestrator.track.tags import TAG_CLASSIFIER, TAG_CLASSIFIER_ACCURACY, TAG_EVALUATED, TAG_INCEPTION, TAG_JOB
 from orchestrator.train.locate import Source
 from orchestrator.train.networks import build_networks, fixed_samples, sample
@@ -70,8 +71,7 @@ def evaluate(source: Source, spec: JobSpec, uri: str, samples: int = 0, grid_pat
     step = int(source.state["step"])
 
     client = store.client(uri)
-    experiment = client.get_experiment_by_name(spec.experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(spec.experiment)
+    experiment_id = experiment_for(client, spec.experiment)
     tags = {TAG_JOB: spec.name, TAG_EVALUATED: source.description, TAG_CLASSIFIER: evaluator.classifier_path,
             TAG_CLASSIFIER_ACCURACY: f"{evaluator.classifier_accuracy:.4f}", TAG_INCEPTION: inception_line}
     if source.run_id:

@@ -146,7 +146,12 @@ class TrackingSpec:
     outage_wait_s: float = setting(120.0, ge=0, help="While MLflow cannot be reached, training goes on and what it logs waits; at the end of the run, how long to wait for MLflow to come back before keeping what it did not take on local disk (~/.ganorch/unsent/<run id>/, sent later with `ganorch sync`).")
     keep_checkpoints: int | None = setting(None, ge=1, help="How many of the latest periodic checkpoints are kept, in Ray Train's storage and in the MLflow run (`checkpoints/step_N`; the best by FID is kept apart); null keeps all. A corrupted latest checkpoint is passed over for the one before it, so keep at least 2.")
 
+    register_as: str | None = setting(None, help="Register the run's generator (its MLflow model `generator`: G_ema at the end) as a new version of this registered model, loaded as `models:/NAME/latest` (MLflow keeps the alias `latest` for that). A run that train.stop_on stopped is not registered. A sweep registers its best trial's generator (that trial's `generator_best`, by FID, when it evaluated) with the alias `best`: `models:/NAME@best`.")
+
     def problems(self) -> Iterator[Problem]:
+        if self.register_as is not None and (not self.register_as.strip() or any(c in self.register_as for c in "/:@")):
+            yield ("register_as",), (f"got {self.register_as!r}; a registered model's name: not empty, without '/', "
+                                     "':' or '@'")
         scheme = self.storage_path.partition("://")[0] if self.storage_path and "://" in self.storage_path else None
         if scheme is not None and scheme not in STORAGE_SCHEMES:
             yield ("storage_path",), (f"got {self.storage_path!r}; a local path or a URI of "

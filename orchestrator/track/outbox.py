@@ -40,8 +40,8 @@ def unsent_root() -> Path:
     return Path(os.environ.get("GANORCH_HOME") or Path.home() / ".ganorch") / "unsent"
 
 
-def send(c: Any, run_id: str, op: dict[str, Any], folder: Path) -> None:
-    """Carry out one op on MLflow client `c`; files are relative to `folder`."""
+def send(c: Any, run_id: str, op: dict[str, Any], folder: Path, uri: str) -> None:
+    """Carry out one op on MLflow client `c` (of tracking URI `uri`); files are relative to `folder`."""
     from mlflow.entities import Metric
 
     kind = op["op"]
@@ -53,6 +53,16 @@ def send(c: Any, run_id: str, op: dict[str, Any], folder: Path) -> None:
     elif kind == "artifacts":
         for name in op["files"]:
             c.log_artifact(run_id, str(folder / name), op["path"])
+        if "image" in op:  # also in MLflow's image charts, with a step slider
+            from PIL import Image
+
+            with Image.open(folder / op["files"][0]) as image:
+                c.log_image(run_id, image, synchronous=True, **op["image"])
+    elif kind == "model":
+        from orchestrator.track import generator_model
+
+        generator_model.log_folder(uri, run_id, folder / op["files"][0], op["name"], op["step"], op["register_as"],
+                                   tuple(op["aliases"]))
     elif kind == "prune":
         store.prune_checkpoints(c, run_id, op["keep"])
     elif kind == "restart":
@@ -129,6 +139,8 @@ def describe(op: dict[str, Any]) -> str:
         return f"tags {', '.join(op['tags'])}"
     if kind == "metrics":
         return f"metrics of step {op['step']}"
+    if kind == "model":
+        return f"model {op['name']} of step {op['step']}"
     return kind
 
 
@@ -177,14 +189,28 @@ class Outbox:
                     shutil.copy2(source, folder / path.name)
         self._put({"op": "artifacts", "files": [f"{folder.name}/{p.name}" for p in paths], "path": artifact_path})
 
-    def render(self, name: str, write: Callable[[Path], None], artifact_path: str) -> None:
+    def render(self, name: str, write: Callable[[Path], None], artifact_path: str,
+               image_key: str | None = None, step: int | None = None) -> None:
         """A file that the thread makes, when it comes to it, by `write(path)` (a PNG that takes an import and an
-        encoding, say), then logs under `artifact_path` as `name`."""
+        encoding, say), then logs under `artifact_path` as `name`; with `image_key`, an image that is also logged
+        as MLflow's image `image_key` at `step`."""
         self.serial += 1
         folder = self.files / f"{self.serial:06d}"
         folder.mkdir()
-        self._put({"op": "artifacts", "files": [f"{folder.name}/{name}"], "path": artifact_path,
+        image = {"image": {"key": image_key, "step": step, "timestamp": int(time.time() * 1000)}} if image_key else {}
+        self._put({"op": "artifacts", "files": [f"{folder.name}/{name}"], "path": artifact_path, **image,
                    "write": functools.partial(write, folder / name)})
+
+    def model(self, write: Callable[[Path], None], name: str, step: int, register_as: str | None = None,
+              aliases: tuple[str, ...] = ()) -> None:
+        """An MLflow model that the thread saves by `write(folder)` when it comes to it, then logs as model `name`
+        of the run at `step` (and registers as a version of `register_as`, with `aliases`)."""
+        self.serial += 1
+        folder = self.files / f"{self.serial:06d}"
+        folder.mkdir()
+        self._put({"op": "model", "files": [f"{folder.name}/model"], "name": name, "step": step,
+                   "register_as": register_as, "aliases": list(aliases),
+                   "write": functools.partial(write, folder / "model")})
 
     def release(self) -> None:
         """Start sending, for an outbox made `held`."""
@@ -225,14 +251,14 @@ class Outbox:
                     if self.pending and self.pending[0] is op:
                         self.pending.popleft()
                         self.kept_aside.append(op)
-                        self.notify(f"warning: could not draw {describe(op)}: {op['refused']}; the run goes on")
+                        self.notify(f"warning: could not make {describe(op)}: {op['refused']}; the run goes on")
                     self.lock.notify_all()
                 continue
             try:
                 if self.client is None:
                     scope_http_settings()
                     self.client = store.client(self.uri)
-                send(self.client, self.run_id, op, self.files)
+                send(self.client, self.run_id, op, self.files, self.uri)
             except Exception as err:
                 with self.lock:
                     self.sending = False
@@ -352,7 +378,7 @@ def sync(folder: Path, uri: str) -> tuple[str, int]:
             op = {**op, "values": {k: v for k, v in op["values"].items() if op["step"] not in logged.get(k, set())}}
             if not op["values"]:
                 continue
-        send(c, meta["run_id"], op, folder)
+        send(c, meta["run_id"], op, folder, uri)
     if (folder / REFUSED_FILE).exists():  # kept for people to read; the rest is done
         for item in folder.iterdir():
             if item.name not in (REFUSED_FILE, "run.json"):

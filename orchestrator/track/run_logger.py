@@ -14,6 +14,8 @@ from orchestrator.track.tags import BEST_CHECKPOINT_DIR, TAG_BEST_CHECKPOINT, TA
 if TYPE_CHECKING:
     import torch
 
+SAMPLES_KEY = "samples"  # the sample grids' key in MLflow's image logging
+
 
 def image_grid(images: "torch.Tensor", nrow: int) -> np.ndarray:
     """Images in [-1, 1], shape (N, C, H, W) -> one uint8 HxWxC grid."""
@@ -33,7 +35,8 @@ class RunLogger:
         self.outbox = Outbox(uri, run_id, "rank0", notify, held)
         self.logged_through: dict[str, int] = {}  # metric -> the last step logged before a resume
         self.floor = -1                            # when those could not be read: the checkpoint's step
-        self.best_fid = math.inf                   # the FID of the run's best checkpoint before a resume
+        self.best_fid = math.inf                   # the FID of the run's best checkpoint before a resume,
+        self.best_step = 0                         # and its step
 
     @functools.cached_property
     def client(self) -> Any:
@@ -49,6 +52,7 @@ class RunLogger:
             with own_http_settings():  # with MLflow down, no minutes of MLflow's own retries at every start
                 run = self.client.get_run(self.run_id)
                 self.best_fid = float(run.data.tags.get(TAG_BEST_FID, math.inf))
+                self.best_step = int(run.data.tags.get(TAG_BEST_STEP, 0))
                 for key in run.data.metrics:
                     history = self.client.get_metric_history(self.run_id, key)
                     self.logged_through[key] = max((m.step for m in history), default=-1)
@@ -61,7 +65,8 @@ class RunLogger:
             self.outbox.metrics(step, fresh)
 
     def log_samples(self, step: int, images: "torch.Tensor", columns: int) -> None:
-        """`images` as one grid `samples/step_N.png`, drawn by the outbox's thread from a copy in host memory."""
+        """`images` as one grid `samples/step_N.png`, and as MLflow's image `samples` at `step` (its charts show it
+        with a step slider, side by side across runs), drawn by the outbox's thread from a copy in host memory."""
         images = images.detach().cpu()
 
         def write(path: Path) -> None:
@@ -69,7 +74,24 @@ class RunLogger:
 
             Image.fromarray(image_grid(images, columns)).save(path)
 
-        self.outbox.render(f"step_{step:06d}.png", write, "samples")
+        self.outbox.render(f"step_{step:06d}.png", write, "samples", image_key=SAMPLES_KEY, step=step)
+
+    def log_generator(self, name: str, G: "torch.nn.Module", step: int, *, latent_dim: int, num_classes: int,
+                      image_shape: tuple[int, int, int], metadata: dict[str, Any], register_as: str | None = None,
+                      aliases: tuple[str, ...] = ()) -> None:
+        """G as MLflow model `name` of the run at `step` (orchestrator.track.generator_model), exported by the
+        outbox's thread from a copy taken now; with `register_as`, a new version of that registered model."""
+        import copy
+
+        from orchestrator.track import generator_model
+
+        G = copy.deepcopy(G).cpu()
+
+        def write(folder: Path) -> None:
+            generator_model.save(G, folder, latent_dim=latent_dim, num_classes=num_classes, image_shape=image_shape,
+                                 metadata={**metadata, "step": step, "run_id": self.run_id})
+
+        self.outbox.model(write, name, step, register_as, aliases)
 
     def release(self) -> None:
         """Start sending, for a logger made `held`."""

@@ -11,17 +11,27 @@ from orchestrator.spec.schema import flatten
 from orchestrator.track.outbox import Outbox
 from orchestrator.track.redact import redact_value, spec_text
 from orchestrator.track.store import client, record_restart
-from orchestrator.track.tags import TAG_DATA_SKIPPED, TAG_JOB, TAG_TRAIN_RUN
+from orchestrator.track.tags import MODEL_TRAINING, TAG_DATA_SKIPPED, TAG_EXPERIMENT_KIND, TAG_JOB, TAG_TRAIN_RUN
 
 
 def start_run(spec: JobSpec, uri: str) -> tuple[str, str]:
     """Create the job's run (experiment made if missing) with the resolved spec as params and as `spec.yaml`.
     Returns the run's id and name."""
     c = client(uri)
-    experiment = c.get_experiment_by_name(spec.experiment)
-    experiment_id = experiment.experiment_id if experiment else c.create_experiment(spec.experiment)
+    experiment_id = experiment_for(c, spec.experiment)
     run_name = default_run_name(spec)
     return create_run(spec, uri, experiment_id, run_name), run_name
+
+
+def experiment_for(c: Any, name: str) -> str:
+    """The id of experiment `name`, made if missing. MLflow's UI shows it as model training (its runs, charts and
+    models), not GenAI (traces), unless someone chose otherwise."""
+    experiment = c.get_experiment_by_name(name)
+    if experiment is None:
+        return c.create_experiment(name, tags={TAG_EXPERIMENT_KIND: MODEL_TRAINING})
+    if TAG_EXPERIMENT_KIND not in experiment.tags:
+        c.set_experiment_tag(experiment.experiment_id, TAG_EXPERIMENT_KIND, MODEL_TRAINING)
+    return experiment.experiment_id
 
 
 def default_run_name(spec: JobSpec) -> str:
@@ -49,8 +59,7 @@ def job_run(spec: JobSpec, uri: str, run_name: str) -> tuple[str, int]:
     """The run of Ray Train run `run_name`, and how many times it was started before. A first start creates it;
     a later one (a resubmitted job, which Ray Train continues from its latest checkpoint) reopens it."""
     c = client(uri)
-    experiment = c.get_experiment_by_name(spec.experiment)
-    experiment_id = experiment.experiment_id if experiment else c.create_experiment(spec.experiment)
+    experiment_id = experiment_for(c, spec.experiment)
     found = c.search_runs([experiment_id], filter_string=f"tags.`{TAG_TRAIN_RUN}` = '{run_name}'")
     if not found:
         return create_run(spec, uri, experiment_id, run_name, tags={TAG_TRAIN_RUN: run_name}), 0
@@ -67,6 +76,26 @@ def reopen_run(uri: str, run_id: str, spec: JobSpec, where: str) -> int:
     c.log_text(run_id, spec_text(spec), f"restarts/{start}/spec.yaml")
     c.update_run(run_id, status="RUNNING")
     return start
+
+
+def description(spec: JobSpec, workers: list[str] | None, step: int | None, outcome: str, seconds: float,
+                best: tuple[str, str] | None) -> str:
+    """The run's description (MLflow shows it on the run's page) in two lines: what ran, and how it ended
+    (`outcome`: the outcome tag's text, or the run's status)."""
+    m, t, r = spec.model, spec.train, spec.resources
+    data = spec.data.source + (f" {spec.data.dataset}" if spec.data.dataset else "") + \
+        (f" ({spec.data.path})" if spec.data.path else "")
+    nodes = len({w.split(" (")[0] for w in workers}) if workers else 1
+    devices = "GPU" if r.use_gpu else "CPU"
+    what = (f"{m.family.upper()} {m.image_size}x{m.image_size}x{m.channels}"
+            f"{', conditional' if m.conditional else ''} (latent {m.latent_dim}, widths G {m.g_width} / D {m.d_width})"
+            f" on {data}: {r.num_workers} {devices} worker{'s' if r.num_workers > 1 else ''} on {nodes} "
+            f"node{'s' if nodes > 1 else ''}, {t.steps:,} steps of batch {t.batch_size}, {t.loss} loss, "
+            f"n_critic {t.n_critic}.")
+    minutes, secs = divmod(round(seconds), 60)
+    ended = f"Completed {step:,} steps" if outcome == "completed" and step else f"{outcome[0].upper()}{outcome[1:]}"
+    how = f"{ended}; {minutes} min {secs} s in all" + (f"; best FID {best[0]} at step {best[1]}." if best else ".")
+    return f"{what}\n{how}"
 
 
 def end_run(uri: str, run_id: str, status: str, tags: dict[str, str] | None = None,

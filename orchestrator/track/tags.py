@@ -21,7 +21,14 @@ TAG_RESTART = "ganorch.restart."                 # + n: what restart n continued
 TAG_RESUMED_FROM = "ganorch.resumed_from"        # the checkpoint the latest start of the workers continued from
 TAG_PASSED_OVER = "ganorch.passed_over"          # corrupted checkpoints a start of the workers passed over, and why
 TAG_WORKERS = "ganorch.workers"                  # where each rank ran: "rank 0: node ... (host, device); ..."
+TAG_REGISTERED = "ganorch.registered"          # the registered model version made of the run's (a sweep's: its best
+                                                 # trial's) generator: "NAME version N"
 BEST_CHECKPOINT_DIR = "checkpoints/best"
+
+# MLflow's own: the experiment's kind picks the UI's view of it (model training, not GenAI), and a run's description.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+TAG_DESCRIPTION = "mlflow.note.content"
 
 # A sweep's runs (orchestrator.tune).
 TAG_SWEEP = "ganorch.sweep"                 # on the parent run: the search space, as YAML

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from orchestrator.spec import JobSpec
 from orchestrator.track import runs, store
-from orchestrator.track.tags import TAG_OUTCOME, TAG_RAY_CHECKPOINT, TAG_STORAGE, TAG_TRAIN_RUN
+from orchestrator.track.tags import TAG_DESCRIPTION, TAG_OUTCOME, TAG_RAY_CHECKPOINT, TAG_STORAGE, TAG_TRAIN_RUN
 from orchestrator.train import checkpoint, failures
 from orchestrator.train.ray_init import check_spare_resources, check_tracking_store, init_ray_and_store, keep_local
 from orchestrator.train.trainer import for_workers, ray_datasets, torch_trainer
@@ -52,7 +52,7 @@ def run(spec: JobSpec, loop: Callable[[dict], Any] | None = None, show_progress:
     run_name = run_name or runs.default_run_name(spec)
     run_id = open_run(spec, uri, run_name, resume)
     handed_over = {"resume_state": resume.state, "resume_origin": resume.origin} if resume else {}
-    status, tags = "FAILED", {}
+    status, tags, summary = "FAILED", {}, {}
     try:
         result = fit(spec, uri, run_id, run_name, loop, datasets, {**handed_over, "started_at": started_at},
                      show_progress)
@@ -60,6 +60,7 @@ def run(spec: JobSpec, loop: Callable[[dict], Any] | None = None, show_progress:
         if checkpoint_path:
             tags[TAG_RAY_CHECKPOINT] = checkpoint_path
         outcome = RunOutcome(run_id, uri, result.return_value or {}, checkpoint_path)
+        summary = outcome.summary
         stopped = outcome.summary.get("stopped")
         tags[TAG_OUTCOME] = f"stopped: {stopped}" if stopped else "completed"
         status = "FINISHED"
@@ -70,6 +71,10 @@ def run(spec: JobSpec, loop: Callable[[dict], Any] | None = None, show_progress:
         tags[TAG_OUTCOME] = f"failed after step {err.step or 0}: {err.what}"
         raise
     finally:
+        best = (f"{summary['best_fid']:.2f}", f"{summary['best_step']:,}") if summary.get("best_fid") else None
+        tags[TAG_DESCRIPTION] = runs.description(spec, summary.get("workers"), summary.get("step"),
+                                                 tags.get(TAG_OUTCOME) or status.lower(), time.time() - started_at,
+                                                 best)
         skipped_files = ray.get(skipped.read.remote()) if skipped is not None else []
         kept = runs.end_run(uri, run_id, status, tags, skipped_files, spec.tracking.outage_wait_s)
     outcome.skipped_files = skipped_files

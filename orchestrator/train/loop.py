@@ -14,6 +14,7 @@ from orchestrator.distributed.collectives import StatsAccumulator
 from orchestrator.evaluate.stability import FLAGS, StabilityMonitor
 from orchestrator.spec import JobSpec
 from orchestrator.train.build import Training, build
+from orchestrator.train.generator_models import log_generators
 from orchestrator.train.periodic import (
     Outcome,
     ProgressPost,
@@ -80,7 +81,7 @@ def loop(spec: JobSpec, context: WorkerContext, logger: Any, report: Any, t: Tra
         log_samples(logger, t)
     speed = Throughput(spec.train.batch_size * spec.train.n_critic, t.step)
     progress = ProgressPost(context.progress if t.rank == 0 else None)
-    out = Outcome(best_fid=logger.best_fid if logger else math.inf)
+    out = Outcome(best_fid=logger.best_fid if logger else math.inf, best_step=logger.best_step if logger else 0)
     if logger and context.started_at and not context.restarted_after:
         logger.log_metrics(t.step, {"startup_s": time.time() - context.started_at})
     first_step = t.step + 1
@@ -121,6 +122,8 @@ def loop(spec: JobSpec, context: WorkerContext, logger: Any, report: Any, t: Tra
         if checkpointed or out.stopped is not None:
             checkpoint_and_report(t, out, logger, report, context.verdicts)
             progress.checkpointed(t.step)
+    if logger:
+        log_generators(logger, t, out)
     return summary(t, out, monitor, context)
 
 
@@ -132,4 +135,4 @@ def summary(t: Training, out: Outcome, monitor: StabilityMonitor, context: Worke
             "parameter_digests": parameters, "workers": context.placement,
             "flags": [f.describe() for f in monitor.raised.values()],
             "stopped": out.stopped.describe() if out.stopped else None,
-            "best_fid": out.best_fid if math.isfinite(out.best_fid) else None}
+            "best_fid": out.best_fid if math.isfinite(out.best_fid) else None, "best_step": out.best_step}

@@ -37,6 +37,8 @@ class Outcome:
     scores: dict[str, float] = field(default_factory=dict)
     digests: dict[str, list[str]] = field(default_factory=dict)
     best_fid: float = math.inf
+    best_generator: dict[str, torch.Tensor] | None = None  # rank 0: G_ema's state at the best FID, in host memory
+    best_step: int = 0
     stopped: Flag | None = None
 
 
@@ -136,6 +138,9 @@ def keep_if_best(t: Training, out: Outcome, logger: Any, scored: Scored) -> None
             return
         state = t.snapshot()
     out.best_fid = fid
+    if state is not None:
+        out.best_generator = {k: v.detach().to("cpu", copy=True) for k, v in state["generator_ema"].items()}
+        out.best_step = scored.step
     if logger:
         with tempfile.TemporaryDirectory(prefix="ganorch-best-") as tmp:
             logger.log_best_checkpoint(scored.step, checkpoint.save(state, tmp), fid)
@@ -216,3 +221,4 @@ def save_and_report(report: Any, step: int, metrics: dict[str, float], state: di
                 ckpt = Checkpoint.from_directory(tmp)
         if report is not None:
             report({"step": step, **metrics}, checkpoint=ckpt)
+

@@ -26,8 +26,11 @@ POINTER = "train_checkpoint.json"           # a Tune checkpoint's content: which
 
 def trial_spec(base: dict[str, Any], config: dict[str, Any], keys: list[str]) -> JobSpec:
     """The job spec of one trial. Unless train.stop_on says otherwise, a trial stops when it diverges, when D
-    overpowers G, or (with evaluation) when its modes collapse: it is recorded as unstable, with the reason."""
+    overpowers G, or (with evaluation) when its modes collapse: it is recorded as unstable, with the reason. A trial
+    registers no generator (the sweep registers its best trial's)."""
     spec = parse(trial_data(base, {k: config[k] for k in keys}))
+    # The sweep registers its best trial's generator, not every trial's.
+    spec = dataclasses.replace(spec, tracking=dataclasses.replace(spec.tracking, register_as=None))
     if not spec.train.stop_on:
         stop_on = list(TRIAL_STOP_ON) + (["mode_collapse"] if spec.eval.every else [])
         spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, stop_on=stop_on))
