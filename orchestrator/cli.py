@@ -385,6 +385,8 @@ def generate_images(args: argparse.Namespace) -> int:
             dataset.check_new(out)
         G = generator_source.resolve(args.source, tracking_uri(), device)
         classes = samples.parse_classes(args.classes, G)
+        if args.command == "export" and len(classes) > args.num:
+            raise ValueError(f"--num: {args.num} images cannot fill {len(classes)} classes; at least one each")
     except ValueError as err:
         print(f"ganorch: {args.command}: {err}", file=sys.stderr)
         return EXIT_USAGE

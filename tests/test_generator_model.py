@@ -3,6 +3,7 @@ loaded in a fresh process by runs:/, models:/<id> and registry URIs), kept on di
 `ganorch sync`, and `ganorch sample` / `ganorch export` from a model, a run id or a checkpoint."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -118,8 +119,31 @@ def test_every_family_exports_conditional_or_not_and_the_export_computes_what_th
 def generator_model_folder(uri: str, model_id: str) -> str:
     import mlflow
 
-    mlflow.set_tracking_uri(uri)
-    return mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_id}")
+    return mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_id}", tracking_uri=uri)
+
+
+def test_logging_again_with_what_was_made_makes_nothing_twice_and_leaves_mlflows_settings(mlflow_store, tmp_path):
+    """A retry (after an outage) or a second `ganorch sync` of a model op logs and registers it once; the process's
+    tracking and registry URIs and active experiment are as they were."""
+    import mlflow
+
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID")
+    before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri(), [os.environ.get(name) for name in names])
+    client = store.client(mlflow_store)
+    run_id = client.create_run(client.create_experiment("again")).info.run_id
+    folder = generator_model.save(tiny_generator(0), tmp_path / "model", latent_dim=8, num_classes=0,
+                                  image_shape=(1, 28, 28), metadata={})
+    done: dict[str, str] = {}
+    first = generator_model.log_folder(mlflow_store, run_id, folder, "generator", 3, "again-gen", ("best",), done)
+    assert generator_model.log_folder(mlflow_store, run_id, folder, "generator", 3, "again-gen", ("best",),
+                                      done) == first
+    assert len(client.search_logged_models(experiment_ids=[client.get_run(run_id).info.experiment_id])) == 1
+    (version,) = client.search_model_versions("name = 'again-gen'")
+    assert version.source == f"models:/{first}" and str(client.get_model_version_by_alias("again-gen", "best").version) == "1"
+    linked = json.loads(client.get_logged_model(first).tags["mlflow.modelVersions"])
+    assert [(v["name"], str(v["version"])) for v in linked] == [("again-gen", "1")]
+    assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri(), [os.environ.get(name) for name in names]) == before
+    assert os.environ["MLFLOW_TRACKING_URI"] == mlflow_store
 
 
 def test_a_model_made_while_mlflow_is_down_is_kept_and_sync_logs_it(tmp_path, monkeypatch, mlflow_store):
@@ -128,8 +152,8 @@ def test_a_model_made_while_mlflow_is_down_is_kept_and_sync_logs_it(tmp_path, mo
     run_id = client.create_run(client.create_experiment("down")).info.run_id
     box = Outbox("http://127.0.0.1:9", run_id, "rank0", notify=lambda line: None)
     G = tiny_generator(0)
-    box.model(lambda folder: generator_model.save(G, folder, latent_dim=8, num_classes=0, image_shape=(1, 28, 28),
-                                                   metadata={}), "generator", 5)
+    box.model(generator_model.save(G, tmp_path / "built", latent_dim=8, num_classes=0, image_shape=(1, 28, 28),
+                                   metadata={}), "generator", 5)
     kept = box.close(wait_s=0)
     assert kept is not None and (next(kept.glob("*/model")) / "data" / "model.pt2").is_file()
     run, sent = sync(kept, mlflow_store)
@@ -221,6 +245,14 @@ def test_export_writes_class_folders_that_image_folder_and_ganorch_read_back(tmp
     ours = load_dataset(DataSpec("folder", path=str(out)), ModelSpec(image_size=28, channels=1))
     assert len(ours) == 301 and num_classes(ours) == 3
 
+    # some classes: ImageFolder numbers their folders from 0; the manifest maps its labels to the generator's
+    some = tmp_path / "some"
+    assert cli.main(["export", run_id, "--num", "1", "--classes", "1,2", "--out", str(some)]) == 2
+    assert "--num: 1 images cannot fill 2 classes" in capsys.readouterr().err and not some.exists()
+    assert cli.main(["export", run_id, "--num", "4", "--classes", "1,2", "--out", str(some)]) == 0
+    assert ImageFolder(str(some)).classes == ["1", "2"]
+    assert json.loads((some / "manifest.json").read_text())["image_folder_labels"] == {"0": 1, "1": 2}
+
 
 def test_export_to_npz_from_a_model_uri_and_never_over_a_file(tmp_path, mlflow_store, capsys):
     run_id, _ = logged(mlflow_store, 0, tmp_path)
@@ -229,7 +261,7 @@ def test_export_to_npz_from_a_model_uri_and_never_over_a_file(tmp_path, mlflow_s
     with np.load(out) as data:
         assert data["images"].shape == (10, 28, 28, 1) and data["images"].dtype == np.uint8
         assert data["labels"].tolist() == [-1] * 10
-    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "synthetic.manifest.json").read_text())
     assert manifest["format"] == "npz" and manifest["classes"] == {"-1": 10}
     before = out.read_bytes()
     assert cli.main(["export", f"runs:/{run_id}/generator", "--num", "10", "--out", str(out)]) == 2
@@ -245,3 +277,47 @@ def test_a_run_id_without_a_model_falls_back_to_its_latest_checkpoint(tmp_path, 
     G = generator_source.resolve(run_id, mlflow_store, torch.device("cpu"))
     assert (G.step, G.num_classes, G.latent_dim) == (11, 0, 8)
     assert dataset.folder_name(3, 12) == "03" and dataset.folder_name(-1, 0) == "unlabelled"
+
+
+def test_where_mlflow_disallows_pickle_the_archive_is_checked_and_a_tampered_one_refused(tmp_path, monkeypatch):
+    """ganorch's archives pass MLflow's pickle-free check; one with a pickled object in it is refused unread."""
+    import pickle
+    import shutil
+    import zipfile
+
+    from mlflow.exceptions import MlflowException
+
+    from orchestrator.track import generator_pyfunc
+
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    folder = generator_model.save(tiny_generator(0), tmp_path / "model", latent_dim=8, num_classes=0,
+                                  image_shape=(1, 28, 28), metadata={})
+    assert generator_pyfunc.load(str(folder / "data"), "cpu")(torch.zeros(3, 8)).shape == (3, 1, 28, 28)
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("unpickled",))
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(folder / "data", tampered)
+    archive = tampered / generator_pyfunc.PROGRAM_FILE
+    with zipfile.ZipFile(archive) as z:
+        root = z.namelist()[0].split("/")[0]
+    with zipfile.ZipFile(archive, "a") as z:
+        z.writestr(f"{root}/extra/payload.pkl", pickle.dumps(Payload()))
+    with pytest.raises(MlflowException, match="pickle"):
+        generator_pyfunc.load(str(tampered), "cpu")
+
+
+def test_a_generator_that_fixes_its_batch_size_is_refused_with_the_reason(tmp_path):
+    class FixedBatch(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(8, 28 * 28)
+
+        def forward(self, z):
+            return torch.tanh(self.fc(z)).view(2, 1, 28, 28)  # batch 2: the example's
+
+    with pytest.raises(ValueError, match="cannot draw a batch of 3"):
+        generator_model.save(FixedBatch(), tmp_path / "model", latent_dim=8, num_classes=0, image_shape=(1, 28, 28),
+                             metadata={})

@@ -237,7 +237,7 @@ def test_a_run_that_was_not_stopped_is_recorded_as_completed(debug_run):
     what, how = run.data.tags[TAG_DESCRIPTION].splitlines()
     assert what.startswith("DCGAN 28x28x1 (latent 8, widths G 4 / D 4) on mnist5k: 2 CPU workers on 1 node, 6 steps "
                            "of batch 16"), what
-    assert how.startswith("Completed 6 steps; ") and f"best FID {float(run.data.tags[TAG_BEST_FID]):.2f} at step " \
+    assert how.startswith("Completed 6 steps; ") and f"best FID {outcome.summary['best_fid']:.2f} at step " \
         f"{run.data.tags[TAG_BEST_STEP]}." in how, how
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.tags[TAG_EXPERIMENT_KIND] == "custom_model_development"  # MLflow's model-training view
@@ -258,7 +258,7 @@ def test_the_generator_and_the_best_are_mlflow_models_and_the_generator_is_regis
     _, outcome, client, _ = debug_run
     run = client.get_run(outcome.run_id)
     models = {client.get_logged_model(o.model_id).name: o for o in run.outputs.model_outputs}
-    assert set(models) == {"generator", "generator_best"}
+    assert set(models) == {"generator", "generator_best"} and len(run.outputs.model_outputs) == 2
     assert models["generator"].step == 6 and models["generator_best"].step == int(run.data.tags[TAG_BEST_STEP])
     (version,) = client.search_model_versions("name = 'debug-generator'")
     assert version.source == f"models:/{models['generator'].model_id}" and version.run_id == outcome.run_id

@@ -1,6 +1,6 @@
 """`ganorch export`: a labelled synthetic dataset from a generator, as class folders of PNGs (what
-`torchvision.datasets.ImageFolder` and ganorch's `data.source: folder` read) or one `.npz`, with a `manifest.json`
-beside it that says where it came from."""
+`torchvision.datasets.ImageFolder` and ganorch's `data.source: folder` read) or one `.npz`, with a manifest beside it
+that says where it came from."""
 
 import json
 import time
@@ -17,7 +17,8 @@ UNLABELLED = "unlabelled"  # the one folder of an unconditional generator's imag
 
 
 def manifest_path(out: Path) -> Path:
-    return out / MANIFEST if out.suffix != ".npz" else out.with_name(MANIFEST)
+    """In the folder, or beside FILE.npz as FILE.manifest.json."""
+    return out / MANIFEST if out.suffix != ".npz" else out.with_name(f"{out.stem}.{MANIFEST}")
 
 
 def check_new(out: Path) -> None:
@@ -69,6 +70,8 @@ def export(G: Generator, num: int, classes: list[int], seed: int, truncation: fl
         "source": G.source, "step": G.step, "seed": seed, "truncation": truncation, "num": num,
         "format": "npz" if as_npz else "folder",
         "classes": {folder_name(c, G.num_classes) if not as_npz else str(c): n for c, n in counts.items()},
+        # ImageFolder numbers the folders 0, 1, ... in sorted order: its label -> the generator's class
+        **({"image_folder_labels": {i: c for i, c in enumerate(sorted(counts))}} if not as_npz and classes else {}),
         "image_shape": list(G.image_shape), "batch": BATCH,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.perf_counter() - started, 2),
     }

@@ -44,7 +44,10 @@ def resolve(source: str, uri: str, device: torch.device) -> Generator:
     if locate.RUN_ID.fullmatch(source):
         model_uri = run_model(source, uri)
         if model_uri is None:  # a run from before generators were logged as models: its latest checkpoint
-            return from_checkpoint(locate.resolve(source, False, uri), device)
+            try:
+                return from_checkpoint(locate.resolve(source, False, uri), device)
+            except ValueError as err:
+                raise ValueError(f"{err}, and no generator model") from None
         return from_model_uri(model_uri, uri, device)
     raise ValueError(f"{source}: no such file, not an MLflow model URI (runs:/..., models:/...) and not an MLflow "
                      "run id (32 hex digits)")
@@ -52,6 +55,7 @@ def resolve(source: str, uri: str, device: torch.device) -> Generator:
 
 def run_model(run_id: str, uri: str) -> str | None:
     """`models:/<id>` of run `run_id`'s generator model, or None when it logged none. ValueError for no such run."""
+    from mlflow.entities import LoggedModelStatus
     from mlflow.exceptions import MlflowException
 
     client = store.client(uri)
@@ -62,17 +66,17 @@ def run_model(run_id: str, uri: str) -> str | None:
     found = client.search_logged_models(experiment_ids=[run.info.experiment_id],
                                         filter_string=f"source_run_id = '{run_id}' AND name = '{MODEL_NAME}'",
                                         order_by=[{"field_name": "creation_time", "ascending": False}])
-    return f"models:/{found[0].model_id}" if found else None
+    ready = [m for m in found if m.status == LoggedModelStatus.READY]  # not one whose upload failed half-way
+    return f"models:/{ready[0].model_id}" if ready else None
 
 
 def from_model_uri(model_uri: str, uri: str, device: torch.device) -> Generator:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
     try:
-        folder = mlflow.artifacts.download_artifacts(artifact_uri=model_uri)
+        with store.process_uris(uri):  # a models:/NAME URI is read from the process's registry
+            folder = mlflow.artifacts.download_artifacts(artifact_uri=model_uri)
     except (MlflowException, OSError) as err:
         raise ValueError(f"{model_uri}: cannot be loaded from {uri} ({str(err).strip().splitlines()[0][:200]})") \
             from None

@@ -13,6 +13,7 @@ can keep it on disk while MLflow cannot be reached.
 """
 
 import copy
+import json
 import os
 import shutil
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from orchestrator.track import generator_pyfunc
+from orchestrator.track import generator_pyfunc, store
 from orchestrator.track.tags import TAG_REGISTERED
 
 MODEL_NAME = "generator"             # G_ema when the run ended
@@ -76,8 +77,11 @@ def save(G: torch.nn.Module, folder: Path, *, latent_dim: int, num_classes: int,
                                   input_example=tuple(inputs.values()), pip_requirements=requirements(),
                                   code_paths=[generator_pyfunc.__file__])
     except Exception as err:
+        if not type(err).__module__.startswith("torch"):
+            raise
         raise ValueError(f"torch.export could not trace the generator ({type(err).__name__}: "
                          f"{str(err).strip().splitlines()[0][:200] if str(err).strip() else ''})") from err
+    check_export(G, folder / "data", latent_dim, num_classes)
     # The pytorch flavor's pyfunc takes one array and refuses to move a pt2 program to CUDA: ganorch's takes both.
     model.flavors.pop(pyfunc.FLAVOR_NAME, None)
     pyfunc.add_to_model(model, loader_module=Path(generator_pyfunc.__file__).stem, data="data", code="code",
@@ -86,6 +90,30 @@ def save(G: torch.nn.Module, folder: Path, *, latent_dim: int, num_classes: int,
     _save_example(model, inputs, str(folder))
     model.save(str(folder / "MLmodel"))
     return folder
+
+
+def check_export(G: torch.nn.Module, data: Path, latent_dim: int, num_classes: int) -> None:
+    """The exported program computes what G does at another batch size than the example's: a network that fixes
+    its batch size (a view with a literal size, say) is traced with it fixed. ValueError if not."""
+    batch = EXAMPLE_BATCH + 1
+    args = [torch.randn(batch, latent_dim, generator=torch.Generator().manual_seed(1))]
+    if num_classes:
+        args.append(torch.arange(batch) % num_classes)
+    with torch.no_grad():
+        try:
+            expected = G(*args)
+        except Exception as err:
+            raise ValueError(f"the generator cannot draw a batch of {batch} ({type(err).__name__}: "
+                             f"{str(err).strip()[:200]}); size views by the input (x.view(x.shape[0], ...)), "
+                             "not by a number") from None
+        try:
+            got = generator_pyfunc.load(str(data), "cpu")(*args)
+        except Exception as err:
+            got, why = None, f"{type(err).__name__}: {str(err).strip()[:200]}"
+    if got is None or got.shape != expected.shape or not torch.allclose(got, expected, atol=1e-4, rtol=1e-4):
+        raise ValueError(f"torch.export traced the generator with its batch size fixed at {EXAMPLE_BATCH}: at "
+                         f"batch {batch} it " + (f"fails ({why})" if got is None else "computes something else")
+                         + "; size views by the input (x.view(x.shape[0], ...)), not by a number")
 
 
 class Prebuilt:
@@ -106,31 +134,74 @@ class Prebuilt:
 
 
 def log_folder(uri: str, run_id: str, folder: Path, name: str, step: int, register_as: str | None = None,
-               aliases: tuple[str, ...] = ()) -> str:
+               aliases: tuple[str, ...] = (), done: dict[str, str] | None = None) -> str:
     """Log the model `save` wrote in `folder` as model `name` of the run, at `step`; with `register_as`, as a new
-    version of that registered model, given `aliases`. Returns the logged model's id."""
-    import mlflow
+    version of that registered model, given `aliases`. Returns the logged model's id. What is made is recorded in
+    `done` as it is made (`model_id`, `version`), so that a call again with the same `done` (a retry after an
+    outage, `ganorch sync`) makes neither twice. MLflow's process-wide settings are left as they were."""
     from mlflow.models import Model
 
-    mlflow.set_tracking_uri(uri)  # Model.log takes the process's tracking URI and experiment
-    mlflow.set_experiment(experiment_id=mlflow.MlflowClient(uri).get_run(run_id).info.experiment_id)
-    info = Model.log(artifact_path=None, name=name, flavor=Prebuilt(folder), run_id=run_id, step=step,
-                     flavor_name="pytorch", serialization_format="pt2", validate_serving_input=False)
-    if register_as:
-        version = register(uri, info.model_id, register_as, aliases)
-        mlflow.MlflowClient(uri).set_tag(run_id, TAG_REGISTERED, f"{register_as} version {version}: {name}")
-    return info.model_id
+    done = {} if done is None else done
+    client = store.client(uri)
+    if "model_id" not in done:
+        run = client.get_run(run_id)
+        found = logged_at(client, run, name, step)  # by an earlier start of the run (a restart after the end)
+        if found:
+            done.update(model_id=found, logged="yes")
+            version = registered_as(client, register_as, found) if register_as else None
+            if version:
+                done["version"] = version
+        else:
+            done["model_id"] = client.create_logged_model(run.info.experiment_id, name=name, source_run_id=run_id,
+                                                          params=run.data.params).model_id
+    if "logged" not in done:
+        with store.process_uris(uri):  # Model.log takes the process's tracking URI
+            Model.log(artifact_path=None, name=name, flavor=Prebuilt(folder), run_id=run_id, step=step,
+                      model_id=done["model_id"], flavor_name="pytorch", serialization_format="pt2",
+                      validate_serving_input=False)
+        done["logged"] = "yes"
+    if register_as and "version" not in done:
+        done["version"] = register(uri, done["model_id"], register_as, aliases)
+        client.set_tag(run_id, TAG_REGISTERED, f"{register_as} version {done['version']}: {name}")
+    return done["model_id"]
+
+
+def logged_at(client: Any, run: Any, name: str, step: int) -> str | None:
+    """The id of model `name` the run logged at `step` (whole: READY), if it did."""
+    from mlflow.entities import LoggedModelStatus
+
+    for output in run.outputs.model_outputs if run.outputs else []:
+        model = client.get_logged_model(output.model_id)
+        if model.name == name and output.step == step and model.status == LoggedModelStatus.READY:
+            return model.model_id
+    return None
+
+
+def registered_as(client: Any, name: str, model_id: str) -> str | None:
+    """The version of registered model `name` made of logged model `model_id`, if there is one."""
+    for version in client.search_model_versions(f"name = '{name}'"):
+        if version.source == f"models:/{model_id}":
+            return str(version.version)
+    return None
 
 
 def register(uri: str, model_id: str, name: str, aliases: tuple[str, ...] = ()) -> str:
-    """Logged model `model_id` as a new version of registered model `name` (made if missing), given `aliases`;
-    the version."""
-    import mlflow
+    """Logged model `model_id` as a new version of registered model `name` (made if missing) in the registry of
+    tracking URI `uri`, given `aliases`; the version. (What `mlflow.register_model` does, on a client of `uri`
+    rather than the process's registry URI.)"""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
-    mlflow.set_registry_uri(uri)
-    mlflow.set_tracking_uri(uri)
-    version = mlflow.register_model(f"models:/{model_id}", name).version
-    client = mlflow.MlflowClient(uri)
+    client = store.client(uri)
+    try:
+        client.create_registered_model(name)
+    except MlflowException as err:
+        if err.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    version = client.create_model_version(name, f"models:/{model_id}", model_id=model_id).version
+    linked = json.loads(client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS) or "[]")
+    client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(
+        [*linked, {"name": name, "version": version}])})  # the model's page links its versions
     for alias in aliases:
         client.set_registered_model_alias(name, alias, str(version))
     return str(version)

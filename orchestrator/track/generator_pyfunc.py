@@ -36,9 +36,16 @@ class GeneratorModel:
 
 def load(data_path: str, device: str | torch.device | None = None) -> torch.nn.Module:
     """The exported generator as a module on `device` (default: CUDA when present, else CPU). An exported program's
-    tensors cannot be moved with `.to()`: torch.export's own pass moves them."""
+    tensors cannot be moved with `.to()`: torch.export's own pass moves them. Where MLflow disallows pickle
+    (MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false), an archive with anything but tensors and plain data is refused
+    unread, as `mlflow.pytorch.load_model` refuses it."""
+    import mlflow.pytorch
+
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    program = torch.export.load(os.path.join(data_path, PROGRAM_FILE))
+    path = os.path.join(data_path, PROGRAM_FILE)
+    if not mlflow.pytorch._is_pickle_deserialization_allowed():  # as mlflow.pytorch.load_model checks a pt2 file
+        mlflow.pytorch._validate_pt2_archive_is_pickle_free(path)
+    program = torch.export.load(path)
     if device.type != "cpu":
         from torch.export.passes import move_to_device_pass
 

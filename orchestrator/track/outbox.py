@@ -53,16 +53,17 @@ def send(c: Any, run_id: str, op: dict[str, Any], folder: Path, uri: str) -> Non
     elif kind == "artifacts":
         for name in op["files"]:
             c.log_artifact(run_id, str(folder / name), op["path"])
-        if "image" in op:  # also in MLflow's image charts, with a step slider
+        if "image" in op and not op.get("image_logged"):  # also in MLflow's image charts, with a step slider
             from PIL import Image
 
             with Image.open(folder / op["files"][0]) as image:
                 c.log_image(run_id, image, synchronous=True, **op["image"])
+            op["image_logged"] = True  # a retry of the op logs the image no second time
     elif kind == "model":
         from orchestrator.track import generator_model
 
         generator_model.log_folder(uri, run_id, folder / op["files"][0], op["name"], op["step"], op["register_as"],
-                                   tuple(op["aliases"]))
+                                   tuple(op["aliases"]), done=op.setdefault("done", {}))
     elif kind == "prune":
         store.prune_checkpoints(c, run_id, op["keep"])
     elif kind == "restart":
@@ -201,16 +202,16 @@ class Outbox:
         self._put({"op": "artifacts", "files": [f"{folder.name}/{name}"], "path": artifact_path, **image,
                    "write": functools.partial(write, folder / name)})
 
-    def model(self, write: Callable[[Path], None], name: str, step: int, register_as: str | None = None,
+    def model(self, built: Path, name: str, step: int, register_as: str | None = None,
               aliases: tuple[str, ...] = ()) -> None:
-        """An MLflow model that the thread saves by `write(folder)` when it comes to it, then logs as model `name`
-        of the run at `step` (and registers as a version of `register_as`, with `aliases`)."""
+        """The MLflow model folder `built` (moved here at once), to log as model `name` of the run at `step` (and
+        register as a version of `register_as`, with `aliases`)."""
         self.serial += 1
         folder = self.files / f"{self.serial:06d}"
         folder.mkdir()
+        shutil.move(built, folder / "model")
         self._put({"op": "model", "files": [f"{folder.name}/model"], "name": name, "step": step,
-                   "register_as": register_as, "aliases": list(aliases),
-                   "write": functools.partial(write, folder / "model")})
+                   "register_as": register_as, "aliases": list(aliases)})
 
     def release(self) -> None:
         """Start sending, for an outbox made `held`."""
@@ -373,12 +374,18 @@ def sync(folder: Path, uri: str) -> tuple[str, int]:
     logged: dict[str, set[int]] = {}
     for key in run.data.metrics:
         logged[key] = {m.step for m in c.get_metric_history(meta["run_id"], key)}
-    for op in ops:
+    for i, op in enumerate(ops):
         if op["op"] == "metrics":
             op = {**op, "values": {k: v for k, v in op["values"].items() if op["step"] not in logged.get(k, set())}}
             if not op["values"]:
                 continue
-        send(c, meta["run_id"], op, folder, uri)
+        try:
+            send(c, meta["run_id"], op, folder, uri)
+        except BaseException:
+            _rewrite(ops_file, ops[i:])  # with what the failed op made already, so that the next sync skips it
+            raise
+        if op["op"] in ("model", "artifacts"):  # what a sync that stops later must not send again
+            _rewrite(ops_file, ops[i + 1:])
     if (folder / REFUSED_FILE).exists():  # kept for people to read; the rest is done
         for item in folder.iterdir():
             if item.name not in (REFUSED_FILE, "run.json"):
@@ -386,3 +393,9 @@ def sync(folder: Path, uri: str) -> tuple[str, int]:
     else:
         shutil.rmtree(folder)
     return meta["run_id"], len(ops)
+
+
+def _rewrite(ops_file: Path, ops: list[dict[str, Any]]) -> None:
+    temporary = ops_file.with_suffix(".tmp")
+    temporary.write_text("".join(json.dumps(op) + "\n" for op in ops))
+    os.replace(temporary, ops_file)

@@ -2,6 +2,7 @@
 
 import functools
 import math
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -79,19 +80,23 @@ class RunLogger:
     def log_generator(self, name: str, G: "torch.nn.Module", step: int, *, latent_dim: int, num_classes: int,
                       image_shape: tuple[int, int, int], metadata: dict[str, Any], register_as: str | None = None,
                       aliases: tuple[str, ...] = ()) -> None:
-        """G as MLflow model `name` of the run at `step` (orchestrator.track.generator_model), exported by the
-        outbox's thread from a copy taken now; with `register_as`, a new version of that registered model."""
-        import copy
+        """G as MLflow model `name` of the run at `step` (orchestrator.track.generator_model), exported here (on
+        this thread: torch.export patches process-wide state, so not beside training) and logged by the outbox;
+        with `register_as`, a new version of that registered model. A generator torch.export cannot trace is
+        reported, and the run goes on."""
+        import tempfile
 
         from orchestrator.track import generator_model
 
-        G = copy.deepcopy(G).cpu()
-
-        def write(folder: Path) -> None:
-            generator_model.save(G, folder, latent_dim=latent_dim, num_classes=num_classes, image_shape=image_shape,
-                                 metadata={**metadata, "step": step, "run_id": self.run_id})
-
-        self.outbox.model(write, name, step, register_as, aliases)
+        made = Path(tempfile.mkdtemp(prefix="ganorch-model-"))
+        try:
+            generator_model.save(G, made / "model", latent_dim=latent_dim, num_classes=num_classes,
+                                 image_shape=image_shape, metadata={**metadata, "step": step, "run_id": self.run_id})
+            self.outbox.model(made / "model", name, step, register_as, aliases)
+        except ValueError as err:
+            self.outbox.notify(f"warning: no MLflow model {name}: {err}")
+        finally:
+            shutil.rmtree(made, ignore_errors=True)
 
     def release(self) -> None:
         """Start sending, for a logger made `held`."""

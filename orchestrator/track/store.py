@@ -42,13 +42,38 @@ def is_local_store(uri: str) -> bool:
 
 
 def client(uri: str):
-    """ganorch's MLflow client on `uri`: every param, tag and text artifact it writes is redacted."""
+    """ganorch's MLflow client on `uri`, whose model registry is that of `uri` too (not the process's registry
+    URI): every param, tag and text artifact it writes is redacted."""
     import logging
 
     # The first use of an SQLite store runs schema migrations that log at INFO.
     for name in ("alembic", "mlflow.store.db.utils"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    return _redacting_client()(uri)
+    return _redacting_client()(uri, registry_uri=uri)
+
+
+@contextlib.contextmanager
+def process_uris(uri: str) -> Iterator[None]:
+    """MLflow's process-wide tracking and registry URIs are `uri` meanwhile, for MLflow's functions that take no
+    client (`Model.log`, `download_artifacts` of a `models:/` URI); then they, and the environment variables MLflow
+    sets with them, are as they were."""
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry
+    from mlflow.tracking._tracking_service import utils as tracking
+
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    before = tracking._tracking_uri, registry._registry_uri, {name: os.environ.get(name) for name in names}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        tracking._tracking_uri, registry._registry_uri = before[0], before[1]
+        for name, value in before[2].items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @functools.cache

@@ -9,6 +9,7 @@ from typing import Any
 from orchestrator.spec import parse
 from orchestrator.track import generator_model
 from orchestrator.track.generator_model import BEST_MODEL_NAME, MODEL_NAME
+from orchestrator.track.outbox import own_http_settings
 from orchestrator.track.redact import masked
 from orchestrator.train import locate
 from orchestrator.train.networks import build_networks
@@ -17,16 +18,24 @@ from orchestrator.train.networks import build_networks
 def log_generators(logger: Any, t: Any, out: Any) -> None:
     """Rank 0, at the end (`t` a Training, `out` the loop's Outcome): G_ema as the run's MLflow model `generator`,
     registered as tracking.register_as unless train.stop_on stopped the run; and G_ema at the best FID as
-    `generator_best`, when this start of the workers found it."""
+    `generator_best` (from the run's best checkpoint when an earlier start of the workers found it)."""
     m = t.spec.model
     shape = {"latent_dim": m.latent_dim, "num_classes": t.classes,
              "image_shape": (m.channels, m.image_size, m.image_size)}
     meta = {"spec": masked(t.spec.to_dict())}
     register_as = t.spec.tracking.register_as if out.stopped is None else None
     logger.log_generator(MODEL_NAME, t.ema.module, t.step, **shape, metadata=meta, register_as=register_as)
-    if out.best_generator is not None:
+    best_state = out.best_generator
+    if best_state is None and out.best_step:  # found by an earlier start of the run: its best checkpoint
+        try:
+            with own_http_settings():  # MLflow down: no minutes of its own retries
+                best_state = locate.resolve(logger.run_id, True, logger.uri).state["generator_ema"]
+        except Exception as err:  # MLflow down, say: the run has its best checkpoint still
+            logger.outbox.notify(f"warning: no MLflow model {BEST_MODEL_NAME}: the best checkpoint could not be "
+                                 f"read ({type(err).__name__}: {str(err).strip()[:200]})")
+    if best_state is not None:
         best = copy.deepcopy(t.ema.module)
-        best.load_state_dict(out.best_generator)
+        best.load_state_dict(best_state)
         logger.log_generator(BEST_MODEL_NAME, best, out.best_step, **shape, metadata={**meta, "fid": out.best_fid})
 
 

@@ -3,6 +3,7 @@
 import dataclasses
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,10 +72,14 @@ def run(spec: JobSpec, loop: Callable[[dict], Any] | None = None, show_progress:
         tags[TAG_OUTCOME] = f"failed after step {err.step or 0}: {err.what}"
         raise
     finally:
-        best = (f"{summary['best_fid']:.2f}", f"{summary['best_step']:,}") if summary.get("best_fid") else None
-        tags[TAG_DESCRIPTION] = runs.description(spec, summary.get("workers"), summary.get("step"),
-                                                 tags.get(TAG_OUTCOME) or status.lower(), time.time() - started_at,
-                                                 best)
+        try:
+            best = (f"{summary['best_fid']:.2f}", f"{summary['best_step']:,}") if summary.get("best_fid") else None
+            tags[TAG_DESCRIPTION] = runs.description(spec, summary.get("workers"), summary.get("step"),
+                                                     tags.get(TAG_OUTCOME) or status.lower(),
+                                                     time.time() - started_at, best)
+        except Exception as err:  # not worth hiding the error that may be on its way, nor the run's end
+            print(f"ganorch: warning: the run's description could not be written ({type(err).__name__}: {err})",
+                  file=sys.stderr)
         skipped_files = ray.get(skipped.read.remote()) if skipped is not None else []
         kept = runs.end_run(uri, run_id, status, tags, skipped_files, spec.tracking.outage_wait_s)
     outcome.skipped_files = skipped_files

@@ -41,8 +41,8 @@ def resolve(target: str, best: bool, uri: str) -> Source:
     tag = tags.TAG_BEST_CHECKPOINT if best else tags.TAG_CHECKPOINT
     artifact = run.data.tags.get(tag)
     if artifact is None:
-        what = "a best checkpoint (it never evaluated: eval.every 0?)" if best else "a checkpoint"
-        raise ValueError(f"{target}: run {run.info.run_name!r} has no {what}")
+        what = "no best checkpoint (it never evaluated: eval.every 0?)" if best else "no checkpoint"
+        raise ValueError(f"{target}: run {run.info.run_name!r} has {what}")
     folder, _, name = artifact.rpartition("/")
     with tempfile.TemporaryDirectory(prefix="ganorch-eval-") as tmp:  # the folder: the checksum is beside the file
         file = Path(client.download_artifacts(target, folder, tmp)) / name

@@ -122,9 +122,10 @@ def loop(spec: JobSpec, context: WorkerContext, logger: Any, report: Any, t: Tra
         if checkpointed or out.stopped is not None:
             checkpoint_and_report(t, out, logger, report, context.verdicts)
             progress.checkpointed(t.step)
-    if logger:
+    ended = summary(t, out, monitor, context)
+    if logger:  # after the last collective: the other ranks need not wait for the export
         log_generators(logger, t, out)
-    return summary(t, out, monitor, context)
+    return ended
 
 
 def summary(t: Training, out: Outcome, monitor: StabilityMonitor, context: WorkerContext) -> dict[str, Any]:

@@ -150,15 +150,16 @@ def summarise(spec: JobSpec, grid: Any, uri: str, parent_run_id: str, keys: list
         if best["run_id"]:
             client.set_tag(best["run_id"], TAG_BEST_TRIAL, "true")
         client.log_metric(parent_run_id, f"best_{t.metric}", best["metric"])
-        if spec.tracking.register_as and best["run_id"]:
-            try:
-                register_best(client, uri, spec.tracking.register_as, best["run_id"], parent_run_id)
-            except ValueError as err:  # no generator and no checkpoint: nothing to register
-                print(f"ganorch: nothing registered as {spec.tracking.register_as}: {err}")
         text = best_spec.to_yaml()
         client.log_text(parent_run_id, text, BEST_JOB_ARTIFACT)
         if export:
             Path(export).write_text(text)
+        if spec.tracking.register_as and best["run_id"]:  # last: the sweep's record does not depend on it
+            try:
+                register_best(client, uri, spec.tracking.register_as, best["run_id"], parent_run_id)
+            except Exception as err:  # no generator and no checkpoint, or the registry refused
+                print(f"ganorch: warning: nothing registered as {spec.tracking.register_as}: "
+                      f"{type(err).__name__}: {str(err).strip()[:300]}")
     return SweepOutcome(parent_run_id, uri, trials, best, best_spec)
 
 
@@ -166,11 +167,15 @@ def register_best(client: Any, uri: str, name: str, run_id: str, parent_run_id: 
     """Register the best trial's generator (its best checkpoint's by FID, else its last) as a new version of
     `name`, with the alias `best`; the parent run is tagged with the version. A trial its scheduler stopped logged no
     generator: it is made from the trial's checkpoint."""
+    from mlflow.entities import LoggedModelStatus
+
     from orchestrator.track.generator_model import BEST_MODEL_NAME, MODEL_NAME, register
     from orchestrator.train.generator_models import log_from_checkpoint
 
-    models = {m.name: m.model_id for m in client.search_logged_models(
-        experiment_ids=[client.get_run(run_id).info.experiment_id], filter_string=f"source_run_id = '{run_id}'")}
+    found = client.search_logged_models(
+        experiment_ids=[client.get_run(run_id).info.experiment_id], filter_string=f"source_run_id = '{run_id}'",
+        order_by=[{"field_name": "creation_time", "ascending": True}])
+    models = {m.name: m.model_id for m in found if m.status == LoggedModelStatus.READY}  # the latest of each name
     model_id = models.get(BEST_MODEL_NAME) or models.get(MODEL_NAME) or log_from_checkpoint(uri, run_id)
     version = register(uri, model_id, name, ("best",))
     client.set_tag(parent_run_id, TAG_REGISTERED, f"{name} version {version} (@best): model {model_id} of run "
