@@ -44,57 +44,58 @@ def logged(uri: str, classes: int, tmp_path: Path, register_as: str | None = Non
 
 LOAD_EVERYWHERE = """
 import json, sys
-import mlflow, numpy as np
+import mlflow, numpy as np, torch
 mlflow.set_tracking_uri(sys.argv[1]); mlflow.set_registry_uri(sys.argv[1])
 found = {}
-for uri in sys.argv[3:]:
+for uri in sys.argv[2:]:
     z = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32)
-    data = {"z": z, "labels": np.array([0, 1, 2, 1, 0])} if sys.argv[2] == "conditional" else z
-    images = mlflow.pyfunc.load_model(uri).predict(data)
+    labels = np.array([0, 1, 2, 1, 0])
+    model = mlflow.pyfunc.load_model(uri)
+    conditional = len(model.metadata.signature.inputs.inputs) == 2
+    images = model.predict({"z": z, "labels": labels} if conditional else z)
     module = mlflow.pytorch.load_model(uri)
-    import torch
-    args = [torch.from_numpy(z)] + ([torch.tensor([0, 1, 2, 1, 0])] if sys.argv[2] == "conditional" else [])
-    direct = module(*args).detach().numpy()
+    direct = module(*[torch.from_numpy(z)] + ([torch.from_numpy(labels)] if conditional else [])).detach().numpy()
     found[uri] = [list(images.shape), str(images.dtype), float(images.min()), float(images.max()),
-                  float(abs(images - direct).max())]
+                  float(abs(images - direct).max()), conditional]
 print(json.dumps(found))
 """
 
 
-@pytest.mark.parametrize("classes", [0, 3])
-def test_the_generator_model_loads_in_a_fresh_process_by_every_kind_of_uri(classes, mlflow_store, tmp_path):
-    run_id, model_id = logged(mlflow_store, classes, tmp_path, register_as=f"gen{classes}", aliases=("best",))
-    client = store.client(mlflow_store)
-    model = client.get_logged_model(model_id)
-    assert model.name == "generator" and model.source_run_id == run_id
-    assert [(o.model_id, o.step) for o in client.get_run(run_id).outputs.model_outputs] == [(model_id, 7)]
-    folder = Path(generator_model_folder(mlflow_store, model_id))
-    mlmodel = yaml.safe_load((folder / "MLmodel").read_text())
-    assert set(mlmodel["flavors"]) == {"pytorch", "python_function"}
-    assert mlmodel["flavors"]["python_function"]["loader_module"] == "generator_pyfunc"
-    assert (folder / "data" / "model.pt2").is_file() and not list(folder.rglob("*.pth"))  # pt2: no pickle file
-    inputs = json.loads(mlmodel["signature"]["inputs"])
-    assert [(i["name"], i["tensor-spec"]["dtype"], i["tensor-spec"]["shape"]) for i in inputs] == \
-        [("z", "float32", [-1, 8])] + ([("labels", "int64", [-1])] if classes else [])
-    outputs = json.loads(mlmodel["signature"]["outputs"])
-    assert outputs[0]["tensor-spec"]["shape"] == [-1, 1, 28, 28]
-    example = json.loads((folder / "input_example.json").read_text())
-    assert set(example["inputs"] if "inputs" in example else example) == ({"z", "labels"} if classes else {"z"})
-    requirements = (folder / "requirements.txt").read_text().split()
-    assert f"torch=={torch.__version__.split('+')[0]}" in requirements, requirements
-    assert mlmodel["metadata"]["ganorch"]["spec"] == {"name": "tiny"}
-    assert mlmodel["metadata"]["ganorch"]["num_classes"] == classes
+def test_the_generator_model_loads_in_a_fresh_process_by_every_kind_of_uri(mlflow_store, tmp_path):
+    """Unconditional and conditional (3 classes); one fresh process loads both by every kind of URI."""
+    uris = []
+    for classes in (0, 3):
+        run_id, model_id = logged(mlflow_store, classes, tmp_path, register_as=f"gen{classes}", aliases=("best",))
+        client = store.client(mlflow_store)
+        model = client.get_logged_model(model_id)
+        assert model.name == "generator" and model.source_run_id == run_id
+        assert [(o.model_id, o.step) for o in client.get_run(run_id).outputs.model_outputs] == [(model_id, 7)]
+        folder = Path(generator_model_folder(mlflow_store, model_id))
+        mlmodel = yaml.safe_load((folder / "MLmodel").read_text())
+        assert set(mlmodel["flavors"]) == {"pytorch", "python_function"}
+        assert mlmodel["flavors"]["python_function"]["loader_module"] == "generator_pyfunc"
+        assert (folder / "data" / "model.pt2").is_file() and not list(folder.rglob("*.pth"))  # pt2: no pickle file
+        inputs = json.loads(mlmodel["signature"]["inputs"])
+        assert [(i["name"], i["tensor-spec"]["dtype"], i["tensor-spec"]["shape"]) for i in inputs] == \
+            [("z", "float32", [-1, 8])] + ([("labels", "int64", [-1])] if classes else [])
+        outputs = json.loads(mlmodel["signature"]["outputs"])
+        assert outputs[0]["tensor-spec"]["shape"] == [-1, 1, 28, 28]
+        example = json.loads((folder / "input_example.json").read_text())
+        assert set(example["inputs"] if "inputs" in example else example) == ({"z", "labels"} if classes else {"z"})
+        requirements = (folder / "requirements.txt").read_text().split()
+        assert f"torch=={torch.__version__.split('+')[0]}" in requirements, requirements
+        assert mlmodel["metadata"]["ganorch"]["spec"] == {"name": "tiny"}
+        assert mlmodel["metadata"]["ganorch"]["num_classes"] == classes
+        uris += [f"runs:/{run_id}/generator", f"models:/{model_id}", f"models:/gen{classes}/latest",
+                 f"models:/gen{classes}@best", f"models:/gen{classes}/1"]
 
-    uris = [f"runs:/{run_id}/generator", f"models:/{model_id}", f"models:/gen{classes}/latest",
-            f"models:/gen{classes}@best", f"models:/gen{classes}/1"]
-    out = subprocess.run([sys.executable, "-c", LOAD_EVERYWHERE, mlflow_store,
-                          "conditional" if classes else "unconditional", *uris],
+    out = subprocess.run([sys.executable, "-c", LOAD_EVERYWHERE, mlflow_store, *uris],
                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     found = json.loads(out.stdout.strip().splitlines()[-1])
-    for uri in uris:
-        shape, dtype, low, high, differs = found[uri]
-        assert (shape, dtype) == ([5, 1, 28, 28], "float32"), uri
+    for i, uri in enumerate(uris):
+        shape, dtype, low, high, differs, conditional = found[uri]
+        assert (shape, dtype, conditional) == ([5, 1, 28, 28], "float32", i >= 5), uri
         assert -1 <= low < high <= 1 and differs < 1e-5, (uri, found[uri])
 
 
