@@ -27,7 +27,7 @@ def test_cluster_config_validates_against_rays_schema(path):
     assert "--dashboard-host=127.0.0.1" in head, "the job server stays on the head's loopback (SSH to reach it)"
     assert "mlflow server" in head and "--backend-store-uri" in head and "--artifacts-destination" in head
     assert "MLFLOW_TRACKING_URI=http://" in head and "MLFLOW_TRACKING_URI=http://$RAY_HEAD_IP:5000" in workers
-    assert any("pip install" in c and "~/ganorch" in c for c in config["setup_commands"])
+    assert any("pip install" in c and "$HOME/ganorch[gpu]" in c for c in config["setup_commands"])
     assert config["file_mounts"] == {"~/ganorch": ".", "~/.ray/auth_token": "~/.ray/auth_token"}
     # Ray's token and MLflow's users on every node: nothing in the file itself is a secret.
     assert head.count("RAY_AUTH_MODE=token ") == 1 and "RAY_AUTH_MODE=token " in workers

@@ -104,7 +104,8 @@ def test_training_goes_on_through_an_outage_and_everything_lands_when_mlflow_is_
     assert run.info.status == "FINISHED" and run.data.tags["ganorch.outcome"] == "completed"
     assert [m.step for m in c.get_metric_history(outcome.run_id, "loss_d")] == list(range(1, STEPS + 1))
     samples = {a.path for a in c.list_artifacts(outcome.run_id, "samples")}
-    assert samples == {f"samples/step_{s:06d}.png" for s in (0, 4, 8, 12, 16)}
+    assert samples == {f"samples/step_{s:06d}.png" for s in (0, 4, 8, 12, 16)} | {"samples/training.gif",
+                                                                                  "samples/interpolation.png"}
     checkpoints = {a.path for a in c.list_artifacts(outcome.run_id, "checkpoints")}
     assert checkpoints == {f"checkpoints/step_{s:06d}" for s in range(2, STEPS + 1, 2)}
     assert seen["down_at"] < STEPS - 4  # the outage was in the middle of the run

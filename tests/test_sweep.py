@@ -114,6 +114,9 @@ def test_asha_sweep_records_parent_and_child_runs_and_exports_the_best_job(
                     "TERMINATED": ("FINISHED", "completed")}[trial["status"]]
         assert (child.info.status, child.data.tags[TAG_OUTCOME]) == expected, trial
         assert (trial["step"] < 6) == (trial["status"] == "STOPPED"), trial
+        what, how = child.data.tags["mlflow.note.content"].splitlines()  # the run page's description
+        assert what.startswith("DCGAN 28x28x1") and how.startswith(
+            "Completed 6 steps" if trial["status"] == "TERMINATED" else f"Stopped by asha at step {trial['step']}")
 
     best = outcome.best
     assert best["metric"] == min(t["metric"] for t in outcome.trials if t["metric"] is not None)
@@ -125,6 +128,13 @@ def test_asha_sweep_records_parent_and_child_runs_and_exports_the_best_job(
     assert client.get_model_version_by_alias("sweep-generator", "best").version == version.version
     model = client.get_logged_model(version.source.removeprefix("models:/"))
     assert (model.name, model.source_run_id) == ("generator_best", best["run_id"])
+    # The sweep's page: its best generator among its models, the stability map in its images, a description.
+    assert [o.model_id for o in parent.outputs.model_outputs] == [model.model_id]
+    images = [f.path for f in client.list_artifacts(outcome.parent_run_id, "images")]
+    assert sum(p.startswith("images/stability_map+step+0+") and p.endswith(".png") for p in images) == 1, images
+    what, how = parent.data.tags["mlflow.note.content"].splitlines()
+    assert what.startswith("Sweep of ") and " 3 trials over optim.g.lr, optim.lr_ratio (asha)" in what, what
+    assert f"best fid {best['metric']:.4g} at step {best['step']}" in how, how
     exported = yaml.safe_load(export.read_text())
     artifact = Path(client.download_artifacts(outcome.parent_run_id, sweep.BEST_JOB_ARTIFACT, str(tmp_path)))
     assert yaml.safe_load(artifact.read_text()) == exported

@@ -1,6 +1,7 @@
 """The whole path on real components: Ray Train with 2 DDP workers (gloo), a real MLflow SQLite store."""
 
 import contextlib
+import json
 import sys
 from pathlib import Path
 
@@ -90,7 +91,8 @@ def debug_run(ray_session, tmp_path_factory, mnist_classifier):
         spec = load(REPO / "jobs/debug_dcgan.yaml", [f"tracking.storage_path={workdir / 'ray_storage'}",
                                                      "eval.every=3", "eval.num_samples=301",
                                                      f"eval.cache_dir={mnist_classifier[1]}",
-                                                     "tracking.register_as=debug-generator"])
+                                                     "tracking.register_as=debug-generator",
+                                                     "tracking.system_metrics_every_s=1"])
         outcome = launch.run(spec, loop=compare_ranks_after_every_phase)
     finally:
         os.chdir(old_cwd)
@@ -131,7 +133,8 @@ def test_run_records_params_metrics_samples(debug_run):
     startup = client.get_metric_history(outcome.run_id, "startup_s")
     assert [m.step for m in startup] == [0] and 0 < startup[0].value < 600, startup
     samples = [f.path for f in client.list_artifacts(outcome.run_id, "samples")]
-    assert samples == ["samples/step_000000.png", "samples/step_000003.png", "samples/step_000006.png"]
+    assert [p for p in samples if "step_" in p] == ["samples/step_000000.png", "samples/step_000003.png",
+                                                   "samples/step_000006.png"]
     artifacts = {f.path for f in client.list_artifacts(outcome.run_id)}
     assert "spec.yaml" in artifacts
 
@@ -243,11 +246,40 @@ def test_a_run_that_was_not_stopped_is_recorded_as_completed(debug_run):
     assert experiment.tags[TAG_EXPERIMENT_KIND] == "custom_model_development"  # MLflow's model-training view
 
 
-def test_sample_grids_are_mlflow_images_with_a_step_each(debug_run):
+def test_sample_grids_are_mlflow_images_with_a_step_each_and_a_gif_and_an_interpolation_end_the_run(debug_run,
+                                                                                                      tmp_path):
+    from PIL import Image
+
     _, outcome, client, _ = debug_run
     names = [f.path.split("/")[-1] for f in client.list_artifacts(outcome.run_id, "images")]
-    full = sorted(int(n.split("+step+")[1].split("+")[0]) for n in names if n.endswith(".png"))
-    assert full == [0, 3, 6] and all(n.startswith("samples+step+") for n in names), names
+    steps = {key: sorted(int(n.split("+step+")[1].split("+")[0]) for n in names
+                         if n.startswith(f"{key}+step+") and n.endswith(".png")) for key in ("samples", "interpolation")}
+    assert steps == {"samples": [0, 3, 6], "interpolation": [6]}, names
+    files = {f.path for f in client.list_artifacts(outcome.run_id, "samples")}
+    assert {"samples/training.gif", "samples/interpolation.png"} <= files, files
+    with Image.open(client.download_artifacts(outcome.run_id, "samples/training.gif", str(tmp_path))) as gif:
+        assert gif.n_frames == 3 and gif.size == Image.open(
+            client.download_artifacts(outcome.run_id, "samples/step_000006.png", str(tmp_path))).size
+    with Image.open(client.download_artifacts(outcome.run_id, "samples/interpolation.png", str(tmp_path))) as strip:
+        assert strip.size == (10 * 30 + 2, 8 * 30 + 2)  # 8 paths of 10 images, 28 px and 2 px of padding
+
+
+def test_every_node_logs_its_system_metrics_under_its_name(debug_run):
+    import socket
+
+    _, outcome, client, _ = debug_run
+    metrics = client.get_run(outcome.run_id).data.metrics
+    node = f"system/{socket.gethostname()}/"
+    assert {f"{node}cpu_utilization_percentage", f"{node}system_memory_usage_megabytes"} <= set(metrics), metrics
+    assert not [k for k in metrics if k.startswith("system/") and not k.startswith(node)]  # one node: one name
+
+
+def test_the_dataset_is_the_runs_input(debug_run):
+    _, outcome, client, _ = debug_run
+    (found,) = client.get_run(outcome.run_id).inputs.dataset_inputs
+    assert (found.dataset.name, found.dataset.source_type) == ("mnist5k", "code") and len(found.dataset.digest) == 12
+    assert json.loads(found.dataset.profile) == {"images": 5000, "classes": 10, "image_shape": [1, 28, 28]}
+    assert [(t.key, t.value) for t in found.tags] == [("mlflow.data.context", "training")]
 
 
 def test_the_generator_and_the_best_are_mlflow_models_and_the_generator_is_registered(debug_run, tmp_path):

@@ -229,4 +229,4 @@ def test_rank_0_makes_no_mlflow_client_and_draws_no_grid_before_its_first_step(p
     run = client(mlflow_store).get_run(run_id)
     assert run.data.metrics["startup_s"] > 0 and run.data.metrics["loss_d"] > 0
     assert {a.path for a in client(mlflow_store).list_artifacts(run_id, "samples")} == {
-        "samples/step_000000.png", "samples/step_000002.png"}
+        "samples/step_000000.png", "samples/step_000002.png", "samples/training.gif", "samples/interpolation.png"}

@@ -64,6 +64,10 @@ def send(c: Any, run_id: str, op: dict[str, Any], folder: Path, uri: str) -> Non
 
         generator_model.log_folder(uri, run_id, folder / op["files"][0], op["name"], op["step"], op["register_as"],
                                    tuple(op["aliases"]), done=op.setdefault("done", {}))
+    elif kind == "dataset":
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        c.log_inputs(run_id, [DatasetInput(Dataset(**op["record"]), [InputTag("mlflow.data.context", "training")])])
     elif kind == "prune":
         store.prune_checkpoints(c, run_id, op["keep"])
     elif kind == "restart":
@@ -142,6 +146,8 @@ def describe(op: dict[str, Any]) -> str:
         return f"metrics of step {op['step']}"
     if kind == "model":
         return f"model {op['name']} of step {op['step']}"
+    if kind == "dataset":
+        return f"dataset input {op.get('record', {}).get('name', '')}".strip()
     return kind
 
 
@@ -212,6 +218,13 @@ class Outbox:
         shutil.move(built, folder / "model")
         self._put({"op": "model", "files": [f"{folder.name}/model"], "name": name, "step": step,
                    "register_as": register_as, "aliases": list(aliases)})
+
+    def dataset(self, record: Callable[[], dict[str, Any]]) -> None:
+        """The run's training dataset as an MLflow input: `record()` (name, digest, source type, source, profile),
+        called by the thread when it comes to it (a digest reads the data)."""
+        op: dict[str, Any] = {"op": "dataset"}
+        op["write"] = lambda: op.update(record=record())
+        self._put(op)
 
     def release(self) -> None:
         """Start sending, for an outbox made `held`."""

@@ -16,6 +16,10 @@ if TYPE_CHECKING:
     import torch
 
 SAMPLES_KEY = "samples"  # the sample grids' key in MLflow's image logging
+ANIMATION = "training.gif"       # the fixed-noise grid over training, a frame per grid, under samples/
+INTERPOLATION = "interpolation.png"
+MAX_FRAMES = 200                 # grids kept for the GIF (in host memory): beyond, the kept are thinned
+FRAME_MS = 200
 
 
 def image_grid(images: "torch.Tensor", nrow: int) -> np.ndarray:
@@ -38,6 +42,8 @@ class RunLogger:
         self.floor = -1                            # when those could not be read: the checkpoint's step
         self.best_fid = math.inf                   # the FID of the run's best checkpoint before a resume,
         self.best_step = 0                         # and its step
+        self.frames: dict[int, np.ndarray] = {}    # step -> sample grid, for the GIF (filled by the outbox's thread)
+        self.grids = 0                             # sample grids put in the outbox by this start
 
     @functools.cached_property
     def client(self) -> Any:
@@ -68,14 +74,51 @@ class RunLogger:
     def log_samples(self, step: int, images: "torch.Tensor", columns: int) -> None:
         """`images` as one grid `samples/step_N.png`, and as MLflow's image `samples` at `step` (its charts show it
         with a step slider, side by side across runs), drawn by the outbox's thread from a copy in host memory."""
+        self.grids += 1
+        self.outbox.render(f"step_{step:06d}.png", self.grid_writer(images, columns, frame=step), "samples",
+                           image_key=SAMPLES_KEY, step=step)
+
+    def grid_writer(self, images: "torch.Tensor", columns: int, frame: int | None = None) -> Callable[[Path], None]:
+        """What writes `images` (copied to host memory now) as a grid PNG; with `frame`, keeps it for the GIF."""
         images = images.detach().cpu()
 
         def write(path: Path) -> None:
             from PIL import Image
 
-            Image.fromarray(image_grid(images, columns)).save(path)
+            grid = image_grid(images, columns)
+            Image.fromarray(grid).save(path)
+            if frame is not None:
+                self.keep_frame(frame, grid)
 
-        self.outbox.render(f"step_{step:06d}.png", write, "samples", image_key=SAMPLES_KEY, step=step)
+        return write
+
+    def keep_frame(self, step: int, grid: np.ndarray) -> None:
+        self.frames[step] = grid
+        if len(self.frames) > MAX_FRAMES:  # evenly thinned, the first and the last kept
+            steps = sorted(self.frames)
+            for dropped in steps[1:-1:2]:
+                del self.frames[dropped]
+
+    def log_animation(self) -> None:
+        """`samples/training.gif`: the fixed-noise grids of this start of the workers, a frame each in step order
+        (written by the outbox's thread after the grids before it). None when this start logged no grid."""
+        if not self.grids:
+            return
+
+        def write(path: Path) -> None:
+            from PIL import Image
+
+            frames = [Image.fromarray(grid) for _, grid in sorted(self.frames.items())]
+            assert frames, "no sample grid to animate"
+            frames[0].save(path, save_all=True, append_images=frames[1:], duration=FRAME_MS, loop=0)
+
+        self.outbox.render(ANIMATION, write, "samples")
+
+    def log_interpolation(self, step: int, images: "torch.Tensor", columns: int) -> None:
+        """`samples/interpolation.png`: G_ema along paths between latents, a path a row; also MLflow's image
+        `interpolation` at `step`."""
+        self.outbox.render(INTERPOLATION, self.grid_writer(images, columns), "samples", image_key="interpolation",
+                           step=step)
 
     def log_generator(self, name: str, G: "torch.nn.Module", step: int, *, latent_dim: int, num_classes: int,
                       image_shape: tuple[int, int, int], metadata: dict[str, Any], register_as: str | None = None,
@@ -97,6 +140,10 @@ class RunLogger:
             self.outbox.notify(f"warning: no MLflow model {name}: {err}")
         finally:
             shutil.rmtree(made, ignore_errors=True)
+
+    def log_dataset(self, record: Callable[[], dict[str, Any]]) -> None:
+        """The training data as the run's MLflow dataset input (`record()`: orchestrator.data.record's)."""
+        self.outbox.dataset(record)
 
     def release(self) -> None:
         """Start sending, for a logger made `held`."""

@@ -1,6 +1,7 @@
 """An MLflow run's life on the driver: created with the resolved spec as params and `spec.yaml`, reopened when a run
 continues (a restart, a resubmitted job, `--resume`), ended with its outcome."""
 
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -11,7 +12,14 @@ from orchestrator.spec.schema import flatten
 from orchestrator.track.outbox import Outbox
 from orchestrator.track.redact import redact_value, spec_text
 from orchestrator.track.store import client, record_restart
-from orchestrator.track.tags import MODEL_TRAINING, TAG_DATA_SKIPPED, TAG_EXPERIMENT_KIND, TAG_JOB, TAG_TRAIN_RUN
+from orchestrator.track.tags import (
+    MODEL_TRAINING,
+    TAG_DATA_SKIPPED,
+    TAG_DESCRIPTION,
+    TAG_EXPERIMENT_KIND,
+    TAG_JOB,
+    TAG_TRAIN_RUN,
+)
 
 
 def start_run(spec: JobSpec, uri: str) -> tuple[str, str]:
@@ -78,10 +86,22 @@ def reopen_run(uri: str, run_id: str, spec: JobSpec, where: str) -> int:
     return start
 
 
-def description(spec: JobSpec, workers: list[str] | None, step: int | None, outcome: str, seconds: float,
-                best: tuple[str, str] | None) -> str:
+def description_tag(spec: JobSpec, summary: dict[str, Any], outcome: str, seconds: float) -> dict[str, str]:
+    """The description as a tag; none, with a warning, if it cannot be written: it must not hide the error that
+    may be on its way, nor keep the run from ending."""
+    try:
+        return {TAG_DESCRIPTION: description(spec, summary, outcome, seconds)}
+    except Exception as err:
+        print(f"ganorch: warning: the run's description could not be written ({type(err).__name__}: {err})",
+              file=sys.stderr)
+        return {}
+
+
+def description(spec: JobSpec, summary: dict[str, Any], outcome: str, seconds: float) -> str:
     """The run's description (MLflow shows it on the run's page) in two lines: what ran, and how it ended
-    (`outcome`: the outcome tag's text, or the run's status)."""
+    (`outcome`: the outcome tag's text, or the run's status; `summary`: what the workers ended with, if they did)."""
+    workers, step = summary.get("workers"), summary.get("step")
+    best = (f"{summary['best_fid']:.2f}", f"{summary['best_step']:,}") if summary.get("best_fid") else None
     m, t, r = spec.model, spec.train, spec.resources
     data = spec.data.source + (f" {spec.data.dataset}" if spec.data.dataset else "") + \
         (f" ({spec.data.path})" if spec.data.path else "")

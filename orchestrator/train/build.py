@@ -1,12 +1,14 @@
 """Everything the per-worker loop works on, built from the spec and, when the run continues, a checkpoint's state:
 data and noise, the networks and their DDP wrappers, the optimizers, the D/G phases, G_ema, and the evaluator."""
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
 
 from gan_models import GeneratorEMA, GradientPenalty, R1Penalty, Regularizer, build_loss, sample_latent
+from orchestrator.data.record import dataset_record
 from orchestrator.data.sharding import ShardedBatches
 from orchestrator.data.sources import check_conditional, load_dataset, num_classes
 from orchestrator.distributed import collectives, ddp
@@ -40,6 +42,7 @@ class Training:
     scoring: InlineScoring | BackgroundScoring | None  # None: evaluation off
     step: int
     images_seen: int
+    node_metrics: Any = None     # the first worker of a node: its system-metrics monitor, from the first step on
 
     def draw_latent(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """This rank's share of the global z (and class) batch. Every rank draws the whole batch, so N workers x
@@ -90,6 +93,8 @@ def build(spec: JobSpec, context: Any, logger: Any) -> Training:
         from orchestrator.data import ray_data
         dataset, data_classes = None, max(len(ray_data.list_classes(spec.data.path)), 1)
     classes = check_conditional(data_classes, spec.model.conditional)
+    if logger:
+        logger.log_dataset(functools.partial(dataset_record, spec.data, spec.model, dataset))
 
     torch.manual_seed(spec.seed)
     G, D = build_networks(spec, classes)

@@ -3,7 +3,6 @@
 import dataclasses
 import os
 import socket
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from orchestrator.spec import JobSpec
 from orchestrator.track import runs, store
-from orchestrator.track.tags import TAG_DESCRIPTION, TAG_OUTCOME, TAG_RAY_CHECKPOINT, TAG_STORAGE, TAG_TRAIN_RUN
+from orchestrator.track.tags import TAG_OUTCOME, TAG_RAY_CHECKPOINT, TAG_STORAGE, TAG_TRAIN_RUN
 from orchestrator.train import checkpoint, failures
 from orchestrator.train.ray_init import check_spare_resources, check_tracking_store, init_ray_and_store, keep_local
 from orchestrator.train.trainer import for_workers, ray_datasets, torch_trainer
@@ -72,14 +71,8 @@ def run(spec: JobSpec, loop: Callable[[dict], Any] | None = None, show_progress:
         tags[TAG_OUTCOME] = f"failed after step {err.step or 0}: {err.what}"
         raise
     finally:
-        try:
-            best = (f"{summary['best_fid']:.2f}", f"{summary['best_step']:,}") if summary.get("best_fid") else None
-            tags[TAG_DESCRIPTION] = runs.description(spec, summary.get("workers"), summary.get("step"),
-                                                     tags.get(TAG_OUTCOME) or status.lower(),
-                                                     time.time() - started_at, best)
-        except Exception as err:  # not worth hiding the error that may be on its way, nor the run's end
-            print(f"ganorch: warning: the run's description could not be written ({type(err).__name__}: {err})",
-                  file=sys.stderr)
+        tags.update(runs.description_tag(spec, summary, tags.get(TAG_OUTCOME) or status.lower(),
+                                         time.time() - started_at))
         skipped_files = ray.get(skipped.read.remote()) if skipped is not None else []
         kept = runs.end_run(uri, run_id, status, tags, skipped_files, spec.tracking.outage_wait_s)
     outcome.skipped_files = skipped_files

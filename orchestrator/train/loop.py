@@ -13,6 +13,7 @@ from orchestrator.distributed import collectives, ddp
 from orchestrator.distributed.collectives import StatsAccumulator
 from orchestrator.evaluate.stability import FLAGS, StabilityMonitor
 from orchestrator.spec import JobSpec
+from orchestrator.track.system_metrics import NodeMetrics
 from orchestrator.train.build import Training, build
 from orchestrator.train.generator_models import log_generators
 from orchestrator.train.periodic import (
@@ -22,6 +23,7 @@ from orchestrator.train.periodic import (
     agree_counts,
     checkpoint_and_report,
     interval_metrics,
+    log_ending,
     log_samples,
     stop_decision,
     take_scores,
@@ -45,6 +47,7 @@ class WorkerContext:
     restarted_after: str | None = None    # rank 0 of workers Ray Train restarted: why the ones before failed
     verdicts: Any = None    # in a Tune trial: a queue that gives rank 0 Tune's go-ahead after each report
     started_at: float | None = None  # when the driver started (Unix time): rank 0 logs the time to the first step
+    node_leader: bool = False        # the first worker on its node: it logs the node's system metrics
 
 
 def train(spec: JobSpec, context: WorkerContext, report=None) -> dict[str, Any]:
@@ -69,6 +72,8 @@ def train_logged(spec: JobSpec, context: WorkerContext, logger: Any, report=None
     finally:
         if t.scoring:
             t.scoring.close()
+        if t.node_metrics:
+            t.node_metrics.stop()
 
 
 def loop(spec: JobSpec, context: WorkerContext, logger: Any, report: Any, t: Training) -> dict[str, Any]:
@@ -93,8 +98,12 @@ def loop(spec: JobSpec, context: WorkerContext, logger: Any, report: Any, t: Tra
                 stats.add(step_stats, counted=applied)
         t.ema.update(t.G, t.step)
         progress.step(t.step, speed)
-        if logger and t.step == first_step:
-            logger.release()  # MLflow's import and the first writes wait until training has started
+        if t.step == first_step:  # MLflow's import and the first writes wait until training has started
+            if logger:
+                logger.release()
+            if context.node_leader and context.run_id and spec.tracking.system_metrics_every_s:
+                t.node_metrics = NodeMetrics(context.tracking_uri, context.run_id, spec.tracking.system_metrics_every_s,
+                                             resume=bool(context.resume or context.restarted_after))
 
         last = t.step == spec.train.steps
         flags = []
@@ -123,7 +132,8 @@ def loop(spec: JobSpec, context: WorkerContext, logger: Any, report: Any, t: Tra
             checkpoint_and_report(t, out, logger, report, context.verdicts)
             progress.checkpointed(t.step)
     ended = summary(t, out, monitor, context)
-    if logger:  # after the last collective: the other ranks need not wait for the export
+    if logger:  # after the last collective: the other ranks need not wait
+        log_ending(logger, t)
         log_generators(logger, t, out)
     return ended
 

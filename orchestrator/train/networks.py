@@ -1,6 +1,7 @@
 """The spec's networks, and drawing samples from G: shared by training, `ganorch eval` and the CLI's checks."""
 
 import torch
+import torch.nn.functional as F
 
 from gan_models import build_models, sample_latent
 from orchestrator.spec import JobSpec
@@ -27,6 +28,24 @@ def fixed_samples(spec: JobSpec, classes: int, device: torch.device,
         columns, labels = round(count ** 0.5), None
     z = sample_latent(count, spec.model.latent_dim, generator=torch.Generator().manual_seed(spec.seed), device=device)
     return z, labels, columns
+
+
+def interpolation_latents(spec: JobSpec, classes: int, device: torch.device, steps: int = 10,
+                          paths: int = 8) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """Latents along great circles between pairs of latents, `steps` a path, the grid's rows: `paths` paths, or
+    for a conditional G one path drawn for every class. With the labels and the grid's number of columns."""
+    rows = 1 if classes else paths
+    g = torch.Generator().manual_seed(spec.seed + 1)
+    a, b = (sample_latent(rows, spec.model.latent_dim, generator=g, device=torch.device("cpu")) for _ in range(2))
+    angle = torch.acos((F.normalize(a, dim=1) * F.normalize(b, dim=1)).sum(1, keepdim=True).clamp(-1, 1))
+    w = torch.linspace(0, 1, steps).view(1, steps, 1)
+    angle, a, b = angle.unsqueeze(1), a.unsqueeze(1), b.unsqueeze(1)
+    z = (torch.sin((1 - w) * angle) * a + torch.sin(w * angle) * b) / torch.sin(angle).clamp_min(1e-6)
+    z = z.reshape(-1, spec.model.latent_dim)
+    if not classes:
+        return z.to(device), None, steps
+    labels = torch.arange(classes, device=device).repeat_interleave(steps)
+    return z.repeat(classes, 1).to(device), labels, steps
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ from orchestrator.spec.job import NONFINITE_PATIENCE
 from orchestrator.track.tags import TAG_CHECKPOINT
 from orchestrator.train import checkpoint
 from orchestrator.train.build import Training
-from orchestrator.train.networks import sample
+from orchestrator.train.networks import interpolation_latents, sample
 from orchestrator.train.phases import STREAK_FIELDS, Phase
 from orchestrator.train.scoring import Scored
 
@@ -104,6 +104,13 @@ def interval_metrics(t: Training, stats: StatsAccumulator, speed: Throughput) ->
 def log_samples(logger: Any, t: Training) -> None:
     z, labels, columns = t.fixed
     logger.log_samples(t.step, sample(t.ema.module, z, labels), columns)
+
+
+def log_ending(logger: Any, t: Training) -> None:
+    """Rank 0, at the end: a latent-interpolation strip of G_ema and the GIF of the sample grids."""
+    z, labels, columns = interpolation_latents(t.spec, t.classes, t.device)
+    logger.log_interpolation(t.step, sample(t.ema.module, z, labels), columns)
+    logger.log_animation()
 
 
 def take_scores(t: Training, out: Outcome, monitor: StabilityMonitor, logger: Any, wait: bool,

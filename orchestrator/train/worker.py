@@ -39,7 +39,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                             passed_over=passed_over,
                             placement=collectives.gather_objects(placement(device)),
                             restarted_after=restarted_after, verdicts=config.get("verdicts"),
-                            started_at=config.get("started_at"))
+                            started_at=config.get("started_at"),
+                            node_leader=ray.train.get_context().get_local_rank() == 0)
     try:
         return train(spec, context, report=ray.train.report)
     except Exception as err:

@@ -13,17 +13,28 @@ In MLflow the sweep is one parent run (its spec, the search space, the best tria
 trial, which the trial's rank 0 fills as `ganorch run` would; a restarted trial goes on in the same child run.
 """
 
+import collections
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from orchestrator.spec import JobSpec, parse
 from orchestrator.spec.job import trial_data
 from orchestrator.track import runs, store
 from orchestrator.track.redact import redact
-from orchestrator.track.tags import TAG_BEST_TRIAL, TAG_OUTCOME, TAG_REGISTERED, TAG_SWEEP, TAG_TRIAL, TAG_UNSTABLE
+from orchestrator.track.tags import (
+    TAG_BEST_TRIAL,
+    TAG_DESCRIPTION,
+    TAG_OUTCOME,
+    TAG_REGISTERED,
+    TAG_SWEEP,
+    TAG_TRIAL,
+    TAG_UNSTABLE,
+)
 from orchestrator.tune.schedulers import (
     DRIVER_CPUS,
     concurrent_trials,
@@ -127,14 +138,13 @@ def summarise(spec: JobSpec, grid: Any, uri: str, parent_run_id: str, keys: list
         if raised:  # its stability monitor stopped it (ASHA may have ended it in the same report)
             entry["status"], entry["reason"] = "UNSTABLE", min(raised, key=lambda r: int(r.split(" at step ")[1].split(":")[0]))
             if child.info.status == "RUNNING":
-                client.set_tag(child.info.run_id, TAG_OUTCOME, f"stopped: {entry['reason']}")
-                client.set_terminated(child.info.run_id, "FINISHED")
+                close_child(client, child, effective, entry["step"], f"stopped: {entry['reason']}", "FINISHED")
         elif child is not None and not result.error and child.info.status in ("RUNNING", "FAILED") and \
                 (entry["step"] or 0) < spec.train.steps:
             # Stopped by the scheduler mid-training: Tune ends the trial's driver, either killing it (the run stays
             # RUNNING) or failing its `fit` at the next report (the run ended FAILED).
-            client.set_tag(child.info.run_id, TAG_OUTCOME, f"stopped by {t.scheduler} at step {entry['step']}")
-            client.set_terminated(child.info.run_id, "KILLED")
+            close_child(client, child, effective, entry["step"], f"stopped by {t.scheduler} at step {entry['step']}",
+                        "KILLED")
             entry["status"] = "STOPPED"
         if result.error:
             entry["reason"] = redact(str(result.error)).splitlines()[0][:200]  # redacted before it is cut
@@ -154,32 +164,62 @@ def summarise(spec: JobSpec, grid: Any, uri: str, parent_run_id: str, keys: list
         client.log_text(parent_run_id, text, BEST_JOB_ARTIFACT)
         if export:
             Path(export).write_text(text)
-        if spec.tracking.register_as and best["run_id"]:  # last: the sweep's record does not depend on it
-            try:
-                register_best(client, uri, spec.tracking.register_as, best["run_id"], parent_run_id)
-            except Exception as err:  # no generator and no checkpoint, or the registry refused
-                print(f"ganorch: warning: nothing registered as {spec.tracking.register_as}: "
-                      f"{type(err).__name__}: {str(err).strip()[:300]}")
+    client.set_tag(parent_run_id, TAG_DESCRIPTION, sweep_description(spec, keys, trials, best))
+    if best is not None and best["run_id"]:  # last: the sweep's record does not depend on it
+        try:
+            link_best(client, uri, spec.tracking.register_as, best, parent_run_id)
+        except Exception as err:  # no generator and no checkpoint, or the registry refused
+            print(f"ganorch: warning: the best trial's generator is not on the sweep's run"
+                  f"{' nor registered as ' + spec.tracking.register_as if spec.tracking.register_as else ''}: "
+                  f"{type(err).__name__}: {str(err).strip()[:300]}")
     return SweepOutcome(parent_run_id, uri, trials, best, best_spec)
 
 
-def register_best(client: Any, uri: str, name: str, run_id: str, parent_run_id: str) -> None:
-    """Register the best trial's generator (its best checkpoint's by FID, else its last) as a new version of
-    `name`, with the alias `best`; the parent run is tagged with the version. A trial its scheduler stopped logged no
-    generator: it is made from the trial's checkpoint."""
-    from mlflow.entities import LoggedModelStatus
+def close_child(client: Any, child: Any, spec: JobSpec, step: int | None, outcome: str, status: str) -> None:
+    """End a trial's run that its own driver could not end: its outcome, its description, its status."""
+    seconds = time.time() - child.info.start_time / 1000
+    for key, value in {TAG_OUTCOME: outcome, **runs.description_tag(spec, {"step": step}, outcome, seconds)}.items():
+        client.set_tag(child.info.run_id, key, value)
+    client.set_terminated(child.info.run_id, status)
+
+
+def link_best(client: Any, uri: str, register_as: str | None, best: dict[str, Any], parent_run_id: str) -> None:
+    """The best trial's generator (its best checkpoint's by FID, else its last) as a model output of the sweep's
+    run; with `register_as`, a new version of that registered model, with the alias `best`, and the sweep's run
+    tagged with it. A trial its scheduler stopped logged no generator: it is made from the trial's checkpoint."""
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 
     from orchestrator.track.generator_model import BEST_MODEL_NAME, MODEL_NAME, register
     from orchestrator.train.generator_models import log_from_checkpoint
 
+    run_id = best["run_id"]
     found = client.search_logged_models(
         experiment_ids=[client.get_run(run_id).info.experiment_id], filter_string=f"source_run_id = '{run_id}'",
         order_by=[{"field_name": "creation_time", "ascending": True}])
     models = {m.name: m.model_id for m in found if m.status == LoggedModelStatus.READY}  # the latest of each name
     model_id = models.get(BEST_MODEL_NAME) or models.get(MODEL_NAME) or log_from_checkpoint(uri, run_id)
-    version = register(uri, model_id, name, ("best",))
-    client.set_tag(parent_run_id, TAG_REGISTERED, f"{name} version {version} (@best): model {model_id} of run "
-                                                  f"{run_id}")
+    client.log_outputs(parent_run_id, [LoggedModelOutput(model_id, int(best["step"] or 0))])
+    if register_as:
+        version = register(uri, model_id, register_as, ("best",))
+        client.set_tag(parent_run_id, TAG_REGISTERED, f"{register_as} version {version} (@best): model {model_id} "
+                                                      f"of run {run_id}")
+
+
+def sweep_description(spec: JobSpec, keys: list[str], trials: list[dict[str, Any]],
+                      best: dict[str, Any] | None) -> str:
+    """The sweep's run's description, in two lines: what was searched, and what came of it."""
+    t = spec.tune
+    counts = collections.Counter(trial["status"] for trial in trials)
+    what = (f"Sweep of {spec.name}: {len(trials)} trials over {', '.join(keys)} "
+            f"({t.scheduler if t.scheduler != 'none' else 'no scheduler'}), {spec.train.steps:,} steps each at "
+            f"most, {t.metric} ({t.mode}).")
+    words = {"TERMINATED": "completed", "STOPPED": f"stopped by {t.scheduler}", "UNSTABLE": "unstable",
+             "ERROR": "failed"}
+    ended = ", ".join(f"{n} {words.get(status, status.lower())}" for status, n in sorted(counts.items()))
+    if best is None:
+        return f"{what}\n{ended.capitalize()}; no trial reported {t.metric}."
+    params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
+    return f"{what}\n{ended.capitalize()}; best {t.metric} {best['metric']:.4g} at step {best['step']}: {params}."
 
 
 def log_stability_map(client: Any, parent_run_id: str, trials: list[dict[str, Any]], spec: JobSpec) -> None:
@@ -189,6 +229,9 @@ def log_stability_map(client: Any, parent_run_id: str, trials: list[dict[str, An
     client.log_text(parent_run_id, stability_map.to_csv(trials, t.metric), "stability_map.csv")
     figure = stability_map.plot(trials, t.metric, t.mode, f"{spec.name}: {len(trials)} trials")
     client.log_figure(parent_run_id, figure, "stability_map.png")
+    figure.canvas.draw()
+    client.log_image(parent_run_id, np.asarray(figure.canvas.buffer_rgba())[..., :3], key="stability_map", step=0,
+                     synchronous=True)  # also in the run's image charts
     import matplotlib.pyplot as plt
 
     plt.close(figure)

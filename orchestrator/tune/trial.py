@@ -78,17 +78,19 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], keys: list[str], 
                                    "started_at": started_at},
                             name=f"{sweep_name}-{trial_id}" + (f"-restart{start}" if start else ""),
                             callbacks=[ReportForwarder(reports)], datasets=datasets, max_failures=0)
-    status, tags = "FAILED", {}
+    status, tags, summary = "FAILED", {}, {}
     try:
         result = fit_reporting(trainer, reports, verdicts, {"trial": trial_id, "run_id": run_id})
-        stopped = (result.return_value or {}).get("stopped")
-        tags[TAG_OUTCOME] = f"stopped: {stopped}" if stopped else "completed"
+        summary = result.return_value or {}
+        tags[TAG_OUTCOME] = f"stopped: {summary['stopped']}" if summary.get("stopped") else "completed"
         status = "FINISHED"
     except SystemExit:  # Tune ended the trial in `report` (ASHA stop, PBT pause): a restart or `run` closes it
         status = ""
         raise
     finally:
         if status:
+            tags.update(runs.description_tag(spec, summary, tags.get(TAG_OUTCOME) or status.lower(),
+                                             time.time() - started_at))
             skipped_files = ray.get(skipped.read.remote()) if skipped is not None else []
             runs.end_run(tracking_uri, run_id, status, tags, skipped_files)
 
