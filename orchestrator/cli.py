@@ -329,7 +329,8 @@ def manage_job(args: argparse.Namespace) -> int:
 
 def evaluate_checkpoint(args: argparse.Namespace) -> int:
     from orchestrator.generate import offline_eval
-    from orchestrator.track.store import tracking_uri, ui_hint
+    from orchestrator.track import runs
+    from orchestrator.track.store import tracking_uri
     from orchestrator.train import locate
 
     if not 0 <= args.samples <= MAX_GRID_SAMPLES:
@@ -354,7 +355,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> int:
         print(f"  {name:18s} {value:.4f}")
     if result.grid_path:
         print(f"sample grid: {result.grid_path}")
-    print(f"MLflow run {result.run_id}; {ui_hint(uri)}")
+    print(f"MLflow run {result.run_id}; {runs.ui_hint(uri, result.run_id)}")
     return 0
 
 
@@ -471,7 +472,7 @@ def check_output_file(flag: str, path: str | None) -> None:
 
 
 def run_sweep(spec: JobSpec, export: str | None) -> int:
-    from orchestrator.track.store import ui_hint
+    from orchestrator.track import runs
     from orchestrator.tune import sweep
 
     try:
@@ -495,7 +496,8 @@ def run_sweep(spec: JobSpec, export: str | None) -> int:
     if outcome.best:
         print(f"best: {outcome.best['trial']} ({metric} {outcome.best['metric']:.4g}); its job spec is the parent "
               f"run's {sweep.BEST_JOB_ARTIFACT}" + (f" and {export}" if export else ""))
-    print(f"MLflow parent run {outcome.parent_run_id}; {ui_hint(outcome.tracking_uri)}")
+    print(f"MLflow parent run {outcome.parent_run_id}; "
+          f"{runs.ui_hint(outcome.tracking_uri, outcome.parent_run_id)}")
     return 0
 
 
@@ -541,6 +543,9 @@ def sync_unsent(folders: list[str]) -> int:
                   f"{outbox.first_line(err)}", file=sys.stderr)
             return 1
         print(f"sent {count} item(s) of run {run_id} from {folder}")
+        if (folder / outbox.REFUSED_FILE).is_file():
+            print(f"ganorch: sync: what MLflow refused, and why, stays in {folder / outbox.REFUSED_FILE}",
+                  file=sys.stderr)
     return 0
 
 
@@ -572,9 +577,9 @@ def run_job(spec: JobSpec, run_name: str | None = None, resume: Any = None, comm
     print(", ".join([f"done: step {outcome.summary.get('step')}",
                      *(f"{k} {metrics[k]:.3f}" for k in ("loss_d", "loss_g", "d_real", "d_fake") if k in metrics)]))
     print(ranks_line(outcome.summary))
-    from orchestrator.track.store import ui_hint
+    from orchestrator.track import runs
 
-    print(f"MLflow run {outcome.run_id}; {ui_hint(outcome.tracking_uri)}")
+    print(f"MLflow run {outcome.run_id}; {runs.ui_hint(outcome.tracking_uri, outcome.run_id)}")
     if outcome.checkpoint_path:
         print(f"final checkpoint: {outcome.checkpoint_path}")
     if outcome.skipped_files:
@@ -582,8 +587,8 @@ def run_job(spec: JobSpec, run_name: str | None = None, resume: Any = None, comm
         print(f"skipped {len(outcome.skipped_files)} images that could not be decoded (listed in the run's "
               f"data/skipped_files.txt): {shown}")
     for where in outcome.unsent:
-        print(f"MLflow could not be reached: what the run could not send is kept in {where}; send it with "
-              "`ganorch sync` on that host once MLflow answers")
+        print(f"not all the run wrote is in MLflow: the rest is kept in {where} (ops.jsonl: what waited for MLflow, "
+              "sent by `ganorch sync` on that host once MLflow answers; refused.jsonl: what MLflow refused, and why)")
     if outcome.summary.get("best_fid") is not None:
         print(f"best checkpoint: fid {outcome.summary['best_fid']:.2f}, artifact checkpoints/best/ of the run")
     for flag in outcome.summary.get("flags", []):

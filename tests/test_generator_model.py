@@ -123,10 +123,16 @@ def generator_model_folder(uri: str, model_id: str) -> str:
     return mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_id}", tracking_uri=uri)
 
 
-def test_logging_again_with_what_was_made_makes_nothing_twice_and_leaves_mlflows_settings(mlflow_store, tmp_path):
+def test_logging_again_with_what_was_made_makes_nothing_twice_and_leaves_mlflows_settings(mlflow_store, tmp_path,
+                                                                                         monkeypatch):
     """A retry (after an outage) or a second `ganorch sync` of a model op logs and registers it once; the process's
-    tracking and registry URIs and active experiment are as they were."""
+    tracking and registry URIs and active experiment are as they were. As in a Ray worker, the process's own
+    tracking URI is not the store's."""
     import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
 
     names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID")
     before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri(), [os.environ.get(name) for name in names])
@@ -144,7 +150,33 @@ def test_logging_again_with_what_was_made_makes_nothing_twice_and_leaves_mlflows
     linked = json.loads(client.get_logged_model(first).tags["mlflow.modelVersions"])
     assert [(v["name"], str(v["version"])) for v in linked] == [("again-gen", "1")]
     assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri(), [os.environ.get(name) for name in names]) == before
-    assert os.environ["MLFLOW_TRACKING_URI"] == mlflow_store
+
+
+def test_an_upload_cut_short_is_taken_up_where_it_stopped(mlflow_store, tmp_path, monkeypatch):
+    """The connection drops during the upload, after the model was made and linked to the run: the retry neither
+    makes nor links it again (MLflow refuses a second link), and registers it once."""
+    client = store.client(mlflow_store)
+    run_id = client.create_run(client.create_experiment("cut")).info.run_id
+    folder = generator_model.save(tiny_generator(0), tmp_path / "model", latent_dim=8, num_classes=0,
+                                  image_shape=(1, 28, 28), metadata={})
+    kind, real, calls = type(client), type(client).log_model_artifacts, []
+
+    def cut_once(self, model_id, local_dir, artifact_path=None):
+        calls.append(model_id)
+        if len(calls) == 1:
+            raise ConnectionError("connection reset by peer")
+        return real(self, model_id, local_dir, artifact_path)
+
+    monkeypatch.setattr(kind, "log_model_artifacts", cut_once)
+    done: dict[str, str] = {}
+    with pytest.raises(ConnectionError):
+        generator_model.log_folder(mlflow_store, run_id, folder, "generator", 4, "cut-gen", (), done)
+    assert set(done) == {"model_id", "linked"}
+    model_id = generator_model.log_folder(mlflow_store, run_id, folder, "generator", 4, "cut-gen", (), done)
+    assert [(o.model_id, o.step) for o in client.get_run(run_id).outputs.model_outputs] == [(model_id, 4)]
+    assert str(client.get_logged_model(model_id).status) == "READY" and calls == [model_id, model_id]
+    (version,) = client.search_model_versions("name = 'cut-gen'")
+    assert version.source == f"models:/{model_id}"
 
 
 def test_a_model_made_while_mlflow_is_down_is_kept_and_sync_logs_it(tmp_path, monkeypatch, mlflow_store):

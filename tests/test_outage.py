@@ -134,3 +134,16 @@ def test_without_mlflow_to_the_end_the_run_is_kept_on_disk_and_synced_later(serv
     assert f"checkpoints/step_{STEPS:06d}" in {a.path for a in c.list_artifacts(outcome.run_id, "checkpoints")}
     assert not list((home / "unsent").rglob("ops.jsonl"))  # sent, so gone
     assert main(["sync"]) == 0 and "nothing to send" in capsys.readouterr().out
+
+
+def test_a_nodes_system_metrics_monitor_stops_at_once_while_mlflow_cannot_be_reached():
+    """The end of a run does not wait on MLflow's retries for the monitor's last write."""
+    import time
+
+    from orchestrator.track.system_metrics import STOP_WAIT_S, NodeMetrics
+
+    started = time.monotonic()
+    metrics = NodeMetrics(f"http://127.0.0.1:{free_port()}", "0" * 32, interval_s=0.2)
+    time.sleep(1.0)
+    metrics.stop()
+    assert time.monotonic() - started < 1.0 + 2 * STOP_WAIT_S

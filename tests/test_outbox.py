@@ -165,3 +165,19 @@ def test_waiting_for_what_was_put_returns_once_sent_or_as_soon_as_mlflow_is_down
     started = time.monotonic()
     assert not down.wait_sent(timeout_s=30) and time.monotonic() - started < 10
     down.close(wait_s=0)
+
+
+def test_gif_frames_are_kept_shrunk_and_spread_over_training():
+    import numpy as np
+
+    from orchestrator.track.run_logger import MAX_FRAMES, RunLogger
+
+    logger = RunLogger("http://127.0.0.1:9", "0" * 32, notify=lambda line: None, held=True)
+    for step in range(0, 2500, 10):
+        logger.keep_frame(step, np.zeros((1100, 600, 3), np.uint8))
+    steps = sorted(logger.frames)
+    assert len(steps) == MAX_FRAMES and (steps[0], steps[-1]) == (0, 2490)
+    gaps = np.diff(steps)
+    assert set(gaps) <= {10, 20}, sorted(set(gaps))  # thinned evenly, not the early ones again and again
+    assert logger.frames[0].shape == (367, 200, 3)  # at most 512 px a side: shrunk 3 times
+    assert logger.close(0) is None

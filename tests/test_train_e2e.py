@@ -294,6 +294,9 @@ def test_the_generator_and_the_best_are_mlflow_models_and_the_generator_is_regis
     assert models["generator"].step == 6 and models["generator_best"].step == int(run.data.tags[TAG_BEST_STEP])
     (version,) = client.search_model_versions("name = 'debug-generator'")
     assert version.source == f"models:/{models['generator'].model_id}" and version.run_id == outcome.run_id
+    assert version.description.startswith("G_ema of ganorch job debug_dcgan at step 6: DCGAN 1x28x28, latent 8.")
+    assert "ganorch sample models:/debug-generator/latest" in client.get_registered_model("debug-generator").description
+    assert run.data.tags["mlflow.source.name"] == "ganorch job debug_dcgan" and run.data.tags["mlflow.user"]
     assert run.data.tags[TAG_REGISTERED] == "debug-generator version 1: generator"
 
     cpu = torch.device("cpu")

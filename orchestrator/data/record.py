@@ -22,10 +22,10 @@ def dataset_record(data: DataSpec, model: ModelSpec, dataset: Dataset | None) ->
         digest.update(labels.numpy().tobytes())
         source_type, source = "code", {"source": data.source}
     elif data.source == "folder":
-        root = Path(data.path).expanduser().resolve()
-        for path in getattr(dataset, "files", []):
+        root = dataset.root
+        for path in dataset.files:
             digest.update(f"{path.relative_to(root)}:{path.stat().st_size}\n".encode())
-        source_type, source = "local", {"path": str(root)}
+        source_type, source = "local", {"path": str(root.resolve())}
     elif data.source == "torchvision":
         digest.update(f"{data.dataset}:{len(dataset)}".encode())
         source_type, source = "local", {"torchvision": data.dataset, "root": str(Path(data.path).expanduser())}

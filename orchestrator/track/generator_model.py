@@ -16,6 +16,7 @@ import copy
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -117,8 +118,8 @@ def check_export(G: torch.nn.Module, data: Path, latent_dim: int, num_classes: i
 
 
 class Prebuilt:
-    """A 'flavor' for `mlflow.models.Model.log` that logs a model folder `save` wrote, keeping its flavors,
-    signature, input example and metadata."""
+    """A model folder `save` wrote, copied as the MLflow model being logged (in `Model.log`'s terms, a flavor),
+    keeping its flavors, signature, input example and metadata."""
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -136,34 +137,47 @@ class Prebuilt:
 def log_folder(uri: str, run_id: str, folder: Path, name: str, step: int, register_as: str | None = None,
                aliases: tuple[str, ...] = (), done: dict[str, str] | None = None) -> str:
     """Log the model `save` wrote in `folder` as model `name` of the run, at `step`; with `register_as`, as a new
-    version of that registered model, given `aliases`. Returns the logged model's id. What is made is recorded in
-    `done` as it is made (`model_id`, `version`), so that a call again with the same `done` (a retry after an
-    outage, `ganorch sync`) makes neither twice. MLflow's process-wide settings are left as they were."""
-    from mlflow.models import Model
+    version of that registered model, given `aliases`. Returns the logged model's id. Each stage is recorded in
+    `done` as it ends (the model made, linked to the run, uploaded and ready, registered), and none is done twice:
+    a call again with the same `done` (a retry after an outage, `ganorch sync`) takes up where the last stopped;
+    a model the run already logged whole at that step (before a restart) is not logged again. (What `Model.log`
+    does, on a client of `uri`: its retry after a half-done upload would link the model to the run twice, which
+    MLflow refuses.)"""
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 
     done = {} if done is None else done
     client = store.client(uri)
+    run = client.get_run(run_id)
     if "model_id" not in done:
-        run = client.get_run(run_id)
-        found = logged_at(client, run, name, step)  # by an earlier start of the run (a restart after the end)
-        if found:
-            done.update(model_id=found, logged="yes")
-            version = registered_as(client, register_as, found) if register_as else None
-            if version:
-                done["version"] = version
-        else:
-            done["model_id"] = client.create_logged_model(run.info.experiment_id, name=name, source_run_id=run_id,
-                                                          params=run.data.params).model_id
+        found = logged_at(client, run, name, step)
+        done.update({"model_id": found, "linked": "yes", "logged": "yes"} if found else {
+            "model_id": client.create_logged_model(run.info.experiment_id, name=name, source_run_id=run_id,
+                                                   params=run.data.params).model_id})
+    model_id = done["model_id"]
+    if "linked" not in done:
+        if not any(o.model_id == model_id for o in (run.outputs.model_outputs if run.outputs else [])):
+            client.log_outputs(run_id, [LoggedModelOutput(model_id, step)])
+        done["linked"] = "yes"
     if "logged" not in done:
-        with store.process_uris(uri):  # Model.log takes the process's tracking URI
-            Model.log(artifact_path=None, name=name, flavor=Prebuilt(folder), run_id=run_id, step=step,
-                      model_id=done["model_id"], flavor_name="pytorch", serialization_format="pt2",
-                      validate_serving_input=False)
+        upload(client, model_id, run_id, folder)
+        client.finalize_logged_model(model_id, LoggedModelStatus.READY)
         done["logged"] = "yes"
     if register_as and "version" not in done:
-        done["version"] = register(uri, done["model_id"], register_as, aliases)
+        done["version"] = register(uri, model_id, register_as, aliases)
         client.set_tag(run_id, TAG_REGISTERED, f"{register_as} version {done['version']}: {name}")
-    return done["model_id"]
+    return model_id
+
+
+def upload(client: Any, model_id: str, run_id: str, folder: Path) -> None:
+    """The model folder as logged model `model_id`'s artifacts, its MLmodel naming the model and the run."""
+    from mlflow.models import Model
+
+    model = client.get_logged_model(model_id)
+    with tempfile.TemporaryDirectory(prefix="ganorch-model-") as tmp:
+        described = Model(artifact_path=model.artifact_location, run_id=run_id, model_uuid=model_id,
+                          model_id=model_id)
+        Prebuilt(folder).save_model(os.path.join(tmp, "model"), described)
+        client.log_model_artifacts(model_id, os.path.join(tmp, "model"))
 
 
 def logged_at(client: Any, run: Any, name: str, step: int) -> str | None:
@@ -185,10 +199,29 @@ def registered_as(client: Any, name: str, model_id: str) -> str | None:
     return None
 
 
+def version_description(uri: str, model_id: str) -> str:
+    """What a registered version holds, in a line: the job, the step, the FID, the network and its inputs."""
+    from mlflow.models import Model
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    with tempfile.TemporaryDirectory(prefix="ganorch-model-") as tmp:
+        location = store.client(uri).get_logged_model(model_id).artifact_location
+        path = get_artifact_repository(location, tracking_uri=uri).download_artifacts("MLmodel", tmp)
+        meta = (Model.load(path).metadata or {}).get(METADATA_KEY, {})
+    spec = meta.get("spec") or {}
+    model = spec.get("model") or {}
+    fid = f", FID {meta['fid']:.2f}" if isinstance(meta.get("fid"), (int, float)) else ""
+    classes = f", conditional on {meta['num_classes']} classes" if meta.get("num_classes") else ""
+    shape = "x".join(str(n) for n in meta.get("image_shape", []))
+    return (f"G_ema of ganorch job {spec.get('name', '?')} at step {meta.get('step', '?')}{fid}: "
+            f"{str(model.get('family', '')).upper()} {shape}, latent {meta.get('latent_dim', '?')}{classes}. "
+            f"From run {meta.get('run_id', '?')}.")
+
+
 def register(uri: str, model_id: str, name: str, aliases: tuple[str, ...] = ()) -> str:
-    """Logged model `model_id` as a new version of registered model `name` (made if missing) in the registry of
-    tracking URI `uri`, given `aliases`; the version. (What `mlflow.register_model` does, on a client of `uri`
-    rather than the process's registry URI.)"""
+    """Logged model `model_id` as a version of registered model `name` (made if missing) in the registry of
+    tracking URI `uri`, given `aliases`; the version. Called again, it finds the version it made. (What
+    `mlflow.register_model` does, on a client of `uri` rather than the process's registry URI.)"""
     from mlflow.exceptions import MlflowException
     from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
@@ -198,10 +231,21 @@ def register(uri: str, model_id: str, name: str, aliases: tuple[str, ...] = ()) 
     except MlflowException as err:
         if err.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
             raise
-    version = client.create_model_version(name, f"models:/{model_id}", model_id=model_id).version
+    version = registered_as(client, name, model_id)
+    if version is None:
+        with store.process_uris(uri):  # the registry store resolves a models:/ source through them
+            version = str(client.create_model_version(name, f"models:/{model_id}", model_id=model_id,
+                                                      description=version_description(uri, model_id)).version)
+    if not client.get_registered_model(name).description:  # a team's own description stays
+        client.update_registered_model(name, description=(
+            f"Generators trained by ganorch. Draw images with `ganorch sample models:/{name}/latest --grid "
+            f"samples.png`, or in Python: `mlflow.pyfunc.load_model('models:/{name}/latest').predict({{'z': z}})` "
+            "(z: float32 (N, latent_dim); a conditional generator also takes 'labels', int64 (N,)); each "
+            "version's description says what it is."))
     linked = json.loads(client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS) or "[]")
-    client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(
-        [*linked, {"name": name, "version": version}])})  # the model's page links its versions
+    if not any(v.get("name") == name and str(v.get("version")) == version for v in linked):
+        client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(
+            [*linked, {"name": name, "version": version}])})  # the model's page links its versions
     for alias in aliases:
-        client.set_registered_model_alias(name, alias, str(version))
-    return str(version)
+        client.set_registered_model_alias(name, alias, version)
+    return version

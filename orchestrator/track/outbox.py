@@ -289,6 +289,8 @@ class Outbox:
                                     "training goes on, and what it logs waits to be sent")
                     undrawn = [waiting for waiting in self.pending if "write" in waiting]
                 for waiting in undrawn:  # what waits for MLflow waits on disk, not in memory
+                    if self.give_up:  # close() has stopped waiting: it draws the rest itself
+                        break
                     draw(waiting)
                 with self.lock:
                     self.lock.wait(backoff)  # woken early by close()
@@ -334,6 +336,8 @@ class Outbox:
             left = [*self.kept_aside, *self.pending]
             self.pending.clear()
         for op in left:
+            if op.get("drawing"):  # the thread, stuck, is still making its file: kept as refused, not half-made
+                op["refused"] = "its file was still being made when the run ended"
             draw(op)
         if not left:
             shutil.rmtree(self.files, ignore_errors=True)
@@ -364,10 +368,13 @@ def draw(op: dict[str, Any]) -> None:
     write = op.pop("write", None)
     if write is None:
         return
+    op["drawing"] = True
     try:
         write()
     except Exception as err:
         op["refused"] = redact(f"{type(err).__name__}: {first_line(err)}")
+    finally:
+        op.pop("drawing", None)
 
 
 def first_line(err: BaseException) -> str:
@@ -394,9 +401,14 @@ def sync(folder: Path, uri: str) -> tuple[str, int]:
                 continue
         try:
             send(c, meta["run_id"], op, folder, uri)
-        except BaseException:
-            _rewrite(ops_file, ops[i:])  # with what the failed op made already, so that the next sync skips it
-            raise
+        except Exception as err:
+            if outage(err):
+                _rewrite(ops_file, ops[i:])  # with what the failed op made already, so that the next sync skips it
+                raise
+            with open(folder / REFUSED_FILE, "a") as f:  # for people to read; the ops after it go on
+                f.write(json.dumps({**op, "refused": redact(first_line(err))}) + "\n")
+            _rewrite(ops_file, ops[i + 1:])
+            continue
         if op["op"] in ("model", "artifacts"):  # what a sync that stops later must not send again
             _rewrite(ops_file, ops[i + 1:])
     if (folder / REFUSED_FILE).exists():  # kept for people to read; the rest is done

@@ -19,6 +19,7 @@ SAMPLES_KEY = "samples"  # the sample grids' key in MLflow's image logging
 ANIMATION = "training.gif"       # the fixed-noise grid over training, a frame per grid, under samples/
 INTERPOLATION = "interpolation.png"
 MAX_FRAMES = 200                 # grids kept for the GIF (in host memory): beyond, the kept are thinned
+MAX_FRAME_SIDE = 512             # larger grids are kept for it shrunk
 FRAME_MS = 200
 
 
@@ -76,7 +77,12 @@ class RunLogger:
         with a step slider, side by side across runs), drawn by the outbox's thread from a copy in host memory."""
         self.grids += 1
         self.outbox.render(f"step_{step:06d}.png", self.grid_writer(images, columns, frame=step), "samples",
-                           image_key=SAMPLES_KEY, step=step)
+                           image_key=self.image_key(SAMPLES_KEY, step), step=step)
+
+    def image_key(self, key: str, step: int) -> str | None:
+        """`key`, unless a start before this one may have logged the image of `step` (a step retaken after a
+        restart): MLflow's image log does not replace an image, it adds one."""
+        return key if step > max(self.floor, *self.logged_through.values(), -1) else None
 
     def grid_writer(self, images: "torch.Tensor", columns: int, frame: int | None = None) -> Callable[[Path], None]:
         """What writes `images` (copied to host memory now) as a grid PNG; with `frame`, keeps it for the GIF."""
@@ -93,11 +99,18 @@ class RunLogger:
         return write
 
     def keep_frame(self, step: int, grid: np.ndarray) -> None:
+        """Keep a grid for the GIF: shrunk to MAX_FRAME_SIDE; past MAX_FRAMES, the frame whose neighbours are
+        closest goes, so the frames kept stay spread over training."""
+        factor = -(-max(grid.shape[:2]) // MAX_FRAME_SIDE)
+        if factor > 1:
+            from PIL import Image
+
+            grid = np.asarray(Image.fromarray(grid).reduce(factor))
         self.frames[step] = grid
-        if len(self.frames) > MAX_FRAMES:  # evenly thinned, the first and the last kept
+        if len(self.frames) > MAX_FRAMES:
             steps = sorted(self.frames)
-            for dropped in steps[1:-1:2]:
-                del self.frames[dropped]
+            closest = min(range(1, len(steps) - 1), key=lambda i: steps[i + 1] - steps[i - 1])
+            del self.frames[steps[closest]]
 
     def log_animation(self) -> None:
         """`samples/training.gif`: the fixed-noise grids of this start of the workers, a frame each in step order
@@ -109,7 +122,6 @@ class RunLogger:
             from PIL import Image
 
             frames = [Image.fromarray(grid) for _, grid in sorted(self.frames.items())]
-            assert frames, "no sample grid to animate"
             frames[0].save(path, save_all=True, append_images=frames[1:], duration=FRAME_MS, loop=0)
 
         self.outbox.render(ANIMATION, write, "samples")
@@ -117,8 +129,8 @@ class RunLogger:
     def log_interpolation(self, step: int, images: "torch.Tensor", columns: int) -> None:
         """`samples/interpolation.png`: G_ema along paths between latents, a path a row; also MLflow's image
         `interpolation` at `step`."""
-        self.outbox.render(INTERPOLATION, self.grid_writer(images, columns), "samples", image_key="interpolation",
-                           step=step)
+        self.outbox.render(INTERPOLATION, self.grid_writer(images, columns), "samples",
+                           image_key=self.image_key("interpolation", step), step=step)
 
     def log_generator(self, name: str, G: "torch.nn.Module", step: int, *, latent_dim: int, num_classes: int,
                       image_shape: tuple[int, int, int], metadata: dict[str, Any], register_as: str | None = None,
@@ -136,8 +148,8 @@ class RunLogger:
             generator_model.save(G, made / "model", latent_dim=latent_dim, num_classes=num_classes,
                                  image_shape=image_shape, metadata={**metadata, "step": step, "run_id": self.run_id})
             self.outbox.model(made / "model", name, step, register_as, aliases)
-        except ValueError as err:
-            self.outbox.notify(f"warning: no MLflow model {name}: {err}")
+        except Exception as err:  # a generator torch.export cannot take: the run goes on
+            self.warn(f"no MLflow model {name}: {err if isinstance(err, ValueError) else repr(err)[:300]}")
         finally:
             shutil.rmtree(made, ignore_errors=True)
 
@@ -176,6 +188,10 @@ class RunLogger:
 
     def record_restart(self, where: str) -> None:
         self.outbox.restart(where)
+
+    def warn(self, text: str) -> None:
+        """A warning on the driver's terminal (through the progress board, on a worker)."""
+        self.outbox.notify(f"warning: {text}")
 
     def set_tag(self, key: str, value: Any) -> None:
         self.outbox.tags({key: value})

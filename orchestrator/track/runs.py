@@ -1,6 +1,8 @@
 """An MLflow run's life on the driver: created with the resolved spec as params and `spec.yaml`, reopened when a run
 continues (a restart, a resubmitted job, `--resume`), ended with its outcome."""
 
+import contextlib
+import getpass
 import sys
 import tempfile
 import time
@@ -9,9 +11,10 @@ from typing import Any
 
 from orchestrator.spec import JobSpec
 from orchestrator.spec.schema import flatten
-from orchestrator.track.outbox import Outbox
+from orchestrator.track.outbox import Outbox, own_http_settings
 from orchestrator.track.redact import redact_value, spec_text
 from orchestrator.track.store import client, record_restart
+from orchestrator.track.store import ui_hint as store_ui_hint
 from orchestrator.track.tags import (
     MODEL_TRAINING,
     TAG_DATA_SKIPPED,
@@ -54,7 +57,10 @@ def create_run(spec: JobSpec, uri: str, experiment_id: str, run_name: str, tags:
     from mlflow.entities import Param
 
     c = client(uri)
-    run = c.create_run(experiment_id, run_name=run_name, tags={TAG_JOB: spec.name, **(tags or {})})
+    who = {"mlflow.source.type": "JOB", "mlflow.source.name": f"ganorch job {spec.name}"}  # the page's Source
+    with contextlib.suppress(Exception):  # and its Created by, where this process has a user name
+        who["mlflow.user"] = getpass.getuser()
+    run = c.create_run(experiment_id, run_name=run_name, tags={TAG_JOB: spec.name, **who, **(tags or {})})
     values = {**flatten(spec.to_dict()), **(params or {})}
     items = [Param(k, redact_value(k, v)) for k, v in values.items()]
     for start in range(0, len(items), 100):
@@ -134,3 +140,16 @@ def end_run(uri: str, run_id: str, status: str, tags: dict[str, str] | None = No
             outbox.artifacts([listing], "data")
     outbox.end(status)
     return outbox.close(wait_s)
+
+
+def ui_hint(uri: str, run_id: str) -> str:
+    """How to look at run `run_id` in a browser: a link to its page in MLflow's model-training view (MLflow's UI
+    opens in its GenAI view unless the link asks for the other)."""
+    page = ""
+    try:
+        with own_http_settings():  # a link is not worth minutes of MLflow's retries
+            experiment_id = client(uri).get_run(run_id).info.experiment_id
+        page = f"/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+    except Exception:
+        pass
+    return store_ui_hint(uri, page)

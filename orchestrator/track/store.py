@@ -176,11 +176,11 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
                          f"({err}); is it up, and is the address right?") from None
 
 
-def ui_hint(uri: str) -> str:
-    """How to look at the results in a browser."""
+def ui_hint(uri: str, page: str = "") -> str:
+    """How to look at the results in a browser; `page`, a path of MLflow's UI (runs.ui_hint's)."""
     if uri.startswith("sqlite:///"):
-        return f"see it with: mlflow ui --backend-store-uri {uri}   (then http://127.0.0.1:5000)"
-    return f"see it at {redact(uri)}" if uri.startswith("http") else f"tracking store: {redact(uri)}"
+        return f"see it with: mlflow ui --backend-store-uri {uri}   (then http://127.0.0.1:5000{page})"
+    return f"see it at {redact(uri).rstrip('/')}{page}" if uri.startswith("http") else f"tracking store: {redact(uri)}"
 
 
 def record_restart(c: "MlflowClient", run_id: str, where: str) -> int:

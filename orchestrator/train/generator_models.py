@@ -31,8 +31,8 @@ def log_generators(logger: Any, t: Any, out: Any) -> None:
             with own_http_settings():  # MLflow down: no minutes of its own retries
                 best_state = locate.resolve(logger.run_id, True, logger.uri).state["generator_ema"]
         except Exception as err:  # MLflow down, say: the run has its best checkpoint still
-            logger.outbox.notify(f"warning: no MLflow model {BEST_MODEL_NAME}: the best checkpoint could not be "
-                                 f"read ({type(err).__name__}: {str(err).strip()[:200]})")
+            logger.warn(f"no MLflow model {BEST_MODEL_NAME}: the best checkpoint could not be read "
+                        f"({type(err).__name__}: {str(err).strip()[:200]})")
     if best_state is not None:
         best = copy.deepcopy(t.ema.module)
         best.load_state_dict(best_state)

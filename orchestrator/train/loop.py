@@ -102,8 +102,7 @@ def loop(spec: JobSpec, context: WorkerContext, logger: Any, report: Any, t: Tra
             if logger:
                 logger.release()
             if context.node_leader and context.run_id and spec.tracking.system_metrics_every_s:
-                t.node_metrics = NodeMetrics(context.tracking_uri, context.run_id, spec.tracking.system_metrics_every_s,
-                                             resume=bool(context.resume or context.restarted_after))
+                t.node_metrics = NodeMetrics(context.tracking_uri, context.run_id, spec.tracking.system_metrics_every_s)
 
         last = t.step == spec.train.steps
         flags = []
@@ -133,8 +132,11 @@ def loop(spec: JobSpec, context: WorkerContext, logger: Any, report: Any, t: Tra
             progress.checkpointed(t.step)
     ended = summary(t, out, monitor, context)
     if logger:  # after the last collective: the other ranks need not wait
-        log_ending(logger, t)
-        log_generators(logger, t, out)
+        try:
+            log_ending(logger, t)
+            log_generators(logger, t, out)
+        except Exception as err:  # the training is done and checkpointed: what it could not log, it says
+            logger.warn(f"the run's end was not all logged ({type(err).__name__}: {str(err).strip()[:300]})")
     return ended
 
 

@@ -33,7 +33,9 @@ def fixed_samples(spec: JobSpec, classes: int, device: torch.device,
 def interpolation_latents(spec: JobSpec, classes: int, device: torch.device, steps: int = 10,
                           paths: int = 8) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """Latents along great circles between pairs of latents, `steps` a path, the grid's rows: `paths` paths, or
-    for a conditional G one path drawn for every class. With the labels and the grid's number of columns."""
+    for a conditional G one path drawn in each class (the first `paths` + 2). With the labels and the grid's
+    number of columns."""
+    classes = min(classes, paths + 2)
     rows = 1 if classes else paths
     g = torch.Generator().manual_seed(spec.seed + 1)
     a, b = (sample_latent(rows, spec.model.latent_dim, generator=g, device=torch.device("cpu")) for _ in range(2))

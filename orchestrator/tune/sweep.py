@@ -164,7 +164,10 @@ def summarise(spec: JobSpec, grid: Any, uri: str, parent_run_id: str, keys: list
         client.log_text(parent_run_id, text, BEST_JOB_ARTIFACT)
         if export:
             Path(export).write_text(text)
-    client.set_tag(parent_run_id, TAG_DESCRIPTION, sweep_description(spec, keys, trials, best))
+    try:
+        client.set_tag(parent_run_id, TAG_DESCRIPTION, sweep_description(spec, keys, trials, best))
+    except Exception as err:  # the sweep's record and its best generator matter more
+        print(f"ganorch: warning: the sweep's description could not be written ({type(err).__name__}: {err})")
     if best is not None and best["run_id"]:  # last: the sweep's record does not depend on it
         try:
             link_best(client, uri, spec.tracking.register_as, best, parent_run_id)
@@ -198,7 +201,9 @@ def link_best(client: Any, uri: str, register_as: str | None, best: dict[str, An
         order_by=[{"field_name": "creation_time", "ascending": True}])
     models = {m.name: m.model_id for m in found if m.status == LoggedModelStatus.READY}  # the latest of each name
     model_id = models.get(BEST_MODEL_NAME) or models.get(MODEL_NAME) or log_from_checkpoint(uri, run_id)
-    client.log_outputs(parent_run_id, [LoggedModelOutput(model_id, int(best["step"] or 0))])
+    outputs = client.get_run(run_id).outputs
+    step = next((o.step for o in (outputs.model_outputs if outputs else []) if o.model_id == model_id), 0)
+    client.log_outputs(parent_run_id, [LoggedModelOutput(model_id, step)])
     if register_as:
         version = register(uri, model_id, register_as, ("best",))
         client.set_tag(parent_run_id, TAG_REGISTERED, f"{register_as} version {version} (@best): model {model_id} "
