@@ -133,7 +133,19 @@ def test_without_mlflow_to_the_end_the_run_is_kept_on_disk_and_synced_later(serv
     assert [m.step for m in c.get_metric_history(outcome.run_id, "loss_d")] == list(range(1, STEPS + 1))
     assert f"checkpoints/step_{STEPS:06d}" in {a.path for a in c.list_artifacts(outcome.run_id, "checkpoints")}
     assert not list((home / "unsent").rglob("ops.jsonl"))  # sent, so gone
+    assert not list((home / "unsent").rglob("refused.jsonl"))
     assert main(["sync"]) == 0 and "nothing to send" in capsys.readouterr().out
+    # What the run page shows came too, as MLflow's REST API gives it: the generator, the dataset, the description.
+    got = requests.get(f"{server.uri}/api/2.0/mlflow/runs/get", params={"run_id": outcome.run_id}, timeout=30)
+    found = got.json()["run"]
+    (output,) = found["outputs"]["model_outputs"]
+    assert int(output["step"]) == STEPS
+    model = requests.get(f"{server.uri}/api/2.0/mlflow/logged-models/{output['model_id']}", timeout=30).json()
+    assert (model["model"]["info"]["name"], model["model"]["info"]["status"]) == ("generator", "LOGGED_MODEL_READY")
+    (given,) = found["inputs"]["dataset_inputs"]
+    assert given["dataset"]["name"] == "mnist5k"
+    tags = {t["key"]: t["value"] for t in found["data"]["tags"]}
+    assert tags["mlflow.note.content"].splitlines()[1].startswith(f"Completed {STEPS} steps")
 
 
 def test_a_nodes_system_metrics_monitor_stops_at_once_while_mlflow_cannot_be_reached():
