@@ -223,7 +223,11 @@ class Outbox:
         """The run's training dataset as an MLflow input: `record()` (name, digest, source type, source, profile),
         called by the thread when it comes to it (a digest reads the data)."""
         op: dict[str, Any] = {"op": "dataset"}
-        op["write"] = lambda: op.update(record=record())
+
+        def write() -> None:  # its name and source are paths, which may carry a token in a query string
+            op["record"] = {k: redact(v) if k in ("name", "source") else v for k, v in record().items()}
+
+        op["write"] = write
         self._put(op)
 
     def release(self) -> None:
