@@ -181,3 +181,34 @@ def test_gif_frames_are_kept_shrunk_and_spread_over_training():
     assert set(gaps) <= {10, 20}, sorted(set(gaps))  # thinned evenly, not the early ones again and again
     assert logger.frames[0].shape == (367, 200, 3)  # at most 512 px a side: shrunk 3 times
     assert logger.close(0) is None
+
+
+def test_sync_sets_a_refused_op_aside_and_sends_the_ops_after_it(mlflow_store, tmp_path):
+    from orchestrator.track import store
+    from orchestrator.track.outbox import OPS_FILE, sync
+
+    c = store.client(mlflow_store)
+    run_id = c.create_run(c.create_experiment("refused")).info.run_id
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "run.json").write_text(json.dumps({"run_id": run_id, "host": "here"}))
+    ops = [{"op": "artifacts", "files": ["000001/gone.png"], "path": "samples"},  # its file is missing: refused
+           {"op": "tags", "tags": {"after": "sent"}}]
+    (kept / OPS_FILE).write_text("".join(json.dumps(op) + "\n" for op in ops))
+    assert sync(kept, mlflow_store) == (run_id, 1)  # the refused op is not counted as sent
+    assert c.get_run(run_id).data.tags["after"] == "sent"
+    (refused,) = [json.loads(line) for line in (kept / REFUSED_FILE).read_text().splitlines()]
+    assert refused["files"] == ["000001/gone.png"] and refused["refused"]
+    assert not (kept / OPS_FILE).exists()  # the rest is done: only what people should read stays
+
+
+def test_images_of_steps_a_restart_retakes_are_not_logged_again():
+    from orchestrator.track.run_logger import RunLogger
+
+    logger = RunLogger("http://127.0.0.1:9", "0" * 32, notify=lambda line: None, held=True)
+    assert logger.image_key("samples", 0) == "samples"  # a fresh run logs every grid
+    logger.logged_through = {"loss_d": 40, "fid": 30}  # what a resume read: steps through 40 were logged
+    assert logger.image_key("samples", 40) is None and logger.image_key("samples", 41) == "samples"
+    logger.logged_through, logger.floor = {}, 20  # MLflow could not be read: the checkpoint's step
+    assert logger.image_key("interpolation", 20) is None and logger.image_key("interpolation", 21) == "interpolation"
+    assert logger.close(0) is None

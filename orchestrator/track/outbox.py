@@ -388,8 +388,8 @@ def first_line(err: BaseException) -> str:
 
 def sync(folder: Path, uri: str) -> tuple[str, int]:
     """Send what a run kept in `folder` (ops.jsonl and its files) to MLflow at `uri`, in order; metric points
-    already there are not sent twice. Returns the run id and how many ops were sent. The folder is removed once
-    all of it is sent."""
+    already there are not sent twice; an op MLflow refuses is set aside in refused.jsonl, and the rest go on.
+    Returns the run id and how many ops were sent. The folder is removed once all of it is sent."""
     meta = json.loads((folder / "run.json").read_text())
     ops_file = folder / OPS_FILE
     ops = [json.loads(line) for line in ops_file.read_text().splitlines() if line.strip()] if ops_file.exists() else []
@@ -398,6 +398,7 @@ def sync(folder: Path, uri: str) -> tuple[str, int]:
     logged: dict[str, set[int]] = {}
     for key in run.data.metrics:
         logged[key] = {m.step for m in c.get_metric_history(meta["run_id"], key)}
+    refused = 0
     for i, op in enumerate(ops):
         if op["op"] == "metrics":
             op = {**op, "values": {k: v for k, v in op["values"].items() if op["step"] not in logged.get(k, set())}}
@@ -412,6 +413,7 @@ def sync(folder: Path, uri: str) -> tuple[str, int]:
             with open(folder / REFUSED_FILE, "a") as f:  # for people to read; the ops after it go on
                 f.write(json.dumps({**op, "refused": redact(first_line(err))}) + "\n")
             _rewrite(ops_file, ops[i + 1:])
+            refused += 1
             continue
         if op["op"] in ("model", "artifacts"):  # what a sync that stops later must not send again
             _rewrite(ops_file, ops[i + 1:])
@@ -421,7 +423,7 @@ def sync(folder: Path, uri: str) -> tuple[str, int]:
                 shutil.rmtree(item) if item.is_dir() else item.unlink()
     else:
         shutil.rmtree(folder)
-    return meta["run_id"], len(ops)
+    return meta["run_id"], len(ops) - refused
 
 
 def _rewrite(ops_file: Path, ops: list[dict[str, Any]]) -> None:
