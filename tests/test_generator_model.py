@@ -99,6 +99,48 @@ def test_the_generator_model_loads_in_a_fresh_process_by_every_kind_of_uri(mlflo
         assert -1 <= low < high <= 1 and differs < 1e-5, (uri, found[uri])
 
 
+def test_the_loader_moves_every_weight_of_the_program_to_the_device_asked_for(tmp_path):
+    """The path a GPU takes (an exported program's weights moved by torch.export's pass, as `.to()` cannot), run on
+    the meta device, which every machine has."""
+    from orchestrator.track import generator_pyfunc
+
+    folder = generator_model.save(tiny_generator(3), tmp_path / "model", latent_dim=8, num_classes=3,
+                                  image_shape=(1, 28, 28), metadata={})
+    module = generator_pyfunc.load(str(folder / "data"), "meta")
+    assert {t.device.type for t in [*module.parameters(), *module.buffers()]} == {"meta"}
+    images = module(torch.randn(5, 8, device="meta"), torch.zeros(5, dtype=torch.int64, device="meta"))
+    assert (images.shape, images.device.type) == ((5, 1, 28, 28), "meta")
+
+
+LOAD_ON_CUDA = """
+import json, sys
+import mlflow, numpy as np
+z = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32)
+inputs = {"z": z, "labels": np.array([0, 1, 2, 1, 0])}
+on_gpu = mlflow.pyfunc.load_model(sys.argv[1])  # CUDA by default where there is one
+on_cpu = mlflow.pyfunc.load_model(sys.argv[1], model_config={"device": "cpu"})
+gpu, cpu = on_gpu.predict(inputs), on_cpu.predict(inputs)
+print(json.dumps([list(gpu.shape), float(abs(gpu - cpu).max())]))
+"""
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: loads the generator model on CUDA")
+def test_the_generator_model_loads_on_a_gpu_in_a_fresh_process(mlflow_store, tmp_path):
+    from orchestrator.track import generator_pyfunc
+
+    run_id, _ = logged(mlflow_store, 3, tmp_path)
+    out = subprocess.run([sys.executable, "-c", LOAD_ON_CUDA, f"runs:/{run_id}/generator"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_store})
+    assert out.returncode == 0, out.stderr[-3000:]
+    shape, differs = json.loads(out.stdout.strip().splitlines()[-1])
+    assert shape == [5, 1, 28, 28] and differs < 1e-4
+    folder = Path(generator_model_folder(mlflow_store, store.client(mlflow_store).get_run(run_id)
+                                         .outputs.model_outputs[0].model_id))
+    module = generator_pyfunc.load(str(folder / "data"))
+    assert {t.device.type for t in [*module.parameters(), *module.buffers()]} == {"cuda"}
+
+
 @pytest.mark.parametrize("family", ["dcgan", "resnet"])
 def test_every_family_exports_conditional_or_not_and_the_export_computes_what_the_network_does(family, tmp_path):
     from orchestrator.track import generator_pyfunc

@@ -12,13 +12,14 @@ A model is built into a local folder first (`save`), then logged from it (`log_f
 can keep it on disk while MLflow cannot be reached.
 """
 
+import contextlib
 import copy
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -58,6 +59,24 @@ def requirements() -> list[str]:
     return [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"]
 
 
+@contextlib.contextmanager
+def own_versions_trusted() -> Iterator[None]:
+    """Inside, MLflow does not check a model's pip requirements against the installed packages: `requirements()`
+    pins this process's own versions, so the check cannot find a mismatch, and it costs seconds (it reads the
+    metadata of every installed distribution) at the end of every run."""
+    from mlflow.utils import environment
+
+    check = getattr(environment, "warn_dependency_requirement_mismatches", None)
+    if check is None:  # another MLflow: its check runs
+        yield
+        return
+    environment.warn_dependency_requirement_mismatches = lambda requirements: None
+    try:
+        yield
+    finally:
+        environment.warn_dependency_requirement_mismatches = check
+
+
 def save(G: torch.nn.Module, folder: Path, *, latent_dim: int, num_classes: int,
          image_shape: tuple[int, int, int], metadata: dict[str, Any]) -> Path:
     """Export G (a copy: on CPU, in eval mode, float32) and write it as an MLflow model in `folder` (made here).
@@ -73,10 +92,11 @@ def save(G: torch.nn.Module, folder: Path, *, latent_dim: int, num_classes: int,
     model = Model(metadata={METADATA_KEY: {**metadata, "latent_dim": latent_dim, "num_classes": num_classes,
                                            "image_shape": list(image_shape)}})
     try:
-        mlflow.pytorch.save_model(G, str(folder), mlflow_model=model, serialization_format="pt2",
-                                  signature=signature(latent_dim, num_classes, image_shape),
-                                  input_example=tuple(inputs.values()), pip_requirements=requirements(),
-                                  code_paths=[generator_pyfunc.__file__])
+        with own_versions_trusted():
+            mlflow.pytorch.save_model(G, str(folder), mlflow_model=model, serialization_format="pt2",
+                                      signature=signature(latent_dim, num_classes, image_shape),
+                                      input_example=tuple(inputs.values()), pip_requirements=requirements(),
+                                      code_paths=[generator_pyfunc.__file__])
     except Exception as err:
         if not type(err).__module__.startswith("torch"):
             raise
