@@ -132,6 +132,9 @@ def test_asha_sweep_records_parent_and_child_runs_and_exports_the_best_job(
     assert [o.model_id for o in parent.outputs.model_outputs] == [model.model_id]
     images = [f.path for f in client.list_artifacts(outcome.parent_run_id, "images")]
     assert sum(p.startswith("images/stability_map+step+0+") and p.endswith(".png") for p in images) == 1, images
+    assert [(i.dataset.name, i.dataset.digest) for i in parent.inputs.dataset_inputs] == \
+        [(i.dataset.name, i.dataset.digest) for i in by_id[best["run_id"]].inputs.dataset_inputs][:1]
+    assert parent.inputs.dataset_inputs[0].dataset.name == "mnist5k"
     what, how = parent.data.tags["mlflow.note.content"].splitlines()
     assert what.startswith("Sweep of ") and " 3 trials over optim.g.lr, optim.lr_ratio (asha)" in what, what
     assert f"best fid {best['metric']:.4g} at step {best['step']}" in how, how

@@ -157,6 +157,25 @@ def test_conditional_training_logs_a_grid_per_class(process_group, mlflow_store,
     G.load_state_dict(state["generator_ema"])
 
 
+def test_what_the_end_of_a_run_cannot_log_is_said_and_the_run_ends_as_trained(process_group, mlflow_store,
+                                                                               monkeypatch, capsys):
+    """The training is done and checkpointed when its models are logged: a failure there is a warning."""
+    import orchestrator.train.loop as loop
+    from orchestrator.track import runs, store
+
+    def broken(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(loop, "log_generators", broken)
+    spec = load(REPO / "jobs/debug_dcgan.yaml", ["resources.num_workers=1", "train.steps=2"])
+    run_id, _ = runs.start_run(spec, mlflow_store)
+    summary = train(spec, WorkerContext(device=torch.device("cpu"), tracking_uri=mlflow_store, run_id=run_id))
+    assert summary["step"] == 2 and summary["unsent"] is None
+    assert "warning: the run's end was not all logged (OSError: No space left on device)" in capsys.readouterr().out
+    artifacts = {a.path for a in store.client(mlflow_store).list_artifacts(run_id, "samples")}
+    assert "samples/training.gif" in artifacts  # what was logged before the failure still went
+
+
 def test_conditional_needs_classes(process_group, tmp_path):
     from PIL import Image
 

@@ -153,6 +153,7 @@ def summarise(spec: JobSpec, grid: Any, uri: str, parent_run_id: str, keys: list
                 best is None or (value < best["metric"] if t.mode == "min" else value > best["metric"])):
             best = entry
     log_stability_map(client, parent_run_id, trials, spec)
+    log_trials_data(client, parent_run_id, list(children.values()))
     best_spec = None
     if best is not None:
         best_spec = parse(trial_data(spec.to_dict(), best["params"]))
@@ -176,6 +177,16 @@ def summarise(spec: JobSpec, grid: Any, uri: str, parent_run_id: str, keys: list
                   f"{' nor registered as ' + spec.tracking.register_as if spec.tracking.register_as else ''}: "
                   f"{type(err).__name__}: {str(err).strip()[:300]}")
     return SweepOutcome(parent_run_id, uri, trials, best, best_spec)
+
+
+def log_trials_data(client: Any, parent_run_id: str, children: list[Any]) -> None:
+    """The datasets the trials trained on (their runs' inputs, each once) as inputs of the sweep's run too."""
+    inputs = {}
+    for child in children:
+        for given in child.inputs.dataset_inputs if child.inputs else []:
+            inputs.setdefault((given.dataset.name, given.dataset.digest), given)
+    if inputs:
+        client.log_inputs(parent_run_id, list(inputs.values()))
 
 
 def close_child(client: Any, child: Any, spec: JobSpec, step: int | None, outcome: str, status: str) -> None:
