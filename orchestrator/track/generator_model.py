@@ -20,6 +20,7 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+from unittest import mock
 
 import numpy as np
 import torch
@@ -224,7 +225,8 @@ def version_description(uri: str, model_id: str) -> str:
     from mlflow.models import Model
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    with tempfile.TemporaryDirectory(prefix="ganorch-model-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="ganorch-model-") as tmp, \
+            mock.patch.dict(os.environ, {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):  # one small file
         location = store.client(uri).get_logged_model(model_id).artifact_location
         path = get_artifact_repository(location, tracking_uri=uri).download_artifacts("MLmodel", tmp)
         meta = (Model.load(path).metadata or {}).get(METADATA_KEY, {})

@@ -5,6 +5,7 @@ import contextlib
 import functools
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -55,8 +56,18 @@ def client(uri: str):
 @contextlib.contextmanager
 def process_uris(uri: str) -> Iterator[None]:
     """MLflow's process-wide tracking and registry URIs are `uri` meanwhile, for MLflow's functions that take no
-    client (`Model.log`, `download_artifacts` of a `models:/` URI); then they, and the environment variables MLflow
-    sets with them, are as they were."""
+    client (`download_artifacts` of a `models:/` URI, the registry's resolving of a model's source); then they, and
+    the environment variables MLflow sets with them, are as they were. Process-wide: ganorch's threads take turns
+    (the outbox's, rank 0's main one); code of one's own that reads MLflow's URIs on another thread meanwhile sees
+    `uri`."""
+    with _PROCESS_URIS:
+        yield from _process_uris(uri)
+
+
+_PROCESS_URIS = threading.RLock()
+
+
+def _process_uris(uri: str) -> Iterator[None]:
     import mlflow
     from mlflow.tracking._model_registry import utils as registry
     from mlflow.tracking._tracking_service import utils as tracking
@@ -68,7 +79,8 @@ def process_uris(uri: str) -> Iterator[None]:
     try:
         yield
     finally:
-        tracking._tracking_uri, registry._registry_uri = before[0], before[1]
+        tracking.set_tracking_uri(before[0])  # MLflow's setter: its tracer provider follows the URI back
+        registry._registry_uri = before[1]
         for name, value in before[2].items():
             if value is None:
                 os.environ.pop(name, None)
