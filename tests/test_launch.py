@@ -65,3 +65,25 @@ def test_mlflow_opens_the_tracking_store_while_ray_starts_and_its_failure_is_rai
                                          ": Can't locate revision"):
         ray_init.init_ray_and_store(f"sqlite:///{other}")
     assert "ray up" in events, "Ray's start is not cut short"
+
+
+def test_workers_of_a_ddp_run_import_what_ddp_needs_before_their_train_function():
+    """Where there is DDP (2 workers and more), Ray Train's torch backend starts DDP's import of torch._dynamo on
+    every worker as it sets up the process group; the train function waits for it (the e2e runs use it)."""
+    import subprocess
+    import sys
+
+    from ray.train.torch import TorchConfig
+
+    from orchestrator.train.trainer import scaling
+    from orchestrator.train.warm_start import WarmTorchConfig, _WarmTorchBackend
+
+    two = scaling(parse({"name": "t", "resources": {"num_workers": 2}}))["torch_config"]
+    one = scaling(parse({"name": "t", "resources": {"num_workers": 1}}))["torch_config"]
+    assert isinstance(two, WarmTorchConfig) and two.backend_cls is _WarmTorchBackend and two.backend == "gloo"
+    assert type(one) is TorchConfig  # no DDP: nothing to import early
+    code = ("import sys; from orchestrator.train import warm_start; "
+            "assert 'torch._dynamo' not in sys.modules; warm_start.start_imports(); warm_start.wait(); "
+            "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr[-2000:]

@@ -27,15 +27,19 @@ def for_workers(spec: JobSpec) -> JobSpec:
 
 
 def scaling(spec: JobSpec) -> dict[str, Any]:
-    """The TorchTrainer arguments that come from resources: its ScalingConfig and TorchConfig."""
+    """The TorchTrainer arguments that come from resources: its ScalingConfig and TorchConfig (DDP's imports started
+    early where there is DDP: orchestrator.train.warm_start)."""
     from ray.train import ScalingConfig
     from ray.train.torch import TorchConfig
+
+    from orchestrator.train.warm_start import WarmTorchConfig
 
     r = spec.resources
     per_worker = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.use_gpu else {})}
     return {"scaling_config": ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu,
                                             resources_per_worker=per_worker),
-            "torch_config": TorchConfig(backend="nccl" if r.use_gpu else "gloo")}
+            "torch_config": (WarmTorchConfig if r.num_workers > 1 else TorchConfig)(backend="nccl" if r.use_gpu
+                                                                                    else "gloo")}
 
 
 def resources_line(spec: JobSpec) -> str:

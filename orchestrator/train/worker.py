@@ -9,7 +9,7 @@ import torch
 from orchestrator.distributed import collectives
 from orchestrator.spec import parse
 from orchestrator.track.store import adopt
-from orchestrator.train import resume
+from orchestrator.train import resume, warm_start
 from orchestrator.train.failures import remember_traceback
 from orchestrator.train.loop import WorkerContext, train
 
@@ -19,6 +19,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     import ray.train
     import ray.train.torch
 
+    warm_start.wait()
     adopt(config.get("mlflow_env"))  # workers on other nodes do not inherit the driver's environment
     spec = parse(config["spec"])
     shard = ray.train.get_dataset_shard("train") if spec.data.source == "ray-data" else None
