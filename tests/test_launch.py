@@ -69,7 +69,8 @@ def test_mlflow_opens_the_tracking_store_while_ray_starts_and_its_failure_is_rai
 
 def test_workers_of_a_ddp_run_import_what_ddp_needs_before_their_train_function():
     """Where there is DDP (2 workers and more), Ray Train's torch backend starts DDP's import of torch._dynamo on
-    every worker as it sets up the process group; the train function waits for it (the e2e runs use it)."""
+    every worker as it sets up the process group; the train function waits for it (test_train_e2e sees that Ray
+    Train's backend started it on its workers)."""
     import subprocess
     import sys
 
@@ -83,7 +84,7 @@ def test_workers_of_a_ddp_run_import_what_ddp_needs_before_their_train_function(
     assert isinstance(two, WarmTorchConfig) and two.backend_cls is _WarmTorchBackend and two.backend == "gloo"
     assert type(one) is TorchConfig  # no DDP: nothing to import early
     code = ("import sys; from orchestrator.train import warm_start; "
-            "assert 'torch._dynamo' not in sys.modules; warm_start.start_imports(); warm_start.wait(); "
-            "print('torch._dynamo' in sys.modules)")
+            "assert 'torch._dynamo' not in sys.modules and not warm_start.wait(); warm_start.start_imports(); "
+            "print(warm_start.wait() and 'torch._dynamo' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr[-2000:]

@@ -125,8 +125,6 @@ def test_while_mlflow_is_down_files_are_drawn_and_kept_on_disk(tmp_path, monkeyp
 def test_a_file_still_being_drawn_when_the_run_ends_is_kept_as_refused_not_half_made(tmp_path, monkeypatch):
     """MLflow down to the end, and the thread stuck making a grid: close() stops waiting for it and keeps it with
     the reason among the refused, the rest among what waits for `ganorch sync`."""
-    import time
-
     monkeypatch.setenv("GANORCH_HOME", str(tmp_path))
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")  # close() waits 6 s for the thread
     box = Outbox("http://127.0.0.1:1", "run3", "rank0", notify=lambda line: None)
@@ -140,10 +138,9 @@ def test_a_file_still_being_drawn_when_the_run_ends_is_kept_as_refused_not_half_
     box.tags({"first": "1"})  # nothing answers: the thread draws what waits behind it
     box.render("step_000000.png", stuck, "samples")
     assert started.wait(10), "the thread never started the grid"
-    began = time.monotonic()
     kept = box.close(wait_s=0.5)
+    assert box.thread.is_alive(), "close() returned while the grid was still being drawn"
     finish.set()
-    assert time.monotonic() - began < 15
     ops = [json.loads(line) for line in (kept / "ops.jsonl").read_text().splitlines()]
     assert [op["op"] for op in ops] == ["tags"]
     (refused,) = [json.loads(line) for line in (kept / REFUSED_FILE).read_text().splitlines()]

@@ -109,6 +109,7 @@ def test_parameters_identical_on_every_rank_after_every_phase(debug_run):
     assert [name for name, _, _ in checks] == ["D", "G"] * spec.train.steps
     assert all(equal for _, equal, _ in checks), checks
     assert all(not collectives for _, _, collectives in checks), checks  # a step's only all-reduce is DDP's
+    assert outcome.summary["ddp_imports_early"]  # Ray Train's backend started DDP's imports (warm_start)
     digests = outcome.summary["parameter_digests"]
     assert set(digests) == {"generator", "generator_ema", "discriminator"}
     for name, per_rank in digests.items():

@@ -20,7 +20,6 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
-from unittest import mock
 
 import numpy as np
 import torch
@@ -71,7 +70,7 @@ def own_versions_trusted() -> Iterator[None]:
     if check is None:  # another MLflow: its check runs
         yield
         return
-    environment.warn_dependency_requirement_mismatches = lambda requirements: None
+    environment.warn_dependency_requirement_mismatches = lambda *args, **kwargs: None
     try:
         yield
     finally:
@@ -184,7 +183,7 @@ def log_folder(uri: str, run_id: str, folder: Path, name: str, step: int, regist
         client.finalize_logged_model(model_id, LoggedModelStatus.READY)
         done["logged"] = "yes"
     if register_as and "version" not in done:
-        done["version"] = register(uri, model_id, register_as, aliases)
+        done["version"] = register(uri, model_id, register_as, aliases, folder)
         client.set_tag(run_id, TAG_REGISTERED, f"{register_as} version {done['version']}: {name}")
     return model_id
 
@@ -220,15 +219,18 @@ def registered_as(client: Any, name: str, model_id: str) -> str | None:
     return None
 
 
-def version_description(uri: str, model_id: str) -> str:
-    """What a registered version holds, in a line: the job, the step, the FID, the network and its inputs."""
+def version_description(uri: str, model_id: str, folder: Path | None = None) -> str:
+    """What a registered version holds, in a line: the job, the step, the FID, the network and its inputs. Read
+    from `folder`, the model's local copy, when given; else from MLflow."""
     from mlflow.models import Model
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    with tempfile.TemporaryDirectory(prefix="ganorch-model-") as tmp, \
-            mock.patch.dict(os.environ, {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):  # one small file
-        location = store.client(uri).get_logged_model(model_id).artifact_location
-        path = get_artifact_repository(location, tracking_uri=uri).download_artifacts("MLmodel", tmp)
+    with tempfile.TemporaryDirectory(prefix="ganorch-model-") as tmp:
+        if folder is not None:
+            path = str(folder / "MLmodel")
+        else:
+            location = store.client(uri).get_logged_model(model_id).artifact_location
+            path = get_artifact_repository(location, tracking_uri=uri).download_artifacts("MLmodel", tmp)
         meta = (Model.load(path).metadata or {}).get(METADATA_KEY, {})
     spec = meta.get("spec") or {}
     model = spec.get("model") or {}
@@ -240,10 +242,11 @@ def version_description(uri: str, model_id: str) -> str:
             f"From run {meta.get('run_id', '?')}.")
 
 
-def register(uri: str, model_id: str, name: str, aliases: tuple[str, ...] = ()) -> str:
+def register(uri: str, model_id: str, name: str, aliases: tuple[str, ...] = (), folder: Path | None = None) -> str:
     """Logged model `model_id` as a version of registered model `name` (made if missing) in the registry of
     tracking URI `uri`, given `aliases`; the version. Called again, it finds the version it made. (What
-    `mlflow.register_model` does, on a client of `uri` rather than the process's registry URI.)"""
+    `mlflow.register_model` does, on a client of `uri` rather than the process's registry URI.) `folder`: the
+    model's local copy, if at hand."""
     from mlflow.exceptions import MlflowException
     from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
@@ -257,7 +260,7 @@ def register(uri: str, model_id: str, name: str, aliases: tuple[str, ...] = ()) 
     if version is None:
         with store.process_uris(uri):  # the registry store resolves a models:/ source through them
             version = str(client.create_model_version(name, f"models:/{model_id}", model_id=model_id,
-                                                      description=version_description(uri, model_id)).version)
+                                                      description=version_description(uri, model_id, folder)).version)
     if not client.get_registered_model(name).description:  # a team's own description stays
         client.update_registered_model(name, description=(
             f"Generators trained by ganorch. Draw images with `ganorch sample models:/{name}/latest --grid "

@@ -53,18 +53,18 @@ def client(uri: str):
     return _redacting_client()(uri, registry_uri=uri)
 
 
+_PROCESS_URIS = threading.RLock()  # held by process_uris
+
+
 @contextlib.contextmanager
 def process_uris(uri: str) -> Iterator[None]:
     """MLflow's process-wide tracking and registry URIs are `uri` meanwhile, for MLflow's functions that take no
     client (`download_artifacts` of a `models:/` URI, the registry's resolving of a model's source); then they, and
-    the environment variables MLflow sets with them, are as they were. Process-wide: ganorch's threads take turns
-    (the outbox's, rank 0's main one); code of one's own that reads MLflow's URIs on another thread meanwhile sees
-    `uri`."""
+    the environment variables MLflow sets with them, are as they were. Process-wide: ganorch's threads that use it
+    (an outbox's, `ganorch sample`'s) take turns; code of one's own that reads MLflow's URIs on another thread
+    meanwhile sees `uri`."""
     with _PROCESS_URIS:
         yield from _process_uris(uri)
-
-
-_PROCESS_URIS = threading.RLock()
 
 
 def _process_uris(uri: str) -> Iterator[None]:

@@ -32,14 +32,15 @@ def scaling(spec: JobSpec) -> dict[str, Any]:
     from ray.train import ScalingConfig
     from ray.train.torch import TorchConfig
 
-    from orchestrator.train.warm_start import WarmTorchConfig
-
     r = spec.resources
     per_worker = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.use_gpu else {})}
+    config = TorchConfig
+    if r.num_workers > 1:
+        from orchestrator.train.warm_start import WarmTorchConfig
+        config = WarmTorchConfig
     return {"scaling_config": ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu,
                                             resources_per_worker=per_worker),
-            "torch_config": (WarmTorchConfig if r.num_workers > 1 else TorchConfig)(backend="nccl" if r.use_gpu
-                                                                                    else "gloo")}
+            "torch_config": config(backend="nccl" if r.use_gpu else "gloo")}
 
 
 def resources_line(spec: JobSpec) -> str:

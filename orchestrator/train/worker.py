@@ -19,7 +19,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     import ray.train
     import ray.train.torch
 
-    warm_start.wait()
+    imported_early = warm_start.wait()
     adopt(config.get("mlflow_env"))  # workers on other nodes do not inherit the driver's environment
     spec = parse(config["spec"])
     shard = ray.train.get_dataset_shard("train") if spec.data.source == "ray-data" else None
@@ -43,7 +43,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                             started_at=config.get("started_at"),
                             node_leader=ray.train.get_context().get_local_rank() == 0)
     try:
-        return train(spec, context, report=ray.train.report)
+        return {**train(spec, context, report=ray.train.report), "ddp_imports_early": imported_early}
     except Exception as err:
         remember_traceback(err)
         raise

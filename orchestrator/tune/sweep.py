@@ -112,7 +112,8 @@ def run(spec: JobSpec, export: str | Path | None = None, show_progress: bool = T
 
 def summarise(spec: JobSpec, grid: Any, uri: str, parent_run_id: str, keys: list[str],
               export: str | Path | None) -> SweepOutcome:
-    """Close the child runs Tune stopped, tag the best trial, and write its job spec (artifact and `export`)."""
+    """Close the child runs Tune stopped, tag the best trial, and write its job spec (artifact and `export`); the
+    sweep's run gets the stability map, the trials' data as its input, a description and the best generator."""
     client = store.client(uri)
     t = spec.tune
     children: dict[str, Any] = {}
