@@ -99,6 +99,21 @@ def test_the_generator_model_loads_in_a_fresh_process_by_every_kind_of_uri(mlflo
         assert -1 <= low < high <= 1 and differs < 1e-5, (uri, found[uri])
 
 
+def test_saving_skips_mlflows_requirements_scan_and_leaves_mlflow_as_it_was(tmp_path, monkeypatch):
+    """The pinned requirements are this process's own versions: MLflow's check of them (seconds: it reads every
+    installed distribution) is not run, and MLflow's check is back in place afterwards."""
+    from mlflow.utils import environment, requirements_utils
+
+    checked = []
+    monkeypatch.setattr(requirements_utils, "_check_requirement_satisfied", lambda req: checked.append(req))
+    check = environment.warn_dependency_requirement_mismatches
+    generator_model.save(tiny_generator(0), tmp_path / "model", latent_dim=8, num_classes=0,
+                         image_shape=(1, 28, 28), metadata={})
+    assert checked == [] and environment.warn_dependency_requirement_mismatches is check
+    check(["torch"])  # the real check, called outside a save, does run
+    assert checked == ["torch"]
+
+
 def test_the_loader_moves_every_weight_of_the_program_to_the_device_asked_for(tmp_path):
     """The path a GPU takes (an exported program's weights moved by torch.export's pass, as `.to()` cannot), run on
     the meta device, which every machine has."""
