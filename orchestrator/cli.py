@@ -204,11 +204,19 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"ganorch: {args.job} has no tune section; see docs/tune.md, or use ganorch run",
               file=sys.stderr)
         return EXIT_USAGE
+    from orchestrator.train.ray_init import RayStartError
+
     try:
-        resume = pre_start_checks(args, spec)
+        resume = pre_start_checks(args, spec, start_ray=not args.dry_run)
     except ValueError as err:
         print(f"ganorch: cannot run {args.job}: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("\nganorch: interrupted before the run started", file=sys.stderr)
+        return 130
+    except RayStartError as err:
+        print(f"ganorch: cannot run {args.job}: {err}", file=sys.stderr)
+        return 1
     if args.dry_run:
         print(dry_run_report(spec))
         return 0
@@ -217,15 +225,33 @@ def run_command(args: argparse.Namespace) -> int:
     return run_job(spec, args.run_name, resume, command_line(args))
 
 
-def pre_start_checks(args: argparse.Namespace, spec: JobSpec) -> Any:
-    """What `run` and `tune` check before they start Ray, --dry-run too: the data and networks, --export, the
-    tracking store, --resume's checkpoint (returned). ValueError for the first that fails."""
+def pre_start_checks(args: argparse.Namespace, spec: JobSpec, start_ray: bool = False) -> Any:
+    """What `run` and `tune` check before a run starts, --dry-run too; ValueError for the first that fails. First,
+    without torch, Ray or MLflow: --export, the tracking store, a local data folder's existence. Then the data and
+    networks and --resume's checkpoint (returned), which import torch: with `start_ray`, on a thread while Ray
+    starts, followed by MLflow opening the store (ray_init.start_ray_beside)."""
+    from orchestrator.data.paths import check_local_path
     from orchestrator.track import store
 
-    print(f"data: {check_data_and_models(spec)}")
+    uri = store.tracking_uri()
     check_output_file("--export", getattr(args, "export", None))
-    store.check_before_start(store.tracking_uri())
-    return resumption(getattr(args, "resume", None), spec)
+    store.check_before_start(uri)
+    check_local_path(spec.data)
+
+    def thorough() -> Any:
+        print(f"data: {check_data_and_models(spec)}")
+        return resumption(getattr(args, "resume", None), spec)
+
+    if not start_ray:
+        return thorough()
+    from orchestrator.train.ray_init import open_store, start_ray_beside
+
+    def thorough_then_store() -> Any:
+        found = thorough()
+        open_store(uri)
+        return found
+
+    return start_ray_beside(thorough_then_store)
 
 
 def command_line(args: argparse.Namespace) -> str:

@@ -1,4 +1,5 @@
-"""The command line: bad specs exit 2 with every problem and no traceback, before Ray or MLflow is touched."""
+"""The command line: bad specs exit 2 with every problem and no traceback, before Ray or MLflow is touched; the data
+and networks are checked on a dry run (which a run checks alike, while its Ray starts)."""
 
 import subprocess
 import sys
@@ -66,18 +67,24 @@ def test_dry_run_prints_resolved_spec_and_resources(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--set", "data.source=folder", "--set", "data.path=/nonexistent"], "/nonexistent"),
-    (["--resume", "deadbeef"], "--resume deadbeef: "),
+@pytest.mark.parametrize("args, message, ray_started", [
+    (["--set", "data.source=folder", "--set", "data.path=/nonexistent"], "/nonexistent", False),
+    (["--resume", "deadbeef"], "--resume deadbeef: ", True),
+    (["--set", "model.generator=nowhere.nets:G"], "model.generator: cannot import module 'nowhere.nets'", True),
 ])
-def test_dry_run_fails_where_the_run_would_before_it_starts(tmp_path, args, message):
+def test_dry_run_fails_where_the_run_would_before_it_starts(tmp_path, args, message, ray_started):
+    """The same check fails a dry run and a run alike, before any run exists: a missing data folder before Ray
+    starts; what needs torch (the networks, --resume's checkpoint) while Ray starts beside it, on a run."""
     job = str(REPO / "jobs/debug_dcgan.yaml")
     dry = ganorch("run", job, *args, "--dry-run", cwd=tmp_path)
     real = ganorch("run", job, *args, cwd=tmp_path)
-    assert real.returncode == 2 and message in real.stderr, real.stderr
+    assert real.returncode == 2 and message in real.stderr and "Traceback" not in real.stderr, real.stderr
     assert dry.returncode == 2, dry.stdout
     assert dry.stderr.splitlines()[0] == real.stderr.splitlines()[0]
     assert "# resolved job spec" not in dry.stdout
+    assert dry.stderr.rpartition("IMPORTED")[2].strip() == "[]"
+    assert ("'ray'" in real.stderr.rpartition("IMPORTED")[2]) == ray_started
+    assert list(tmp_path.iterdir()) == []  # no MLflow store, no Ray Train storage
 
 
 def test_dry_run_names_the_checks_it_leaves_to_the_start(tmp_path):
@@ -112,12 +119,12 @@ def test_bad_data_folder_exits_2_before_anything_starts(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml"]
 
 
-def test_ray_data_folder_without_images_exits_2_before_ray_starts(tmp_path):
+def test_ray_data_folder_without_images_exits_2(tmp_path):
     (tmp_path / "imgs" / "cats").mkdir(parents=True)
     (tmp_path / "imgs" / "cats" / "notes.txt").write_text("x")
     job = tmp_path / "job.yaml"
     job.write_text("data: {source: ray-data, path: imgs}\nresources: {num_workers: 1}\n")
-    out = ganorch("run", str(job), cwd=tmp_path)
+    out = ganorch("run", str(job), "--dry-run", cwd=tmp_path)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert f"cannot run {job}: data.path: no image files under imgs in its class folders (cats)" in out.stderr
     assert "IMPORTED []" in out.stderr
@@ -132,7 +139,7 @@ def test_too_small_dataset_for_the_batch_exits_2(tmp_path):
         Image.new("L", (28, 28)).save(tmp_path / "imgs" / f"{i}.png")
     job = tmp_path / "job.yaml"
     job.write_text(f"data: {{source: folder, path: {tmp_path / 'imgs'}}}\ntrain: {{batch_size: 4}}\n")
-    out = ganorch("run", str(job), cwd=tmp_path)
+    out = ganorch("run", str(job), "--dry-run", cwd=tmp_path)
     assert out.returncode == 2
     assert "train.batch_size: each worker's share of the 3 images is 3, fewer than its batch of 4" in out.stderr
 
@@ -140,7 +147,7 @@ def test_too_small_dataset_for_the_batch_exits_2(tmp_path):
 def test_unimportable_generator_exits_2(tmp_path):
     job = tmp_path / "job.yaml"
     job.write_text("model: {generator: 'nowhere.nets:G'}\n")
-    out = ganorch("run", str(job), cwd=tmp_path)
+    out = ganorch("run", str(job), "--dry-run", cwd=tmp_path)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "model.generator: cannot import module 'nowhere.nets': ModuleNotFoundError" in out.stderr
     assert "IMPORTED []" in out.stderr
@@ -151,7 +158,7 @@ def test_generator_from_the_working_directory_is_checked(tmp_path):
     (tmp_path / "mynets.py").write_text((REPO / "tests/user_networks.py").read_text())
     job = tmp_path / "job.yaml"
     job.write_text("model: {generator: 'mynets:FlatGenerator', discriminator: 'mynets:MLPDiscriminator'}\n")
-    out = ganorch("run", str(job), cwd=tmp_path)
+    out = ganorch("run", str(job), "--dry-run", cwd=tmp_path)
     assert out.returncode == 2
     assert "model.generator: G(z) gave shape (2, 784); expected (2, 1, 28, 28)" in out.stderr
 
@@ -161,7 +168,7 @@ def test_conditional_model_on_unlabelled_folder_exits_2(tmp_path):
     job = tmp_path / "job.yaml"
     job.write_text(f"model: {{conditional: true}}\ndata: {{source: folder, path: {tmp_path / 'imgs'}}}\n"
                    "train: {batch_size: 4}\n")
-    out = ganorch("run", str(job), cwd=tmp_path)
+    out = ganorch("run", str(job), "--dry-run", cwd=tmp_path)
     assert out.returncode == 2
     assert "model.conditional: the data has a single class" in out.stderr
 
@@ -172,18 +179,18 @@ def test_evaluation_on_unlabelled_folder_exits_2(tmp_path, source):
     job = tmp_path / "job.yaml"
     job.write_text(f"data: {{source: {source}, path: {tmp_path / 'imgs'}}}\ntrain: {{batch_size: 2}}\n"
                    "eval: {every: 10}\n")
-    out = ganorch("run", str(job), cwd=tmp_path)
+    out = ganorch("run", str(job), "--dry-run", cwd=tmp_path)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "eval.every: the data has a single class" in out.stderr
 
 
-def test_inception_weights_that_are_not_inception_exit_2_before_ray_starts(tmp_path):
+def test_inception_weights_that_are_not_inception_exit_2(tmp_path):
     import torch
 
     torch.save({"weight": torch.zeros(1)}, tmp_path / "other.pth")
     job = tmp_path / "job.yaml"
     job.write_text(f"eval: {{every: 10, inception_weights: {tmp_path / 'other.pth'}}}\n")
-    out = ganorch("run", str(job), cwd=tmp_path)
+    out = ganorch("run", str(job), "--dry-run", cwd=tmp_path)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "eval.inception_weights:" in out.stderr and "not the FID Inception-v3 weights" in out.stderr
     assert "IMPORTED []" in out.stderr

@@ -33,7 +33,7 @@ def test_resources_line_counts_gpus_only_with_use_gpu():
 
 def test_mlflow_opens_the_tracking_store_while_ray_starts_and_its_failure_is_raised(tmp_path, monkeypatch):
     """Importing MLflow and opening an SQLite store take seconds, Ray's start too: they overlap. A store that MLflow
-    cannot use (the SQLite file of another MLflow version, here) still fails the run before it exists."""
+    cannot use (the SQLite file of another MLflow version, here) still fails the run before it exists, at once."""
     import sqlite3
     import time
 
@@ -60,11 +60,78 @@ def test_mlflow_opens_the_tracking_store_while_ray_starts_and_its_failure_is_rai
     with sqlite3.connect(other) as db:
         db.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)")
         db.execute("INSERT INTO alembic_version VALUES ('0123456789ab')")
-    events.clear()
+    def ray_slow():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    monkeypatch.setattr(ray_init, "init_ray", ray_slow)
+    began = time.monotonic()
     with pytest.raises(ValueError, match=f"MLFLOW_TRACKING_URI: cannot open the MLflow tracking store sqlite:///{other}"
                                          ": Can't locate revision"):
         ray_init.init_ray_and_store(f"sqlite:///{other}")
-    assert "ray up" in events, "Ray's start is not cut short"
+    assert time.monotonic() - began < 30, "the store's failure waited for Ray's start"
+
+
+def test_the_checks_run_while_ray_starts_and_their_mistake_is_reported_first(monkeypatch):
+    """`ganorch run` checks data and networks (torch's import, seconds) on a thread while Ray starts on the main
+    thread: each waits here for the other to have begun, so run one after the other they would time out. A mistake
+    the checks find is raised at once, cutting Ray's start short, and rather than Ray's error; Ray's own failure
+    names what could not be started."""
+    import threading
+    import time
+
+    import pytest
+
+    from orchestrator.train import ray_init
+
+    checking, ray_starting, threads = threading.Event(), threading.Event(), {}
+
+    def init_ray():
+        threads["ray"] = threading.current_thread()
+        ray_starting.set()
+        assert checking.wait(10), "the checks did not start beside Ray"
+
+    def checks():
+        threads["checks"] = threading.current_thread()
+        checking.set()
+        assert ray_starting.wait(10), "Ray did not start beside the checks"
+        return "checked"
+
+    monkeypatch.setattr(ray_init, "init_ray", init_ray)
+    assert ray_init.start_ray_beside(checks) == "checked"
+    assert threads["ray"] is threading.main_thread() and threads["checks"] is not threading.main_thread()
+
+    def unreachable():
+        raise ConnectionError("could not connect to 10.0.0.1:6379\nretrying for 60 s")
+
+    def mistake():
+        raise ValueError("model.generator: cannot import module 'nowhere'")
+
+    def slow_start():  # Ray's start polls its processes, in Python, until they are up
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    monkeypatch.setattr(ray_init, "init_ray", slow_start)
+    began = time.monotonic()
+    with pytest.raises(ValueError, match="model.generator: cannot import module 'nowhere'"):
+        ray_init.start_ray_beside(mistake)
+    assert time.monotonic() - began < 10, "the mistake waited for Ray's start"
+    time.sleep(0.5)  # no interrupt left to arrive (pytest would stop on it)
+    monkeypatch.setattr(ray_init, "init_ray", unreachable)
+    with pytest.raises(ValueError, match="model.generator: cannot import module 'nowhere'"):
+        ray_init.start_ray_beside(mistake)
+    ray_up = []
+    monkeypatch.setattr(ray_init, "init_ray", lambda: ray_up.append(True))
+    with pytest.raises(ValueError, match="model.generator: cannot import module 'nowhere'"):
+        ray_init.start_ray_beside(lambda: time.sleep(0.2) or mistake())  # found after Ray is up: no interrupt
+    assert ray_up
+    monkeypatch.setattr(ray_init, "init_ray", unreachable)
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    with pytest.raises(ray_init.RayStartError, match="^the Ray cluster at 10.0.0.1:6379 could not be started or "
+                                                     "joined: could not connect to 10.0.0.1:6379$"):
+        ray_init.start_ray_beside(lambda: "checked")
 
 
 def test_workers_of_a_ddp_run_import_what_ddp_needs_before_their_train_function():

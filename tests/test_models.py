@@ -23,6 +23,13 @@ def test_unknown_family_and_size():
         build_models("dcgan", latent_dim=4, image_size=48, channels=1, g_width=4, d_width=4)
 
 
+def test_a_user_network_that_cannot_be_built_with_the_specs_arguments_names_its_key():
+    with pytest.raises(ValueError, match=r"^model.discriminator: torch.nn:Linear\(image_size=28, channels=1, width=4\) "
+                                         r"failed: TypeError: .*unexpected keyword argument 'image_size'"):
+        build_models("dcgan", latent_dim=4, image_size=28, channels=1, g_width=4, d_width=4,
+                     discriminator="torch.nn:Linear")
+
+
 def test_gan_models_imports_neither_ray_nor_mlflow():
     import subprocess
     import sys

@@ -88,7 +88,8 @@ def test_what_cannot_be_resumed_exits_2_before_anything_starts(mlflow_store, sav
         (damaged / file.name).write_bytes(file.read_bytes())
     (damaged / "checkpoint.pt").write_bytes((damaged / "checkpoint.pt").read_bytes()[:-10])
     target = resume.format(saved=saved_checkpoint.parent, damaged=damaged)
-    code = main(["run", JOB, "--resume", target, *(a for o in overrides for a in ("--set", o))])
+    # The dry run checks as the run does (test_cli compares the two), without starting Ray in this process
+    code = main(["run", JOB, "--dry-run", "--resume", target, *(a for o in overrides for a in ("--set", o))])
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err, err
     assert not Path("mlflow.db").exists() or not store.client(mlflow_store).search_experiments(

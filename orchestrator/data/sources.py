@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
+from orchestrator.data.paths import check_folder
 from orchestrator.spec import DataSpec, ModelSpec
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -73,12 +74,7 @@ class ImageFolderDataset(Dataset):
     counted in `skipped`."""
 
     def __init__(self, root: str | Path, transform: ToModelImage):
-        root = Path(root).expanduser()
-        if not root.exists():
-            raise ValueError(f"data.path: no such directory: {root}")
-        if not root.is_dir():
-            raise ValueError(f"data.path: {root} is a file; expected a folder of images")
-        self.root = root
+        self.root = root = check_folder(root)
         self.transform = transform
         self.skipped: list[str] = []
         subfolders = sorted(p for p in root.iterdir() if p.is_dir())

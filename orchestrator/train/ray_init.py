@@ -1,11 +1,14 @@
 """Starting or joining Ray: the cluster at RAY_ADDRESS, or a local instance that listens on loopback only; and the
 checks a cluster must pass before a run starts on it."""
 
+import _thread
 import logging
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from orchestrator.spec import JobSpec
 from orchestrator.track import store
@@ -15,6 +18,7 @@ from orchestrator.track.store import is_local_store
 # Ray's switch for single-machine instances (its default on macOS and Windows): with it off, Ray gives the node the
 # loopback address, and its servers (GCS, raylet, workers, dashboard, job server) listen on 127.0.0.1 only.
 MULTI_NODE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+T = TypeVar("T")
 
 
 def keep_local() -> None:
@@ -74,21 +78,60 @@ def init_ray() -> None:
              runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
 
 
-def init_ray_and_store(uri: str) -> None:
-    """init_ray() while a thread imports MLflow and opens the tracking store at `uri` as a run's first write will:
-    seconds each, mostly waiting on Ray's processes starting, so together they take the longer of the two. Raises
-    what either raised, Ray's first (before any MLflow run exists)."""
-    def open_store() -> None:
-        store.check_reachable(uri)  # an SQLite store that MLflow cannot use: ValueError naming the URI
-        store.client(uri)
+class RayStartError(RuntimeError):
+    """Ray could not start here, or join the cluster at RAY_ADDRESS."""
 
-    pool = ThreadPoolExecutor(1, thread_name_prefix="ganorch-store")
-    opened = pool.submit(open_store)
+
+def start_ray_beside(work: Callable[[], T]) -> T:
+    """init_ray() while `work` runs on a thread; what `work` returned. Ray's start is seconds of waiting on its
+    processes, and a driver importing torch and checking data and networks keeps one core busy: together they take
+    about the longer of the two. Ray starts on this thread: on Linux its processes are killed when the thread that
+    started them ends, and it sets its SIGTERM handler on the main thread only. A mistake `work` finds is raised at
+    once: it cuts Ray's start short as Ctrl-C would (the local instance's processes end with this one). Else Ray's
+    failure raises RayStartError."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="ganorch-beside-ray")
+    lock, starting = threading.Lock(), [False]  # starting: a mistake may interrupt Ray's start
+
+    def cut_short(future: Future) -> None:
+        with lock:
+            if starting[0] and future.exception() is not None:
+                _thread.interrupt_main()
+
     try:
-        init_ray()
+        done = pool.submit(work)
+        try:
+            with lock:
+                starting[0] = threading.current_thread() is threading.main_thread()  # where interrupts arrive
+            done.add_done_callback(cut_short)
+            init_ray()
+        finally:
+            with lock:  # an interrupt sent before this arrives by the end of it, inside the outer `try`
+                starting[0] = False
+        return done.result()
+    except (Exception, KeyboardInterrupt) as err:
+        if not isinstance(err, KeyboardInterrupt) or done.done():
+            mistake = done.exception()  # waits for `work`: its mistake comes before Ray's error
+            if mistake is not None:
+                raise mistake from None
+        if isinstance(err, KeyboardInterrupt):
+            raise
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise RayStartError(f"{ray_target()} could not be started or joined: {redact(first_line)[:300]}") from err
     finally:
-        pool.shutdown(wait=False)  # Ray's error comes at once, not after the store's
-    opened.result()
+        pool.shutdown(wait=False)  # Ctrl-C during the start is not kept waiting for `work`
+
+
+def open_store(uri: str) -> None:
+    """Import MLflow and open the tracking store at `uri` as a run's first write will (seconds of CPU); an SQLite
+    store that MLflow cannot use raises ValueError naming the URI."""
+    store.check_reachable(uri)
+    store.client(uri)
+
+
+def init_ray_and_store(uri: str) -> None:
+    """init_ray() while a thread opens the tracking store at `uri`, before any MLflow run exists. Once `ganorch run`
+    has started Ray and opened the store beside its checks, both are at hand and this takes no time."""
+    start_ray_beside(lambda: open_store(uri))
 
 
 def ray_target() -> str:
