@@ -28,6 +28,25 @@ def test_mnist5k_is_real_scaled_and_labelled():
     assert torch.equal(labels, table[:, -1])
 
 
+def test_mnist5k_is_parsed_once_per_machine_then_read_from_the_cache(tmp_path, monkeypatch):
+    from orchestrator.data import sources
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    parsed = []
+    parse = sources.parse_mnist5k
+    monkeypatch.setattr(sources, "parse_mnist5k", lambda path: parsed.append(path) or parse(path))
+    first = sources.load_mnist5k.__wrapped__()  # past the per-process cache, as a new process
+    [kept] = (tmp_path / "ganorch" / "data").glob("mnist5k-*.npy")
+    again = sources.load_mnist5k.__wrapped__()
+    assert len(parsed) == 1 and all(torch.equal(a, b) for a, b in zip(first, again))
+    assert first[0].dtype == torch.float32 and first[1].dtype == torch.int64
+    kept.write_bytes(kept.read_bytes()[:1000])  # cut short, as by a full disk
+    cut = sources.load_mnist5k.__wrapped__()
+    assert len(parsed) == 2 and all(torch.equal(a, b) for a, b in zip(first, cut))
+    assert sources.load_mnist5k.__wrapped__() is not None and len(parsed) == 2, "the file was made whole again"
+    assert [p.name for p in kept.parent.iterdir()] == [kept.name]
+
+
 def test_resized_to_model_size():
     dataset = load_dataset(DataSpec("mnist5k"), ModelSpec(image_size=32))
     images, labels = dataset.tensors

@@ -13,16 +13,13 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from gan_models.classifier import DomainClassifier, fit_classifier
+from orchestrator.data.cache import default_cache_dir
 from orchestrator.data.sources import ImageFolderDataset
 
 # Bump when DomainClassifier or fit_classifier change: cached classifiers of the old recipe stop matching.
 RECIPE = 1
 # The classifier trains on at most this many images of a larger dataset (a seeded random subset).
 MAX_TRAIN_IMAGES = 20_000
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ganorch"
 
 
 def fingerprint(dataset: Dataset, image_size: int, channels: int) -> str:
