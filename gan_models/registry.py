@@ -43,22 +43,22 @@ def build_models(
     G, D = FAMILIES[family](latent_dim, image_size, channels, g_width, d_width, g_norm, d_norm, num_classes)
     conditional = {"num_classes": num_classes} if num_classes else {}
     if generator:
-        G = construct(generator, "model.generator", latent_dim=latent_dim, image_size=image_size, channels=channels,
+        G = build_user_network(generator, "model.generator", latent_dim=latent_dim, image_size=image_size, channels=channels,
                       width=g_width, **conditional)
     if discriminator:
-        D = construct(discriminator, "model.discriminator", image_size=image_size, channels=channels, width=d_width,
+        D = build_user_network(discriminator, "model.discriminator", image_size=image_size, channels=channels, width=d_width,
                       **conditional)
     return G, D
 
 
-def construct(path: str, key: str, **arguments: int) -> nn.Module:
+def build_user_network(path: str, key: str, **arguments: int) -> nn.Module:
     """The network at import path `path`, built with `arguments`; ValueError naming `key` if it cannot be."""
     cls = import_network(path, key)
     try:
         return cls(**arguments)
     except Exception as err:  # the user's constructor may fail in any way, a signature without these names too
         given = ", ".join(f"{name}={value}" for name, value in arguments.items())
-        raise ValueError(f"{key}: {path}({given}) failed: {type(err).__name__}: {err}") from None
+        raise ValueError(f"{key}: {path}({given}) failed: {type(err).__name__}: {err}") from err
 
 
 def import_network(path: str, key: str) -> type[nn.Module]:

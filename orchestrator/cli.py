@@ -227,9 +227,10 @@ def run_command(args: argparse.Namespace) -> int:
 
 def pre_start_checks(args: argparse.Namespace, spec: JobSpec, start_ray: bool = False) -> Any:
     """What `run` and `tune` check before a run starts, --dry-run too; ValueError for the first that fails. First,
-    without torch, Ray or MLflow: --export, the tracking store, a local data folder's existence. Then the data and
-    networks and --resume's checkpoint (returned), which import torch: with `start_ray`, on a thread while Ray
-    starts, followed by MLflow opening the store (ray_init.start_ray_beside)."""
+    without torch or Ray: --export, the tracking store (MLflow opens it only when it is neither SQLite nor a
+    server), a local data folder's existence. Then the data and networks and --resume's checkpoint (returned),
+    which import torch: with `start_ray`, on a thread while Ray starts, followed by MLflow opening the store
+    (ray_init.start_ray_beside); what they find is printed here, on the main thread, whose output is redacted."""
     from orchestrator.data.paths import check_local_path
     from orchestrator.track import store
 
@@ -238,20 +239,24 @@ def pre_start_checks(args: argparse.Namespace, spec: JobSpec, start_ray: bool = 
     store.check_before_start(uri)
     check_local_path(spec.data)
 
-    def thorough() -> Any:
-        print(f"data: {check_data_and_models(spec)}")
-        return resumption(getattr(args, "resume", None), spec)
+    def thorough() -> tuple[list[str], Any]:
+        data = check_data_and_models(spec)
+        found, line = resumption(getattr(args, "resume", None), spec)
+        return [f"data: {data}", *([line] if line else [])], found
 
-    if not start_ray:
-        return thorough()
-    from orchestrator.train.ray_init import open_store, start_ray_beside
+    if start_ray:
+        from orchestrator.train.ray_init import open_store, start_ray_beside
 
-    def thorough_then_store() -> Any:
-        found = thorough()
-        open_store(uri)
-        return found
+        def thorough_then_store() -> tuple[list[str], Any]:
+            checked = thorough()
+            open_store(uri)
+            return checked
 
-    return start_ray_beside(thorough_then_store)
+        lines, found = start_ray_beside(thorough_then_store, cut_short=True)
+    else:
+        lines, found = thorough()
+    print("\n".join(lines))
+    return found
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -288,21 +293,20 @@ def ray_logs() -> str:
         return "the Ray session's logs folder, /tmp/ray/session_latest/logs"
 
 
-def resumption(flag: str | None, spec: JobSpec) -> Any:
-    """--resume's checkpoint, checked against the spec; None without --resume (or auto with nothing to resume)."""
+def resumption(flag: str | None, spec: JobSpec) -> tuple[Any, str | None]:
+    """--resume's checkpoint, checked against the spec (None without --resume, or auto with nothing to resume),
+    and the line that says what it continues from."""
     if flag is None:
-        return None
+        return None, None
     from orchestrator.track import store
     from orchestrator.train import resume_from
 
     found = resume_from.find(flag, spec, store.tracking_uri())
     if found is None:
-        print(f"--resume auto: no earlier run of job {spec.name} with a checkpoint in experiment "
-              f"{spec.experiment}; starting afresh")
-    else:
-        print(f"resuming from step {found.state['step']}: {found.origin}"
-              + (f" (MLflow run {found.run_id} goes on)" if found.run_id else ""))
-    return found
+        return None, (f"--resume auto: no earlier run of job {spec.name} with a checkpoint in experiment "
+                      f"{spec.experiment}; starting afresh")
+    return found, (f"resuming from step {found.state['step']}: {found.origin}"
+                   + (f" (MLflow run {found.run_id} goes on)" if found.run_id else ""))
 
 
 def submit_job(args: argparse.Namespace, spec: JobSpec) -> int:

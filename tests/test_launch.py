@@ -33,7 +33,7 @@ def test_resources_line_counts_gpus_only_with_use_gpu():
 
 def test_mlflow_opens_the_tracking_store_while_ray_starts_and_its_failure_is_raised(tmp_path, monkeypatch):
     """Importing MLflow and opening an SQLite store take seconds, Ray's start too: they overlap. A store that MLflow
-    cannot use (the SQLite file of another MLflow version, here) still fails the run before it exists, at once."""
+    cannot use (the SQLite file of another MLflow version, here) still fails the run before it exists."""
     import sqlite3
     import time
 
@@ -60,24 +60,18 @@ def test_mlflow_opens_the_tracking_store_while_ray_starts_and_its_failure_is_rai
     with sqlite3.connect(other) as db:
         db.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)")
         db.execute("INSERT INTO alembic_version VALUES ('0123456789ab')")
-    def ray_slow():
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            time.sleep(0.01)
-
-    monkeypatch.setattr(ray_init, "init_ray", ray_slow)
-    began = time.monotonic()
+    events.clear()
     with pytest.raises(ValueError, match=f"MLFLOW_TRACKING_URI: cannot open the MLflow tracking store sqlite:///{other}"
                                          ": Can't locate revision"):
         ray_init.init_ray_and_store(f"sqlite:///{other}")
-    assert time.monotonic() - began < 30, "the store's failure waited for Ray's start"
+    assert "ray up" in events, "a library caller's Ray start is not cut short"
 
 
 def test_the_checks_run_while_ray_starts_and_their_mistake_is_reported_first(monkeypatch):
     """`ganorch run` checks data and networks (torch's import, seconds) on a thread while Ray starts on the main
     thread: each waits here for the other to have begun, so run one after the other they would time out. A mistake
-    the checks find is raised at once, cutting Ray's start short, and rather than Ray's error; Ray's own failure
-    names what could not be started."""
+    the checks find is raised rather than Ray's error, at once for `ganorch run` (it cuts Ray's start short), after
+    Ray's start for a library's caller or off the main thread; Ray's own failure names what could not be started."""
     import threading
     import time
 
@@ -108,17 +102,30 @@ def test_the_checks_run_while_ray_starts_and_their_mistake_is_reported_first(mon
     def mistake():
         raise ValueError("model.generator: cannot import module 'nowhere'")
 
-    def slow_start():  # Ray's start polls its processes, in Python, until they are up
-        deadline = time.monotonic() + 60
+    def slow_start(seconds=60):  # Ray's start polls its processes, in Python, until they are up
+        deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             time.sleep(0.01)
+        events.append("ray up")
 
+    events = []
     monkeypatch.setattr(ray_init, "init_ray", slow_start)
     began = time.monotonic()
     with pytest.raises(ValueError, match="model.generator: cannot import module 'nowhere'"):
-        ray_init.start_ray_beside(mistake)
-    assert time.monotonic() - began < 10, "the mistake waited for Ray's start"
+        ray_init.start_ray_beside(mistake, cut_short=True)
+    assert time.monotonic() - began < 10 and not events, "the mistake waited for Ray's start"
     time.sleep(0.5)  # no interrupt left to arrive (pytest would stop on it)
+    monkeypatch.setattr(ray_init, "init_ray", lambda: slow_start(1))
+    with pytest.raises(ValueError, match="model.generator: cannot import module 'nowhere'"):
+        ray_init.start_ray_beside(mistake)  # a library's caller: Ray's start is not interrupted
+    assert events == ["ray up"]
+    raised = []  # on another thread, the interrupt would reach the main thread: none is sent
+    caller = threading.Thread(target=lambda: raised.append(pytest.raises(ValueError, ray_init.start_ray_beside,
+                                                                         mistake, cut_short=True)))
+    caller.start()
+    caller.join(30)
+    time.sleep(0.5)
+    assert events == ["ray up", "ray up"] and raised
     monkeypatch.setattr(ray_init, "init_ray", unreachable)
     with pytest.raises(ValueError, match="model.generator: cannot import module 'nowhere'"):
         ray_init.start_ray_beside(mistake)

@@ -1,5 +1,5 @@
 """`ganorch run JOB --resume auto|PATH|RUN_ID`: stopping at step k and resuming to step n gives the run that was
-never stopped; what cannot be resumed is refused before anything starts."""
+never stopped; what cannot be resumed is refused before a run starts."""
 
 import re
 from pathlib import Path

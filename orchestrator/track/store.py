@@ -149,7 +149,7 @@ def check_before_start(uri: str) -> None:
     """What can be known of a tracking store before Ray starts, without importing MLflow (seconds) where that can be
     done: an SQLite file must open as a database (one that does not exist yet, MLflow makes), a server must answer
     on its port; other stores MLflow opens (`check_reachable`). ValueError naming MLFLOW_TRACKING_URI if not.
-    MLflow itself opens an SQLite store while Ray starts (ray_init.init_ray_and_store)."""
+    MLflow itself opens the store while Ray starts (ray_init.start_ray_beside)."""
     import sqlite3
     from urllib.parse import quote
 

@@ -82,43 +82,53 @@ class RayStartError(RuntimeError):
     """Ray could not start here, or join the cluster at RAY_ADDRESS."""
 
 
-def start_ray_beside(work: Callable[[], T]) -> T:
+def start_ray_beside(work: Callable[[], T], cut_short: bool = False) -> T:
     """init_ray() while `work` runs on a thread; what `work` returned. Ray's start is seconds of waiting on its
     processes, and a driver importing torch and checking data and networks keeps one core busy: together they take
     about the longer of the two. Ray starts on this thread: on Linux its processes are killed when the thread that
-    started them ends, and it sets its SIGTERM handler on the main thread only. A mistake `work` finds is raised at
-    once: it cuts Ray's start short as Ctrl-C would (the local instance's processes end with this one). Else Ray's
-    failure raises RayStartError."""
-    pool = ThreadPoolExecutor(1, thread_name_prefix="ganorch-beside-ray")
-    lock, starting = threading.Lock(), [False]  # starting: a mistake may interrupt Ray's start
+    started them ends, and it sets its SIGTERM handler on the main thread only. Raises the mistake `work` found (its
+    ValueError) before Ray's failure, which is RayStartError (a ValueError of Ray's stays one).
 
-    def cut_short(future: Future) -> None:
+    With `cut_short` (for a process that exits on the mistake: `ganorch run`), a mistake interrupts Ray's start as
+    Ctrl-C would and is raised at once; the half-started local instance is not shut down, its processes end with
+    this one. Without a Python SIGINT handler (Python installs one unless SIGINT is ignored, as for `cmd &` in a
+    script), or inside a blocking call of Ray's, the mistake waits for Ray's start instead."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="ganorch-beside-ray")
+    done = pool.submit(work)
+    lock = threading.Lock()
+    starting = False  # while Ray starts on the main thread, a mistake may interrupt it
+
+    def interrupt(future: Future) -> None:
         with lock:
-            if starting[0] and future.exception() is not None:
+            if starting and future.exception() is not None:
                 _thread.interrupt_main()
 
     try:
-        done = pool.submit(work)
         try:
             with lock:
-                starting[0] = threading.current_thread() is threading.main_thread()  # where interrupts arrive
-            done.add_done_callback(cut_short)
+                starting = cut_short and threading.current_thread() is threading.main_thread()
+            done.add_done_callback(interrupt)
             init_ray()
         finally:
-            with lock:  # an interrupt sent before this arrives by the end of it, inside the outer `try`
-                starting[0] = False
+            # An interrupt sent before this lock is taken arrives by the time it is let go (CPython looks for
+            # signals after each call), so inside the outer `try`.
+            with lock:
+                starting = False
         return done.result()
-    except (Exception, KeyboardInterrupt) as err:
-        if not isinstance(err, KeyboardInterrupt) or done.done():
-            mistake = done.exception()  # waits for `work`: its mistake comes before Ray's error
-            if mistake is not None:
-                raise mistake from None
-        if isinstance(err, KeyboardInterrupt):
+    except KeyboardInterrupt:
+        if done.done() and done.exception() is not None:  # the interrupt came from the mistake
+            raise done.exception() from None
+        raise
+    except Exception as err:
+        mistake = done.exception()  # waits for `work`: its mistake comes before Ray's error
+        if mistake is not None:
+            raise mistake from None
+        if isinstance(err, ValueError):
             raise
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise RayStartError(f"{ray_target()} could not be started or joined: {redact(first_line)[:300]}") from err
     finally:
-        pool.shutdown(wait=False)  # Ctrl-C during the start is not kept waiting for `work`
+        pool.shutdown(wait=False)  # at Ctrl-C, `work` is left to end by itself (the interpreter waits for it at exit)
 
 
 def open_store(uri: str) -> None:

@@ -1,4 +1,4 @@
-"""What `ganorch run JOB --resume auto|PATH|RUN_ID` continues from, found and checked before Ray starts.
+"""What `ganorch run JOB --resume auto|PATH|RUN_ID` continues from, found and checked before a run starts.
 
 - PATH: a checkpoint file, or a directory holding `checkpoint.pt` (a Ray Train checkpoint, a downloaded MLflow
   artifact): a new MLflow run continues from it.
