@@ -67,11 +67,12 @@ def test_mlflow_opens_the_tracking_store_while_ray_starts_and_its_failure_is_rai
     assert "ray up" in events, "a library caller's Ray start is not cut short"
 
 
-def test_the_checks_run_while_ray_starts_and_their_mistake_is_reported_first(monkeypatch):
+def test_the_checks_run_while_ray_starts_and_their_mistake_is_reported_first(monkeypatch, request):
     """`ganorch run` checks data and networks (torch's import, seconds) on a thread while Ray starts on the main
     thread: each waits here for the other to have begun, so run one after the other they would time out. A mistake
     the checks find is raised rather than Ray's error, at once for `ganorch run` (it cuts Ray's start short), after
     Ray's start for a library's caller or off the main thread; Ray's own failure names what could not be started."""
+    import signal
     import threading
     import time
 
@@ -110,6 +111,9 @@ def test_the_checks_run_while_ray_starts_and_their_mistake_is_reported_first(mon
 
     events = []
     monkeypatch.setattr(ray_init, "init_ray", slow_start)
+    # Python's own Ctrl-C handler, as in `ganorch run`'s process (a test before may have set another one)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     began = time.monotonic()
     with pytest.raises(ValueError, match="model.generator: cannot import module 'nowhere'"):
         ray_init.start_ray_beside(mistake, cut_short=True)
@@ -119,13 +123,19 @@ def test_the_checks_run_while_ray_starts_and_their_mistake_is_reported_first(mon
     with pytest.raises(ValueError, match="model.generator: cannot import module 'nowhere'"):
         ray_init.start_ray_beside(mistake)  # a library's caller: Ray's start is not interrupted
     assert events == ["ray up"]
+    called = []  # another Ctrl-C handler (Ray Train's fit leaves one that aborts its run) is not called
+    signal.signal(signal.SIGINT, lambda *_: called.append(True))
+    with pytest.raises(ValueError, match="model.generator: cannot import module 'nowhere'"):
+        ray_init.start_ray_beside(mistake, cut_short=True)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    assert events == ["ray up"] * 2 and not called
     raised = []  # on another thread, the interrupt would reach the main thread: none is sent
     caller = threading.Thread(target=lambda: raised.append(pytest.raises(ValueError, ray_init.start_ray_beside,
                                                                          mistake, cut_short=True)))
     caller.start()
     caller.join(30)
     time.sleep(0.5)
-    assert events == ["ray up", "ray up"] and raised
+    assert events == ["ray up"] * 3 and raised
     monkeypatch.setattr(ray_init, "init_ray", unreachable)
     with pytest.raises(ValueError, match="model.generator: cannot import module 'nowhere'"):
         ray_init.start_ray_beside(mistake)

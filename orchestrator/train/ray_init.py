@@ -4,6 +4,7 @@ checks a cluster must pass before a run starts on it."""
 import _thread
 import logging
 import os
+import signal
 import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -91,8 +92,8 @@ def start_ray_beside(work: Callable[[], T], cut_short: bool = False) -> T:
 
     With `cut_short` (for a process that exits on the mistake: `ganorch run`), a mistake interrupts Ray's start as
     Ctrl-C would and is raised at once; the half-started local instance is not shut down, its processes end with
-    this one. Without a Python SIGINT handler (Python installs one unless SIGINT is ignored, as for `cmd &` in a
-    script), or inside a blocking call of Ray's, the mistake waits for Ray's start instead."""
+    this one. Where SIGINT has another handler than Python's own (or none: ignored, as for `cmd &` in a script), or
+    inside a blocking call of Ray's, the mistake waits for Ray's start instead."""
     pool = ThreadPoolExecutor(1, thread_name_prefix="ganorch-beside-ray")
     done = pool.submit(work)
     lock = threading.Lock()
@@ -106,7 +107,8 @@ def start_ray_beside(work: Callable[[], T], cut_short: bool = False) -> T:
     try:
         try:
             with lock:
-                starting = cut_short and threading.current_thread() is threading.main_thread()
+                starting = (cut_short and threading.current_thread() is threading.main_thread()
+                            and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
             done.add_done_callback(interrupt)
             init_ray()
         finally:
