@@ -1,8 +1,8 @@
 """Sample-quality metrics on a domain classifier's features and logits.
 
 FID, KID and IS are torchmetrics' (fed features computed once, through an identity "feature extractor"), precision,
-recall, density and coverage are prdc's (Kynkäänniemi et al. 2019; Naeem et al. 2020); mode coverage and the class
-histogram's KL divergence are defined here.
+recall, density and coverage are prdc's (Kynkäänniemi et al. 2019; Naeem et al. 2020); mode coverage, the class
+histogram's KL divergence and the within-class spread are defined here.
 """
 
 import contextlib
@@ -15,7 +15,8 @@ from torch import nn
 
 # prdc's k for its k-nearest-neighbour manifolds, as in its paper.
 NEAREST_K = 5
-NAMES = ("fid", "kid", "is", "precision", "recall", "density", "manifold_coverage", "mode_coverage", "class_kl")
+NAMES = ("fid", "kid", "is", "precision", "recall", "density", "manifold_coverage", "mode_coverage", "class_kl",
+         "class_spread")
 
 
 class Precomputed(nn.Module):
@@ -46,6 +47,45 @@ def class_kl(fake_histogram: torch.Tensor, real_histogram: torch.Tensor, eps: fl
     fake, real = fake_histogram.clamp_min(eps), real_histogram.clamp_min(eps)
     fake, real = fake / fake.sum(), real / real.sum()
     return (fake * (fake / real).log()).sum().item()
+
+
+def spread(features: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance of the rows to their mean (the trace of their covariance)."""
+    return (features - features.mean(0)).pow(2).sum(1).mean()
+
+
+def class_spread(real_features: torch.Tensor, real_logits: torch.Tensor, fake_features: torch.Tensor,
+                 fake_logits: torch.Tensor) -> float:
+    """How varied G's images are within each class, as a share of the real images' variety: the features' spread
+    within each class the classifier sees (at least 2 images of each kind), over the real images' spread within
+    it, averaged over those classes. About 1 for real images, near 0 when G draws one image per class whatever z
+    is; NaN when no class has two images of each kind."""
+    real_classes, fake_classes = real_logits.argmax(1), fake_logits.argmax(1)
+    ratios = []
+    for k in range(real_logits.shape[1]):
+        real_k, fake_k = real_features[real_classes == k], fake_features[fake_classes == k]
+        if len(real_k) >= 2 and len(fake_k) >= 2:
+            ratios.append((spread(fake_k.double()) / spread(real_k.double()).clamp_min(1e-12)).item())
+    return sum(ratios) / len(ratios) if ratios else math.nan
+
+
+def manifold(real_features: torch.Tensor, fake_features: torch.Tensor) -> dict[str, float]:
+    """prdc's precision, recall, density and coverage (as `manifold_coverage`) of the fake features."""
+    from prdc import compute_prdc
+
+    with contextlib.redirect_stdout(io.StringIO()):  # prdc prints the sample counts
+        found = compute_prdc(real_features.float().cpu().numpy(), fake_features.float().cpu().numpy(),
+                             nearest_k=NEAREST_K)
+    return {"precision": float(found["precision"]), "recall": float(found["recall"]),
+            "density": float(found["density"]), "manifold_coverage": float(found["coverage"])}
+
+
+def real_yardstick(reference_features: torch.Tensor, held_out_features: torch.Tensor) -> dict[str, float]:
+    """The precision, recall and manifold coverage of real images the reference does not hold: what G's would be
+    if it drew the data's distribution (with as many samples: fewer lower the coverage). Mode collapse is judged
+    against them."""
+    found = manifold(reference_features, held_out_features)
+    return {f"real_{name}": found[name] for name in ("precision", "recall", "manifold_coverage")}
 
 
 def distances(real_features: torch.Tensor, fake_features: torch.Tensor, fake_logits: torch.Tensor,
@@ -80,20 +120,16 @@ def distances(real_features: torch.Tensor, fake_features: torch.Tensor, fake_log
 def quality(real_features: torch.Tensor, real_logits: torch.Tensor, fake_features: torch.Tensor,
             fake_logits: torch.Tensor, seed: int = 0) -> dict[str, float]:
     """Every metric of generated samples against real ones, from the domain classifier's features and logits."""
-    from prdc import compute_prdc
-
     real_features, fake_features = real_features.float().cpu(), fake_features.float().cpu()
     real_logits, fake_logits = real_logits.float().cpu(), fake_logits.float().cpu()
     if not (fake_features.isfinite().all() and fake_logits.isfinite().all()):  # a diverged G: nothing to measure
         return dict.fromkeys(NAMES, math.nan)
     scores = distances(real_features, fake_features, fake_logits, seed)
-    with contextlib.redirect_stdout(io.StringIO()):  # prdc prints the sample counts
-        manifold = compute_prdc(real_features.numpy(), fake_features.numpy(), nearest_k=NEAREST_K)
-    scores.update({name: float(manifold[name]) for name in ("precision", "recall", "density")})
-    scores["manifold_coverage"] = float(manifold["coverage"])
+    scores.update(manifold(real_features, fake_features))
     num_classes = real_logits.shape[1]
     fake_histogram = class_histogram(fake_logits, num_classes)
     scores["mode_coverage"] = mode_coverage(fake_histogram)
     scores["class_kl"] = class_kl(fake_histogram, class_histogram(real_logits, num_classes))
+    scores["class_spread"] = class_spread(real_features, real_logits, fake_features, fake_logits)
     assert tuple(scores) == NAMES, tuple(scores)
     return scores

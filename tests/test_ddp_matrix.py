@@ -80,32 +80,42 @@ def test_loss_regularizer_n_critic_matrix_on_two_workers(ray_session, tmp_path):
     specs.append(load(REPO / "jobs/debug_resnet.yaml", ["train.steps=2"]).to_dict())
     mixed = ["train.loss=wgan-gp", "model.d_norm=none", "train.r1_gamma=1", "train.r1_every=1", "train.channels_last=true"]
     specs += [debug_spec(f"train.precision={p}", *mixed).to_dict() for p in ("bf16", "fp16")]
-    specs += [debug_spec("model.conditional=true", "train.loss=hinge", "train.r1_gamma=1", "train.r1_every=1").to_dict()]
+    specs += [debug_spec("model.conditional=true", "train.loss=hinge", "train.r1_gamma=1", "train.r1_every=1",
+                         *AUGMENTED, "train.augment.target=0.6", "tracking.metrics_every=1").to_dict()]
     results = fit(train_each, {"specs": specs}, tmp_path)
     assert len(results) == len(MATRIX) + 5 == 27
-    failures = [(case, r) for case, r in zip([*MATRIX, "user networks", "resnet", "bf16", "fp16", "conditional"], results) if not all(r.values())]
+    failures = [(case, r) for case, r in zip([*MATRIX, "user networks", "resnet", "bf16", "fp16", "conditional, ADA"], results) if not all(r.values())]
     assert not failures, f"ranks diverged: {failures}"
 
 
-EQUIVALENCE = [(loss, r1) for loss in LOSSES for r1 in (False, True)]
+AUGMENTED = ["train.augment.policy=[color,translation,cutout]", "train.augment.p=0.5"]
+EQUIVALENCE = [(loss, r1, augment) for loss in LOSSES for r1, augment in ((False, False), (True, False), (True, True))]
+
+
+def equivalence_case(loss: str, r1: bool, augment: bool) -> list[str]:
+    case = [f"train.loss={loss}"]
+    if r1:
+        case += ["train.r1_gamma=1.0", "train.r1_every=2"]
+    if augment:  # ADA where the loss allows it: p moves at every step, from the signal reduced over the ranks
+        adaptive = ["train.augment.target=0.6", "train.augment.images_to_full=200"] if loss != "wgan-gp" else []
+        case += [*AUGMENTED, *adaptive]
+    return [*case, "model.g_norm=none", "model.d_norm=none", "train.n_critic=2", "train.steps=4",
+            "train.batch_size=16", "optim.g.lr=1e-3", "optim.d.lr=1e-3", "tracking.metrics_every=1"]
 
 
 def test_n_workers_match_one_worker_with_n_times_the_batch(ray_session, tmp_path, process_group, monkeypatch):
-    """For every loss, with and without lazy R1 (no batch-dependent layers, n_critic 2): 2 workers x 8 images must
-    end where 1 worker x 16 images ends. Every random quantity of a step (noise, labels, WGAN-GP's interpolation
-    weights) is drawn for the global batch and sliced per rank."""
+    """For every loss, with and without lazy R1 and augmentation (no batch-dependent layers, n_critic 2): 2 workers x
+    8 images must end where 1 worker x 16 images ends. Every random quantity of a step (noise, labels, WGAN-GP's
+    interpolation weights, the augmentations' draws) is drawn for the global batch and sliced per rank."""
     from orchestrator.train import checkpoint
     from orchestrator.train.loop import WorkerContext, train
 
-    common = ["model.g_norm=none", "model.d_norm=none", "train.n_critic=2", "train.steps=4",
-              "train.batch_size=16", "optim.g.lr=1e-3", "optim.d.lr=1e-3"]
-    cases = [[f"train.loss={loss}", *(["train.r1_gamma=1.0", "train.r1_every=2"] if r1 else []), *common]
-             for loss, r1 in EQUIVALENCE]
+    cases = [equivalence_case(*case) for case in EQUIVALENCE]
     two_workers = fit(train_and_keep_final_states,
                       {"specs": [debug_spec("resources.num_workers=2", *case).to_dict() for case in cases]}, tmp_path)
 
     real_build = checkpoint.build
-    for (loss, r1), case, two in zip(EQUIVALENCE, cases, two_workers):
+    for (loss, r1, augment), case, two in zip(EQUIVALENCE, cases, two_workers):
         states = []
         monkeypatch.setattr(checkpoint, "build", lambda **kwargs: states.append(real_build(**kwargs)) or states[-1])
         train(debug_spec("resources.num_workers=1", *case), WorkerContext(device=torch.device("cpu")))
@@ -115,14 +125,14 @@ def test_n_workers_match_one_worker_with_n_times_the_batch(ray_session, tmp_path
             assert set(two[net]) == set(one[net])
             for name, reference in one[net].items():
                 torch.testing.assert_close(torch.tensor(two[net][name]), reference, rtol=1e-4, atol=1e-6,
-                                           msg=lambda m: f"{loss}{' + lazy R1' if r1 else ''}: {net}.{name}: {m}")
+                                           msg=lambda m: f"{case}: {net}.{name}: {m}")
         # the comparison means something: training moved the weights far beyond the tolerance
         from orchestrator.train.networks import build_networks
 
         torch.manual_seed(0)  # as the workers seed before building
         initial_G, _ = build_networks(debug_spec(*case))
         moved = max((p - one["generator"][n]).abs().max().item() for n, p in initial_G.state_dict().items())
-        assert moved > 1e-3, (loss, r1)
+        assert moved > 1e-3, case
 
 
 def train_recording_evaluated_networks(config):

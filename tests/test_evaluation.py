@@ -4,11 +4,13 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gan_models.classifier import split_held_out
-from gan_models.metrics import class_kl, mode_coverage, quality
+from gan_models.metrics import class_kl, mode_coverage, quality, real_yardstick
 from orchestrator.data.sources import ImageFolderDataset, ToModelImage, load_dataset
 from orchestrator.evaluate.domain_classifier import domain_classifier, fingerprint
+from orchestrator.evaluate.stability import StabilityMonitor
 from orchestrator.spec import DataSpec, ModelSpec
 
 
@@ -61,6 +63,32 @@ def test_fid_is_small_for_held_out_digits_and_large_for_noise_or_one_class(mnist
     assert real["is"] > 8 and one_class["is"] < 1.5, "IS counts the classes made confidently"
     assert real["precision"] > 0.9 and real["recall"] > 0.9
     assert one_class["precision"] > 0.9 and one_class["recall"] < 0.3, "real threes, but only threes"
+
+
+def test_a_collapse_is_told_from_poor_but_varied_images_on_real_digits(mnist, classifier, reference):
+    """The mode_collapse signals on real digits: held-out digits vary as the data does; blurred ones are poor but
+    varied; one digit per class (a collapsed conditional G) and three per class (a partial collapse) are realistic
+    but do not vary."""
+    _, images, labels, train_index, held_out = mnist
+    features = classifier[0].model.embed(images[held_out])[0]
+    yardstick = real_yardstick(reference[0], features)
+    assert yardstick["real_precision"] > 0.9 and yardstick["real_recall"] > 0.9
+    held = images[held_out]
+    per_class = [held[labels[held_out] == k] for k in range(10)]
+    cases = {"real": held, "blurred": F.avg_pool2d(held, 3, 1, 1),
+             "one per class": torch.cat([digits[:1].repeat(50, 1, 1, 1) for digits in per_class]),
+             "three per class": torch.cat([digits[:3].repeat(17, 1, 1, 1)[:50] for digits in per_class])}
+    flagged = {}
+    for name, fakes in cases.items():
+        scores = {**evaluate(classifier, reference, fakes), **yardstick}
+        flagged[name] = [f.reason for f in StabilityMonitor(1, "nonsaturating").observe_eval(1, scores)]
+        if name == "real":
+            assert 0.8 < scores["class_spread"] < 1.25, scores
+        if name == "one per class":
+            assert scores["class_spread"] < 0.01 and scores["mode_coverage"] == 1.0, scores
+    assert {name: bool(reasons) for name, reasons in flagged.items()} == {
+        "real": False, "blurred": False, "one per class": True, "three per class": True}, flagged
+    assert "class_spread" in flagged["one per class"][0] and "recall" in flagged["three per class"][0]
 
 
 def test_repeated_evaluation_with_another_seed_varies_by_less_than_5_percent(mnist, classifier, reference):

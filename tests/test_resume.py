@@ -30,8 +30,11 @@ def final_checkpoint(uri: str, run_id: str, tmp_path: Path) -> dict:
 
 
 def test_a_run_stopped_at_k_and_resumed_to_n_is_the_run_never_stopped(ray_session, mlflow_store, tmp_path, capsys):
+    # ADA's p moves at every step (by 32/100 real images): the checkpoint must carry it
+    augment = ["train.augment.policy=[color,translation,cutout]", "train.augment.target=0.6",
+               "train.augment.images_to_full=100"]
     common = ["--set", f"tracking.storage_path={tmp_path / 'ray_storage'}", "--set", "tracking.checkpoint_every=3",
-              "--set", "tracking.metrics_every=1"]
+              "--set", "tracking.metrics_every=1", *(arg for key in augment for arg in ("--set", key))]
     code, out, err = run_cli(capsys, *common, "--set", "train.steps=6")
     assert code == 0, err
     whole = re.search(r"MLflow run ([0-9a-f]{32})", out).group(1)
@@ -54,8 +57,10 @@ def test_a_run_stopped_at_k_and_resumed_to_n_is_the_run_never_stopped(ray_sessio
             assert all(torch.equal(resumed[part]["state"][index][k], v) for k, v in moments.items()), part
     c = store.client(mlflow_store)
     assert [m.step for m in c.get_metric_history(stopped, "loss_d")] == list(range(1, 7))
-    assert [m.value for m in c.get_metric_history(stopped, "loss_d")] == \
-        [m.value for m in c.get_metric_history(whole, "loss_d")]
+    for name in ("loss_d", "augment_p", "d_real_sign"):
+        history = [m.value for m in sorted(c.get_metric_history(stopped, name), key=lambda m: m.step)]
+        assert history == [m.value for m in sorted(c.get_metric_history(whole, name), key=lambda m: m.step)], name
+    assert len({m.value for m in c.get_metric_history(whole, "augment_p")}) > 1
     tags = c.get_run(stopped).data.tags
     assert tags["ganorch.restarts"] == "1" and tags["ganorch.restart.1"].startswith("resumed (ganorch run --resume)")
 

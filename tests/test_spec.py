@@ -63,6 +63,14 @@ CASES = [
     ("train", "stop_on", ["diverged", "colapse"], ["train.stop_on[1]", "got 'colapse'"]),
     ("train", "stop_on", ["mode_collapse"], ["train.stop_on", "set eval.every > 0"]),
     ("train", "stability_window", 0, ["train.stability_window", "must be >= 1"]),
+    ("train", "augment", {"policy": ["colour"]}, ["train.augment.policy[0]", "did you mean 'color'"]),
+    ("train", "augment", {"policy": ["cutout", "cutout"]}, ["train.augment.policy", "'cutout' more than once"]),
+    ("train", "augment", {"p": 0.5}, ["train.augment.p", "is not used with train.augment.policy empty"]),
+    ("train", "augment", {"policy": ["color"], "target": 1.0}, ["train.augment.target", "must be < 1"]),
+    ("train", "augment", {"policy": ["color"], "cutout": 0.3}, ["train.augment.cutout", "without 'cutout'"]),
+    ("train", "augment", {"policy": ["color"], "images_to_full": 10}, ["train.augment.images_to_full",
+                                                                      "train.augment.target null"]),
+    ("train", "augment", {"policy": ["color"], "target": 0.6, "p": 1.5}, ["train.augment.p", "must be <= 1"]),
 ]
 
 
@@ -73,6 +81,21 @@ def test_malformed_spec_is_reported_with_its_key(section, key, value, fragments)
     assert len(info.value.problems) == 1, info.value.problems
     for fragment in fragments:
         assert fragment in info.value.problems[0], (fragment, info.value.problems[0])
+
+
+def test_adaptive_augmentation_needs_a_threshold_and_checkpoints_at_metrics_steps():
+    with pytest.raises(SpecError) as info:
+        parse({"name": "t", "model": {"d_norm": "none"}, "tracking": {"metrics_every": 50, "checkpoint_every": 120},
+               "train": {"loss": "wgan-gp", "augment": {"policy": ["translation"], "target": 0.6}}})
+    problems = dict(p.split(": ", 1) for p in info.value.problems)
+    assert sorted(problems) == ["tracking.checkpoint_every", "train.augment.target"]
+    assert "a multiple of tracking.metrics_every, 50" in problems["tracking.checkpoint_every"]
+    assert "use a fixed train.augment.p" in problems["train.augment.target"]
+    fixed = parse({"name": "t", "tracking": {"metrics_every": 50, "checkpoint_every": 120},
+                   "train": {"augment": {"policy": ["translation"], "p": 0.3}}})
+    assert fixed.train.augment.start_p == 0.3
+    adaptive = parse({"name": "t", "train": {"augment": {"policy": ["color"], "target": 0.6}}})
+    assert adaptive.train.augment.start_p == 0.0
 
 
 def test_all_problems_are_reported_together():

@@ -3,6 +3,8 @@
 import math
 from types import SimpleNamespace
 
+import pytest
+
 from orchestrator.evaluate.stability import StabilityMonitor
 
 HEALTHY = {"loss_d": 1.2, "loss_g": 0.9, "d_real": 0.6, "d_fake": 0.4, "d_accuracy_real": 0.7,
@@ -69,6 +71,34 @@ def test_mode_collapse_is_a_coverage_drop_from_the_best():
     assert "0.50" in flags[0].reason and "1.00" in flags[0].reason
     assert monitor.observe_eval(500, {"mode_coverage": 0.1}) == []  # raised once
     assert monitor.observe_eval(600, {"mode_coverage": math.nan}) == []
+
+
+REAL = {"real_precision": 0.97, "real_recall": 0.96, "real_manifold_coverage": 0.97}
+
+
+@pytest.mark.parametrize("scores, signal", [
+    ({"precision": 1.0, "recall": 0.0, "class_spread": 0.0}, "class_spread 0.000"),  # one image per class
+    ({"precision": 1.0, "recall": 0.05, "class_spread": 0.57}, "recall 0.050 at precision 1.000"),  # a few per class
+])
+def test_mode_collapse_is_also_realistic_images_that_do_not_vary(scores, signal):
+    """A conditional G covers every class by construction: its collapse shows in its variety, not its classes."""
+    monitor = StabilityMonitor(window=3, loss="nonsaturating")
+    flags = monitor.observe_eval(1000, {"mode_coverage": 1.0, **REAL, **scores})
+    assert [(f.step, f.name) for f in flags] == [(1000, "mode_collapse")]
+    assert signal in flags[0].reason, flags[0].reason
+
+
+@pytest.mark.parametrize("scores", [
+    {"precision": 0.74, "recall": 0.72, "class_spread": 0.9},     # the quickstart early on
+    {"precision": 0.64, "recall": 0.002, "class_spread": 0.38},   # blurred digits: poor, but varied
+    {"precision": 0.0, "recall": 0.0, "class_spread": 0.29},      # noise
+    {"precision": 1.0, "recall": 0.0, "class_spread": math.nan},  # no yardstick, no class to measure
+    {"precision": 1.0, "recall": 0.0, "class_spread": 0.0, "mode_coverage": 0.1},  # untrained: one blur
+], ids=["healthy", "blurred", "noise", "unmeasured", "untrained"])
+def test_poor_but_varied_images_are_not_a_mode_collapse(scores):
+    monitor = StabilityMonitor(window=3, loss="nonsaturating")
+    unmeasured = math.isnan(scores["class_spread"])
+    assert monitor.observe_eval(1000, {"mode_coverage": 1.0, **({} if unmeasured else REAL), **scores}) == []
 
 
 def test_oscillation_is_repeated_swings_of_the_balance():

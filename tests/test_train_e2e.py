@@ -147,7 +147,7 @@ def test_sample_quality_is_evaluated_across_both_workers(debug_run):
     assert float(run.data.tags[TAG_CLASSIFIER_ACCURACY]) >= 0.95
     assert Path(run.data.tags[TAG_CLASSIFIER]).parent == Path(spec.eval.cache_dir) / "classifiers"
     for key in ("fid", "kid", "is", "precision", "recall", "density", "manifold_coverage", "mode_coverage",
-                "class_kl"):
+                "class_kl", "class_spread", "real_precision", "real_recall", "real_manifold_coverage"):
         history = client.get_metric_history(outcome.run_id, key)
         assert [m.step for m in history] == [3, 6], key
         assert all(m.value == m.value for m in history), f"{key} has NaN"
@@ -399,6 +399,30 @@ def test_stop_on_ends_the_run_early_with_its_reason(ray_session, mlflow_store, t
     assert [m.step for m in client.get_metric_history(run.info.run_id, "unstable.d_overpowering")] == [step]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss_d")] == list(range(1, step + 1))
     assert run.data.tags[TAG_CHECKPOINT] == f"checkpoints/step_{step:06d}/checkpoint.pt"
+
+
+@pytest.mark.parametrize("generator, collapsed", [("user_networks:TenDigitsGenerator", True),
+                                                   ("user_networks:MLPGenerator", False), (None, False)],
+                         ids=["ten digits", "mlp", "dcgan"])
+def test_a_generator_of_one_image_per_class_is_stopped_as_collapsed(process_group, mnist_classifier, generator,
+                                                                     collapsed):
+    """A G that draws one real digit per class makes every class and no variety: its first evaluation flags
+    mode_collapse, and train.stop_on ends the run there. Poor generators are not collapsed: an MLP's noise, or the
+    debug DCGAN after 4 steps, nearly one blur for every z (it makes one or two classes)."""
+    from orchestrator.train.loop import WorkerContext, train
+
+    spec = load(REPO / "jobs/debug_dcgan.yaml", [
+        "resources.num_workers=1", f"model.generator={generator or 'null'}", "train.steps=4", "eval.every=2",
+        "eval.num_samples=200", f"eval.cache_dir={mnist_classifier[1]}", "train.stop_on=[mode_collapse]"])
+    summary = train(spec, WorkerContext(device=torch.device("cpu")))
+    scores = summary["eval"]
+    assert scores["real_recall"] > 0.9 and scores["real_precision"] > 0.9  # 200 held-out digits against 200
+    if collapsed:
+        assert summary["step"] == 2 and summary["stopped"].startswith("mode_collapse at step 2: "), summary
+        assert "class_spread 0.000" in summary["stopped"] and scores["class_spread"] < 1e-6
+        assert scores["mode_coverage"] >= 0.9 and scores["recall"] < 0.05
+    else:
+        assert summary["step"] == 4 and summary["stopped"] is None and summary["flags"] == [], summary
 
 
 def diverge_rank_one(config):

@@ -9,7 +9,7 @@ from torch.utils.data import Dataset
 
 from gan_models import sample_latent
 from gan_models.classifier import DomainClassifier
-from gan_models.metrics import distances, quality
+from gan_models.metrics import NEAREST_K, distances, quality, real_yardstick
 from orchestrator.distributed import collectives
 from orchestrator.distributed.collectives import gather_rows
 from orchestrator.evaluate.domain_classifier import check_labelled, domain_classifier
@@ -51,17 +51,28 @@ class Evaluator:
         self.num_samples, self.latent_dim, self.generator_classes = num_samples, latent_dim, generator_classes
         self.share = -(-num_samples // self.world_size)
 
-        # The real reference: a seeded random subset of the data, embedded once.
+        # The real reference: a seeded random subset of the data, embedded once; and as many other real images
+        # (where the data has them), the yardstick of what G's recall and coverage would be without mode collapse.
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
         count = min(num_samples, len(dataset))
-        chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count]
+        self.reference = {suffix: self.embed_real(dataset, order[:count], suffix) for suffix in self.extractors}
+        held_out = order[count:2 * count]
+        self.yardstick: dict[str, float] = {}
+        if len(held_out) > NEAREST_K:
+            self.yardstick = real_yardstick(self.reference[""][0], self.embed_real(dataset, held_out, "")[0])
+
+    def embed_real(self, dataset: Dataset, chosen: torch.Tensor, suffix: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features and logits of the images `chosen`, every rank embedding its share (on every rank)."""
         mine = chosen[self.rank::self.world_size].tolist()
-        local_share = -(-count // self.world_size)
-        images = torch.stack([dataset[i][0] for i in mine]) if mine else torch.zeros(0, channels, image_size, image_size)
-        self.reference = {}
-        for suffix in self.extractors:
-            features, logits = self.embed(suffix, images)
-            self.reference[suffix] = gather_rows(features, local_share), gather_rows(logits, local_share)
-            assert len(self.reference[suffix][0]) == count, (len(self.reference[suffix][0]), count)
+        if mine:
+            images = torch.stack([dataset[i][0] for i in mine])
+        else:
+            images = torch.zeros(0, *dataset[0][0].shape)
+        features, logits = self.embed(suffix, images)
+        share = -(-len(chosen) // self.world_size)
+        features, logits = gather_rows(features, share), gather_rows(logits, share)
+        assert len(features) == len(chosen), (len(features), len(chosen))
+        return features, logits
 
     def embed(self, suffix: str, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         extractor, batch = self.extractors[suffix], self.BATCH[suffix]
@@ -95,6 +106,7 @@ class Evaluator:
             real_features, real_logits = self.reference[suffix]
             if suffix == "":
                 scores.update(quality(real_features, real_logits, features, logits, seed=self.seed))
+                scores.update(self.yardstick)
             else:
                 found = distances(real_features, features, logits, seed=self.seed)
                 scores.update({f"{name}{suffix}": value for name, value in found.items()})

@@ -8,7 +8,14 @@ It reads each metrics interval (losses, D's outputs and accuracies, reduced acro
 - `d_overpowering`: for `window` intervals in a row, D calls more than 99% of fakes fake, or (losses whose D
   output is a probability or a 0/1 target) the mean D(G(z)) is below 0.01, while it calls over half the reals real
   (a D that rejects everything early on is not winning);
-- `mode_collapse`: the mode coverage of an evaluation falls to at most half the best seen before it;
+- `mode_collapse`: an evaluation sees G's variety gone, by any of three signals: its mode coverage falls to at
+  most half the best seen before it (classes lost); or, while G makes at least MAKES_CLASSES of the classes
+  (`mode_coverage`: an untrained G makes one blur, nearly alike for every z, which is no collapse yet), its recall
+  falls to at most COLLAPSED_SHARE of what held-out real images score against the same reference
+  (`real_recall`) while its precision stays at least REALISTIC_SHARE of theirs (`real_precision`): realistic
+  images, but few real ones near any of them (blurred or noisy images lose precision as well as recall, and are
+  not a collapse); or its `class_spread` falls below COLLAPSED_SPREAD (within its classes G draws nearly one
+  image whatever z is: the collapse of a conditional G, which makes every class by construction);
 - `oscillation`: D's accuracy on fakes swings across the band [0.1, 0.9] (from above 0.9 to below 0.1, or back)
   at least OSCILLATION_SWINGS times within the last 4 x `window` intervals: D and G take turns winning.
 """
@@ -29,6 +36,10 @@ OVERPOWERED_ACCURACY = 0.99
 OVERPOWERED_OUTPUT = 0.01
 ACCEPTS_REAL = 0.5   # d_accuracy_real above this: D still tells reals apart
 COLLAPSE_RATIO = 0.5
+MAKES_CLASSES = 0.5
+COLLAPSED_SHARE = 0.1
+REALISTIC_SHARE = 0.9
+COLLAPSED_SPREAD = 0.1
 OSCILLATION_BAND = (0.1, 0.9)
 OSCILLATION_SWINGS = 3
 
@@ -64,15 +75,30 @@ class StabilityMonitor:
 
     def observe_eval(self, step: int, scores: dict[str, float]) -> list[Flag]:
         """One evaluation at `step`. Returns the flags it raises for the first time."""
+        reasons = []
         coverage = scores.get("mode_coverage")
-        if coverage is None:
-            return []
-        flag = None
-        if self.best_coverage > 0 and coverage <= COLLAPSE_RATIO * self.best_coverage:
-            flag = Flag("mode_collapse", step, f"mode_coverage fell to {coverage:.2f} from a best of "
-                                               f"{self.best_coverage:.2f}")
-        self.best_coverage = max(self.best_coverage, coverage)
+        if coverage is not None:
+            if self.best_coverage > 0 and coverage <= COLLAPSE_RATIO * self.best_coverage:
+                reasons.append(f"mode_coverage fell to {coverage:.2f} from a best of {self.best_coverage:.2f}")
+            self.best_coverage = max(self.best_coverage, coverage)
+        if coverage is not None and coverage >= MAKES_CLASSES:
+            reasons += self._no_variety(scores)
+        flag = Flag("mode_collapse", step, "; ".join(reasons)) if reasons else None
         return self._raise([flag])
+
+    @staticmethod
+    def _no_variety(scores: dict[str, float]) -> list[str]:
+        reasons = []
+        if all(scores.get(name) is not None for name in ("recall", "real_recall", "precision", "real_precision")) \
+                and scores["recall"] <= COLLAPSED_SHARE * scores["real_recall"] \
+                and scores["precision"] >= REALISTIC_SHARE * scores["real_precision"]:
+            reasons.append(f"recall {scores['recall']:.3f} at precision {scores['precision']:.3f} (held-out real "
+                           f"images: {scores['real_recall']:.3f} at {scores['real_precision']:.3f})")
+        spread = scores.get("class_spread")
+        if spread is not None and spread < COLLAPSED_SPREAD:  # NaN (no class to measure) is not below
+            reasons.append(f"class_spread {spread:.3f}: G's images vary less than {COLLAPSED_SPREAD:g}x as much as "
+                           "real ones within their classes")
+        return reasons
 
     def _raise(self, found: list[Flag | None]) -> list[Flag]:
         new = [f for f in found if f is not None and f.name not in self.raised]

@@ -73,6 +73,40 @@ class DataSpec:
                 yield ("dataset",), f"got {self.dataset!r}; allowed: {', '.join(TORCHVISION_DATASETS)}{hint}"
 
 
+AugmentPolicy = Literal["color", "translation", "cutout"]  # gan_models.augment.POLICIES
+
+
+@dataclass
+class AugmentSpec:
+    policy: list[AugmentPolicy] = setting(default_factory=list, help="Differentiable augmentations (DiffAugment, Zhao et al. 2020) applied to every image D sees, real and fake, in both phases, gradients flowing through them to G: `color` (brightness, saturation, contrast), `translation` (shifts of up to `translation` x the side, black fill), `cutout` (a black square of `cutout` x the side). Each is drawn per image for the global batch, as the noise is. Empty turns augmentation off.")
+    p: float | None = setting(None, ge=0, le=1, help="Probability that each transform is applied to an image; with `target`, the value p starts from. Null means 1 (DiffAugment), or 0 with `target` (ADA).")
+    target: float | None = setting(None, gt=0, lt=1, help="Adaptive augmentation (StyleGAN2-ADA): at each metrics step p rises when D's overfitting signal (metric `d_real_sign`: over the interval, the mean sign of D's outputs on real images measured from its decision threshold, which is 0 but for `lsgan`'s 0.5) is above this target, and falls when below; ADA uses 0.6. p is logged as `augment_p` and kept in checkpoints, which must come at metrics steps. Null keeps p fixed.")
+    images_to_full: int = setting(100_000, ge=1, help="With `target`: real images D sees while p moves by 1 at most (StyleGAN2-ADA uses 500,000 for runs of millions of images).")
+    translation: float = setting(0.125, gt=0, le=1, help="`translation`: the largest shift, as a fraction of the image side.")
+    cutout: float = setting(0.5, gt=0, le=1, help="`cutout`: the side of the square, as a fraction of the image side.")
+
+    def problems(self) -> Iterator[Problem]:
+        repeated = sorted({name for name in self.policy if self.policy.count(name) > 1})
+        if repeated:
+            yield ("policy",), f"lists {', '.join(map(repr, repeated))} more than once"
+        if not self.policy:
+            yield from ignored(self, ("p", "target", "images_to_full", "translation", "cutout"), "policy",
+                               "train.augment.policy empty (augmentation off)", "list augmentations in the policy")
+            return
+        if self.target is None:
+            yield from ignored(self, ("images_to_full",), "target", "train.augment.target null (fixed p)",
+                               "set train.augment.target")
+        if "translation" not in self.policy:
+            yield from ignored(self, ("translation",), "policy", "a policy without 'translation'",
+                               "add 'translation' to the policy")
+        if "cutout" not in self.policy:
+            yield from ignored(self, ("cutout",), "policy", "a policy without 'cutout'", "add 'cutout' to the policy")
+
+    @property
+    def start_p(self) -> float:
+        return self.p if self.p is not None else 0.0 if self.target is not None else 1.0
+
+
 @dataclass
 class TrainSpec:
     steps: int = setting(1000, ge=1, help="Training iterations; each is `n_critic` D steps then one G step.")
@@ -88,6 +122,7 @@ class TrainSpec:
     ema_rampup: bool = setting(True, help="Ramp the EMA decay up from 0 as min(ema_decay, (1 + step) / (10 + step)).")
     stop_on: list[StabilityFlag] = setting(default_factory=list, help="Stability flags that end the run early (final checkpoint kept, the flag recorded as its outcome): `diverged`, `d_overpowering`, `mode_collapse` (needs eval.every), `oscillation`. Every flag is logged either way.")
     nonfinite: Literal["skip", "stop"] = setting("skip", help="A step whose loss (on any worker) or gradient is not finite is never applied, decided on the device without a host sync. `skip`: it is skipped and counted (metrics `skipped_d`, `skipped_g`), and the run stops as `diverged` when 20 steps of a network in a row were skipped; `stop`: the first one stops the run as `diverged` (final checkpoint kept). Either stop comes at the next metrics, evaluation or checkpoint step, where stop decisions are taken: the steps up to it are taken as usual, the skipped ones changing no weight. Under fp16 a step whose gradients overflowed is the gradient scaler's to skip (it lowers its scale), whatever this policy: counted (metrics `overflow_d`, `overflow_g`), left out of the interval's stats, and 20 in a row stop the run as `diverged`.")
+    augment: AugmentSpec = setting(default_factory=AugmentSpec, help="Differentiable augmentation of D's inputs, the remedy for D overfitting small data.")
     stability_window: int = setting(5, ge=1, help="Metrics intervals in a row D must overpower G before `d_overpowering` is flagged; `oscillation` looks at the last 4x this many.")
 
     def __post_init__(self) -> None:
@@ -102,6 +137,9 @@ class TrainSpec:
         if not self.r1_gamma:
             yield from ignored(self, ("r1_every",), "r1_gamma", "train.r1_gamma 0 (R1 off)",
                                "set train.r1_gamma > 0")
+        if self.augment.target is not None and self.loss == "wgan-gp":
+            yield ("augment.target", "loss"), ("needs D's outputs to have a fixed sign for real images, which the "
+                                               "critic of train.loss 'wgan-gp' has not: use a fixed train.augment.p")
 
 
 @dataclass
@@ -167,7 +205,7 @@ class EvalResourcesSpec:
 
 @dataclass
 class EvalSpec:
-    every: int = setting(0, ge=0, help="Steps between evaluations of G_ema (fid, kid, is, precision, recall, mode_coverage, class_kl on a domain classifier's features), also at the end; 0 turns evaluation off. Needs labelled data.")
+    every: int = setting(0, ge=0, help="Steps between evaluations of G_ema (fid, kid, is, precision, recall, mode_coverage, class_kl, class_spread on a domain classifier's features), also at the end; 0 turns evaluation off. Needs labelled data.")
     num_samples: int = setting(2000, ge=10, help="Generated images per evaluation, and real images in the reference set; shared across the workers.")
     cache_dir: str | None = setting(None, help="Where domain classifiers are cached, one per dataset; null means ~/.cache/ganorch (or $XDG_CACHE_HOME/ganorch).")
     inception: Literal["auto", "download", "off"] = setting("auto", help="Also score on FID's Inception-v3 features (fid_inception, kid_inception, is_inception): `auto` when its weights are at eval.inception_weights or in torch.hub's cache (a message says how to get them otherwise), `download` fetches them into that cache first (needs internet), `off`. Slow on CPU: about 10 images/s.")
@@ -187,7 +225,7 @@ class EvalSpec:
 # What a sweep can optimise: the eval metrics (gan_models.metrics.NAMES and their Inception variants) and the
 # per-interval training metrics.
 EVAL_METRICS = ("fid", "kid", "is", "precision", "recall", "density", "manifold_coverage", "mode_coverage",
-                "class_kl", "fid_inception", "kid_inception", "is_inception")
+                "class_kl", "class_spread", "fid_inception", "kid_inception", "is_inception")
 TRAIN_METRICS = ("loss_d", "loss_g", "d_real", "d_fake", "d_accuracy_real", "d_accuracy_fake")
 
 
@@ -304,6 +342,11 @@ class JobSpec:
                    f"got {self.model.channels}; data.source {self.data.source!r} has {source_channels} channel(s)")
         if not self.name.strip():
             yield ("name",), "must not be empty"
+        if self.train.augment.target is not None and self.tracking.checkpoint_every % self.tracking.metrics_every:
+            yield (("tracking.checkpoint_every", "tracking.metrics_every", "train.augment.target"),
+                   f"got {self.tracking.checkpoint_every}; with train.augment.target, p adapts at metrics steps, so a "
+                   f"checkpoint must come at one (a multiple of tracking.metrics_every, "
+                   f"{self.tracking.metrics_every}) for a restart to continue as the run would have")
         if "mode_collapse" in self.train.stop_on and not self.eval.every:
             yield (("train.stop_on", "eval.every"),
                    "lists 'mode_collapse', which is seen in evaluations: set eval.every > 0 or remove it")

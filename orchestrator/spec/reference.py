@@ -17,7 +17,7 @@ def field_reference() -> list[Row]:
     for key, f, tp in leaf_fields(JobSpec):
         default = (f.default if f.default is not dataclasses.MISSING else f.default_factory()
                    if f.default_factory is not dataclasses.MISSING else "(file name)")
-        bounds = [f"{symbol} {f.metadata[k]:g}" for k, symbol in (("ge", ">="), ("gt", ">"), ("le", "<="))
+        bounds = [f"{symbol} {f.metadata[k]:g}" for k, symbol in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
                   if f.metadata.get(k) is not None]
         type_text = " ".join([describe_type(tp), ", ".join(bounds)]).strip()
         default_text = yaml.safe_dump(to_plain(default), default_flow_style=True).removesuffix("...\n").strip()

@@ -15,9 +15,9 @@ MISSING = dataclasses.MISSING
 
 
 def setting(default: Any = MISSING, *, help: str, ge: float | None = None, gt: float | None = None,
-            le: float | None = None, default_factory: Any = MISSING) -> Any:
+            le: float | None = None, lt: float | None = None, default_factory: Any = MISSING) -> Any:
     """A dataclass field with a one-line meaning (docs/spec.md is generated from it) and a range."""
-    metadata = {"help": help, "ge": ge, "gt": gt, "le": le}
+    metadata = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt}
     if default_factory is not MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -145,7 +145,8 @@ class Parser:
     def check_range(self, value: Any, path: str, metadata: Any) -> None:
         if not metadata or isinstance(value, (bool, str)):
             return
-        bounds = [("ge", ">=", lambda v, b: v >= b), ("gt", ">", lambda v, b: v > b), ("le", "<=", lambda v, b: v <= b)]
+        bounds = [("ge", ">=", lambda v, b: v >= b), ("gt", ">", lambda v, b: v > b), ("le", "<=", lambda v, b: v <= b),
+                  ("lt", "<", lambda v, b: v < b)]
         for key, symbol, ok in bounds:
             bound = metadata.get(key)
             if bound is not None and not ok(value, bound):

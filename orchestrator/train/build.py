@@ -7,7 +7,7 @@ from typing import Any, Iterator
 
 import torch
 
-from gan_models import GeneratorEMA, GradientPenalty, R1Penalty, Regularizer, build_loss, sample_latent
+from gan_models import DiffAugment, GeneratorEMA, GradientPenalty, R1Penalty, Regularizer, build_loss, sample_latent
 from orchestrator.data.record import dataset_record
 from orchestrator.data.sharding import ShardedBatches
 from orchestrator.data.sources import check_conditional, load_dataset, num_classes
@@ -42,6 +42,8 @@ class Training:
     scoring: InlineScoring | BackgroundScoring | None  # None: evaluation off
     step: int
     images_seen: int
+    augment: DiffAugment | None = None  # what D's inputs go through (None: augmentation off)
+    augment_adapted_at: int = 0  # images_seen when an adaptive augment's p was last adjusted
     node_metrics: Any = None     # the first worker of a node: its system-metrics monitor, from the first step on
 
     def draw_latent(self) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -74,7 +76,8 @@ class Training:
             ddp.check_consistency(self.modules())
         if self.rank != 0:
             return None
-        loop = resume.loop_state(self.phases, self.noise, self.source.position if self.source else None, self.device)
+        loop = resume.loop_state(self.phases, self.noise, self.source.position if self.source else None, self.device,
+                                 self.augment)
         return checkpoint.build(G=self.G, G_ema=self.ema.module, D=self.D, opt_g=self.opt_g, opt_d=self.opt_d,
                                 step=self.step, images_seen=self.images_seen, spec=masked(self.spec.to_dict()),
                                 num_classes=self.classes, loop=loop)
@@ -104,11 +107,12 @@ def build(spec: JobSpec, context: Any, logger: Any) -> Training:
     G_ddp = ddp.wrap_ddp(G.to(device, memory_format=memory_format), device)
     D_ddp = ddp.wrap_ddp(D.to(device, memory_format=memory_format), device)
     opt_g, opt_d = adam(G, spec.optim.g), adam(D, spec.optim.d)
+    augment = build_augment(spec)
     phases = build_phases(G_ddp, D_ddp, opt_g, opt_d, build_loss(spec.train.loss), spec.train.n_critic,
-                          build_regularizers(spec), Precision(spec.train.precision, device), classes > 0)
+                          build_regularizers(spec), Precision(spec.train.precision, device), classes > 0, augment)
     ema = GeneratorEMA(G, spec.train.ema_decay, spec.train.ema_rampup)  # on every rank: samples and evaluation
     if context.resume:
-        resume.restore_training(context.resume, ema.module, opt_g, opt_d, phases, spec)
+        resume.restore_training(context.resume, ema.module, opt_g, opt_d, phases, spec, augment)
 
     if context.data_shard is None:
         source = ShardedBatches(dataset, batch_size=spec.batch_per_worker, rank=rank, world_size=world_size,
@@ -127,12 +131,20 @@ def build(spec: JobSpec, context: Any, logger: Any) -> Training:
     if context.resume:
         resume.restore_rng(context.resume, noise, device)
     return Training(spec, device, rank, world_size, classes, G, D, ema, opt_g, opt_d, phases, batches, source, noise,
-                    fixed, scoring, step, images_seen)
+                    fixed, scoring, step, images_seen, augment, augment_adapted_at=images_seen)
 
 
 def adam(net: torch.nn.Module, settings: Any) -> torch.optim.Adam:
     """Fused Adam: one kernel for all parameters, and it takes a step's skip as a device tensor (`found_inf`)."""
     return torch.optim.Adam(net.parameters(), lr=settings.lr, betas=settings.betas, fused=True)
+
+
+def build_augment(spec: JobSpec) -> DiffAugment | None:
+    settings = spec.train.augment
+    if not settings.policy:
+        return None
+    return DiffAugment(settings.policy, settings.start_p, settings.translation, settings.cutout, settings.target,
+                       settings.images_to_full)
 
 
 def build_regularizers(spec: JobSpec) -> list[Regularizer]:

@@ -92,12 +92,19 @@ def agree_counts(t: Training) -> None:
 
 
 def interval_metrics(t: Training, stats: StatsAccumulator, speed: Throughput) -> dict[str, float]:
-    """The interval's means over steps and ranks (one all-reduce), with throughput, rates and skipped steps."""
+    """The interval's means over steps and ranks (one all-reduce), with throughput, rates, skipped steps and an
+    augmentation's p (adjusted first when it adapts)."""
     metrics = {**stats.reduce(), "images_per_sec": speed.rate(t.step), "images_seen": t.images_seen,
                "lr_g": t.opt_g.param_groups[0]["lr"], "lr_d": t.opt_d.param_groups[0]["lr"],
                **{f"skipped_{p.name.lower()}": p.skipped.counts()[0] for p in t.phases},
                **{f"overflow_{p.name.lower()}": p.overflowed.counts()[0] for p in t.phases if p.scaler is not None}}
     speed.restart(t.step)
+    if t.augment is not None:
+        if t.augment.adaptive:  # the signal is alike on every rank: so is the new p
+            if "d_real_sign" in metrics:  # missing when no D step of the interval was applied
+                t.augment.adapt(metrics["d_real_sign"], t.images_seen - t.augment_adapted_at)
+            t.augment_adapted_at = t.images_seen
+        metrics["augment_p"] = t.augment.p
     return metrics
 
 

@@ -10,6 +10,7 @@ from typing import Any, Callable, ContextManager, Iterator
 import torch
 from torch import nn
 
+from gan_models.augment import DiffAugment
 from gan_models.losses import GANLoss
 from gan_models.regularizers import Regularizer, Uniform
 from orchestrator.distributed.ddp import unwrap
@@ -79,9 +80,20 @@ def conditioned(net: nn.Module, conditional: bool) -> Callable[[torch.Tensor, to
     return (lambda x, labels: net(x, labels)) if conditional else (lambda x, labels: net(x))
 
 
-def discriminator_objective(loss: GANLoss, regularizers: list[Regularizer], conditional: bool, D: nn.Module,
-                            G: nn.Module, step: StepInputs) -> tuple[torch.Tensor, Stats]:
-    D_, G_ = conditioned(D, conditional), conditioned(G, conditional)
+def judged(D: nn.Module, conditional: bool, augment: DiffAugment | None,
+           step: StepInputs) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """D as the objectives call it: on images augmented afresh at every call (when augmenting), from the step's
+    global-batch draws."""
+    D_ = conditioned(D, conditional)
+    if augment is None:
+        return D_
+    return lambda x, labels: D_(augment(x, step.uniform), labels)
+
+
+def discriminator_objective(loss: GANLoss, regularizers: list[Regularizer], conditional: bool,
+                            augment: DiffAugment | None, D: nn.Module, G: nn.Module,
+                            step: StepInputs) -> tuple[torch.Tensor, Stats]:
+    D_, G_ = judged(D, conditional, augment, step), conditioned(G, conditional)
     with torch.no_grad():
         fake = G_(step.z, step.fake_labels)
     due = [r for r in regularizers if step.index % r.every == 0]
@@ -95,6 +107,8 @@ def discriminator_objective(loss: GANLoss, regularizers: list[Regularizer], cond
     threshold = loss.threshold(real_scores.detach(), fake_scores.detach())
     stats = {"loss_d": value, "d_real": loss.output(real_scores), "d_fake": loss.output(fake_scores),
              "d_accuracy_real": (real_scores > threshold).float(), "d_accuracy_fake": (fake_scores <= threshold).float()}
+    if augment is not None and augment.adaptive:  # ADA's overfitting signal r_t
+        stats["d_real_sign"] = torch.sign(real_scores.detach() - threshold)
     for regularizer in due:  # penalties judge images under the real batch's labels
         penalty = regularizer.penalty(lambda x: D_(x, step.real_labels), real, real_scores, fake, step.loss_scale(),
                                       step.uniform)
@@ -103,25 +117,27 @@ def discriminator_objective(loss: GANLoss, regularizers: list[Regularizer], cond
     return value, stats
 
 
-def generator_objective(loss: GANLoss, conditional: bool, D: nn.Module, G: nn.Module,
+def generator_objective(loss: GANLoss, conditional: bool, augment: DiffAugment | None, D: nn.Module, G: nn.Module,
                         step: StepInputs) -> tuple[torch.Tensor, Stats]:
-    D_, G_ = conditioned(D, conditional), conditioned(G, conditional)
+    D_, G_ = judged(D, conditional, augment, step), conditioned(G, conditional)
     value = loss.generator(D_(G_(step.z, step.fake_labels), step.fake_labels).float())
     return value, {"loss_g": value}
 
 
 def build_phases(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
                  loss: GANLoss, n_critic: int, regularizers: list[Regularizer] = (),
-                 precision: Precision | None = None, conditional: bool = False) -> list[Phase]:
+                 precision: Precision | None = None, conditional: bool = False,
+                 augment: DiffAugment | None = None) -> list[Phase]:
     """G and D are the networks as trained (DDP-wrapped when there are several ranks); each phase calls the other
-    network's bare module. The optimizers must be fused (they take a step's skip as a device tensor)."""
+    network's bare module. The optimizers must be fused (they take a step's skip as a device tensor). `augment`
+    transforms every image D sees, in both phases."""
     precision = precision or Precision("fp32", torch.device("cpu"))
     return [
         Phase("D", trains=D, frozen=unwrap(G), optimizer=opt_d, repeats=n_critic, uses_real=True,
-              objective=partial(discriminator_objective, loss, list(regularizers), conditional, D, unwrap(G)),
+              objective=partial(discriminator_objective, loss, list(regularizers), conditional, augment, D, unwrap(G)),
               autocast=precision.autocast, scaler=precision.new_scaler()),
         Phase("G", trains=G, frozen=unwrap(D), optimizer=opt_g, repeats=1, uses_real=False,
-              objective=partial(generator_objective, loss, conditional, unwrap(D), G),
+              objective=partial(generator_objective, loss, conditional, augment, unwrap(D), G),
               autocast=precision.autocast, scaler=precision.new_scaler()),
     ]
 

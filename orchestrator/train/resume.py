@@ -11,13 +11,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from gan_models.augment import DiffAugment
 from orchestrator.spec import JobSpec
 from orchestrator.train import checkpoint
 from orchestrator.train.phases import Phase, Streak
 
 
 def loop_state(phases: list[Phase], noise: torch.Generator, data_position: int | None,
-               device: torch.device) -> dict[str, Any]:
+               device: torch.device, augment: DiffAugment | None = None) -> dict[str, Any]:
     state = {"phase_steps": {p.name: p.steps_taken for p in phases},
              "phase_skipped": {p.name: p.skipped.counts() for p in phases},
              "phase_overflowed": {p.name: p.overflowed.counts() for p in phases},
@@ -27,6 +28,8 @@ def loop_state(phases: list[Phase], noise: torch.Generator, data_position: int |
         state["cuda_rng"] = torch.cuda.get_rng_state(device)
     if data_position is not None:  # None: a stream (Ray Data) has no position to go back to
         state["data_position"] = data_position
+    if augment is not None:
+        state["augment_p"] = augment.p
     return state
 
 
@@ -40,8 +43,10 @@ def restore_networks(state: dict[str, Any], G: nn.Module, D: nn.Module, num_clas
 
 
 def restore_training(state: dict[str, Any], G_ema: nn.Module, opt_g: torch.optim.Optimizer,
-                     opt_d: torch.optim.Optimizer, phases: list[Phase], spec: JobSpec) -> None:
-    """The EMA generator, both optimizers (rates and betas from `spec`) and the phases' counters."""
+                     opt_d: torch.optim.Optimizer, phases: list[Phase], spec: JobSpec,
+                     augment: DiffAugment | None = None) -> None:
+    """The EMA generator, both optimizers (rates and betas from `spec`), the phases' counters and an adaptive
+    augmentation's p (a fixed p is the spec's)."""
     G_ema.load_state_dict(state["generator_ema"])
     for optimizer, key, settings in ((opt_g, "optimizer_g", spec.optim.g), (opt_d, "optimizer_d", spec.optim.d)):
         # A checkpoint from before fused optimizers says fused: None, and loading places the step counters by it
@@ -57,6 +62,8 @@ def restore_training(state: dict[str, Any], G_ema: nn.Module, opt_g: torch.optim
         phase.overflowed = Streak(*loop.get("phase_overflowed", {}).get(phase.name, []))
         if phase.scaler is not None and phase.name in loop.get("grad_scalers", {}):
             phase.scaler.load_state_dict(loop["grad_scalers"][phase.name])
+    if augment is not None and augment.adaptive and "augment_p" in loop:
+        augment.p = float(loop["augment_p"])
 
 
 def data_position(state: dict[str, Any] | None) -> int:
