@@ -30,9 +30,9 @@ def final_checkpoint(uri: str, run_id: str, tmp_path: Path) -> dict:
 
 
 def test_a_run_stopped_at_k_and_resumed_to_n_is_the_run_never_stopped(ray_session, mlflow_store, tmp_path, capsys):
-    # ADA's p moves at every step (by 32/100 real images): the checkpoint must carry it
+    # ADA's p moves at every step (by 32/100 real images, up or down from 0.5): the checkpoint must carry it
     augment = ["train.augment.policy=[color,translation,cutout]", "train.augment.target=0.6",
-               "train.augment.images_to_full=100"]
+               "train.augment.images_to_full=100", "train.augment.p=0.5"]
     common = ["--set", f"tracking.storage_path={tmp_path / 'ray_storage'}", "--set", "tracking.checkpoint_every=3",
               "--set", "tracking.metrics_every=1", *(arg for key in augment for arg in ("--set", key))]
     code, out, err = run_cli(capsys, *common, "--set", "train.steps=6")
