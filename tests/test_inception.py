@@ -97,5 +97,6 @@ def test_evaluator_adds_inception_metrics(inception_weights_file, mnist_classifi
     noise = evaluator.evaluate(Replay(torch.rand(12, 1, 28, 28) * 2 - 1))
     for scores in (real, noise):
         assert {"fid", "mode_coverage", "fid_inception", "kid_inception", "is_inception"} <= set(scores)
-        assert all(v == v for v in scores.values()), [k for k, v in scores.items() if v != v]
+        # class_spread may be NaN: of 12 images, a class seldom holds two generated and two real ones
+        assert all(v == v for k, v in scores.items() if k != "class_spread"), [k for k, v in scores.items() if v != v]
     assert real["fid_inception"] < noise["fid_inception"]
