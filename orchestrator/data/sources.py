@@ -128,8 +128,16 @@ def open_torchvision(data: DataSpec, transform: ToModelImage) -> Dataset:
 
     cls = getattr(torchvision.datasets, data.dataset)
     split = {"split": "train"} if data.dataset == "SVHN" else {"train": True}
+    root = Path(data.path).expanduser()
     try:
-        return cls(root=str(Path(data.path).expanduser()), download=data.download, transform=transform, **split)
+        if not data.download:
+            return cls(root=str(root), download=False, transform=transform, **split)
+        # The workers of a node open the dataset at once: one downloads, the others wait and find it there.
+        from filelock import FileLock
+
+        root.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(root / f".{data.dataset}.download.lock")):
+            return cls(root=str(root), download=True, transform=transform, **split)
     except RuntimeError as err:  # torchvision's "Dataset not found or corrupted"
         hint = "" if data.download else "; set data.download: true to fetch it"
         raise ValueError(f"data.path: torchvision {data.dataset} not found under {data.path}: {err}{hint}") from None
