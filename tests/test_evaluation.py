@@ -141,3 +141,30 @@ def test_folder_fingerprint_follows_the_files(tmp_path):
     assert fingerprint(dataset, 32, 1) != before, "the image size is part of it"
     Image.new("L", (9, 9), 200).save(tmp_path / "b" / "x.png")
     assert fingerprint(ImageFolderDataset(tmp_path, ToModelImage(28, 1)), 28, 1) != before
+
+
+@pytest.mark.parametrize("size, held_out", [(40, 20), (25, 5)])
+def test_the_evaluator_names_the_yardstick_of_collapse_or_why_there_is_none(tmp_path, size, held_out):
+    """The real images beyond the reference are the yardstick of recall: with more than NEAREST_K of them their
+    scores join every evaluation's; with fewer, the tag says there is none and why."""
+    from torch.utils.data import TensorDataset
+
+    from orchestrator.evaluate.evaluator import Evaluator
+
+    images, labels = load_dataset(DataSpec("mnist5k"), ModelSpec()).tensors
+    dataset = TensorDataset(images[:size], labels[:size])
+    evaluator = Evaluator(dataset, 10, 0, num_samples=20, latent_dim=4, image_size=28, channels=1,
+                          cache_dir=str(tmp_path), seed=0, device=torch.device("cpu"))
+
+    class Replay(torch.nn.Module):
+        def forward(self, z):
+            return images[-len(z):]
+
+    scores = evaluator.evaluate(Replay())
+    if held_out > 5:
+        assert evaluator.yardstick_line == f"{held_out} held-out real images against the 20 of the reference"
+        assert {"real_precision", "real_recall", "real_manifold_coverage"} <= set(scores)
+    else:
+        assert evaluator.yardstick_line.startswith(f"none: the data holds {held_out} images besides the 20 of the "
+                                                   "reference (eval.num_samples), 6 needed")
+        assert not {k for k in scores if k.startswith("real_")}

@@ -17,6 +17,7 @@ from orchestrator.track.tags import (
     TAG_CHECKPOINT,
     TAG_CLASSIFIER,
     TAG_CLASSIFIER_ACCURACY,
+    TAG_COLLAPSE_YARDSTICK,
     TAG_DESCRIPTION,
     TAG_EVALUATED,
     TAG_EXPERIMENT_KIND,
@@ -146,6 +147,7 @@ def test_sample_quality_is_evaluated_across_both_workers(debug_run):
     run = client.get_run(outcome.run_id)
     assert float(run.data.tags[TAG_CLASSIFIER_ACCURACY]) >= 0.95
     assert Path(run.data.tags[TAG_CLASSIFIER]).parent == Path(spec.eval.cache_dir) / "classifiers"
+    assert run.data.tags[TAG_COLLAPSE_YARDSTICK] == "301 held-out real images against the 301 of the reference"
     for key in ("fid", "kid", "is", "precision", "recall", "density", "manifold_coverage", "mode_coverage",
                 "class_kl", "class_spread", "real_precision", "real_recall", "real_manifold_coverage"):
         history = client.get_metric_history(outcome.run_id, key)

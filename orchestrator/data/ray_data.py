@@ -27,8 +27,8 @@ from orchestrator.spec import JobSpec
 # Rows each worker shuffles locally, in batches: Ray Data reshuffles the file order every epoch, and this
 # buffer mixes the images of neighbouring files.
 SHUFFLE_BUFFER_BATCHES = 8
-# Evaluation reads a seeded sample of this many images (or eval.num_samples, if more) into memory: the domain
-# classifier trains on it and the real reference is drawn from it.
+# Evaluation reads a seeded sample of this many images (or 2 x eval.num_samples, if more) into memory: the domain
+# classifier trains on it, and the real reference and as many held-out images are drawn from it.
 EVAL_SAMPLE_IMAGES = 5000
 READ_THREADS = 16  # files read at once for that sample (object stores answer each read slowly)
 
@@ -120,7 +120,7 @@ def eval_sample(path: str, *, num_samples: int, image_size: int, channels: int, 
     from PIL import Image, UnidentifiedImageError
 
     filesystem, files, labels, _ = list_images(path)
-    count = min(len(files), max(num_samples, EVAL_SAMPLE_IMAGES))
+    count = min(len(files), max(2 * num_samples, EVAL_SAMPLE_IMAGES))  # the reference, and as many held out
     chosen = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))[:count].sort().values.tolist()
     transform = ToModelImage(image_size, channels)
 

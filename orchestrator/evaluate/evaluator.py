@@ -60,6 +60,11 @@ class Evaluator:
         self.yardstick: dict[str, float] = {}
         if len(held_out) > NEAREST_K:
             self.yardstick = real_yardstick(self.reference[""][0], self.embed_real(dataset, held_out, "")[0])
+            self.yardstick_line = f"{len(held_out)} held-out real images against the {count} of the reference"
+        else:
+            self.yardstick_line = (f"none: the data holds {len(held_out)} images besides the {count} of the reference "
+                                   f"(eval.num_samples), {NEAREST_K + 1} needed; mode_collapse judges class coverage "
+                                   "and class_spread only")
 
     def embed_real(self, dataset: Dataset, chosen: torch.Tensor, suffix: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Features and logits of the images `chosen`, every rank embedding its share (on every rank)."""

@@ -8,6 +8,7 @@ TAG_DATA_SKIPPED = "ganorch.data_skipped"        # how many images could not be 
 TAG_CLASSIFIER = "ganorch.classifier"            # the cached domain classifier behind the eval metrics
 TAG_CLASSIFIER_ACCURACY = "ganorch.classifier_accuracy"  # its accuracy on its held-out share of the data
 TAG_INCEPTION = "ganorch.inception"              # whether Inception features are used: "on: <weights>" or "off: <why>"
+TAG_COLLAPSE_YARDSTICK = "ganorch.collapse_yardstick"  # the held-out real images recall is judged against, or "none: <why>"
 TAG_BEST_CHECKPOINT = "ganorch.best_checkpoint"  # artifact path of the checkpoint with the lowest FID so far
 TAG_BEST_FID = "ganorch.best_fid"                # that FID, and the step it was reached at:
 TAG_BEST_STEP = "ganorch.best_step"

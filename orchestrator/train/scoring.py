@@ -11,7 +11,7 @@ import torch
 from orchestrator.distributed import ddp
 from orchestrator.evaluate.domain_classifier import check_labelled
 from orchestrator.spec import JobSpec
-from orchestrator.track.tags import TAG_CLASSIFIER, TAG_CLASSIFIER_ACCURACY, TAG_INCEPTION
+from orchestrator.track.tags import TAG_CLASSIFIER, TAG_CLASSIFIER_ACCURACY, TAG_COLLAPSE_YARDSTICK, TAG_INCEPTION
 
 if TYPE_CHECKING:
     from orchestrator.evaluate.evaluator import Evaluator
@@ -40,8 +40,9 @@ def build_scoring(spec: JobSpec, device: torch.device, logger: Any, dataset: Any
 
 def build_evaluator(spec: JobSpec, device: torch.device, dataset: Any, data_classes: int, classes: int,
                     streamed: bool) -> tuple["Evaluator", dict[str, str]]:
-    """The spec's evaluator and the run's tags that name its classifier and Inception's weights. `streamed`: a
-    Ray Data source, whose reference images are a sample of its files, read into memory."""
+    """The spec's evaluator and the run's tags that name its classifier, Inception's weights and the real images
+    mode collapse is judged against. `streamed`: a Ray Data source, whose reference images are a sample of its
+    files, read into memory."""
     from orchestrator.evaluate.evaluator import Evaluator
     from orchestrator.evaluate.inception import inception_weights
 
@@ -55,7 +56,8 @@ def build_evaluator(spec: JobSpec, device: torch.device, dataset: Any, data_clas
                           image_size=m.image_size, channels=m.channels, cache_dir=spec.eval.cache_dir, seed=spec.seed,
                           device=device, inception=inception)
     return evaluator, {TAG_CLASSIFIER: evaluator.classifier_path,
-                       TAG_CLASSIFIER_ACCURACY: f"{evaluator.classifier_accuracy:.4f}", TAG_INCEPTION: inception_line}
+                       TAG_CLASSIFIER_ACCURACY: f"{evaluator.classifier_accuracy:.4f}", TAG_INCEPTION: inception_line,
+                       TAG_COLLAPSE_YARDSTICK: evaluator.yardstick_line}
 
 
 @dataclass
