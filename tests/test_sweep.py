@@ -48,6 +48,19 @@ def test_a_sample_becomes_a_job_spec_with_ttur_ratio():
     assert spec.optim.g.lr == 3.0e-4 and spec.optim.d.lr == pytest.approx(1.2e-3)
 
 
+@pytest.mark.parametrize("every, stop_on, expected", [
+    (10, None, ["diverged", "d_overpowering", "mode_collapse"]), (0, None, ["diverged", "d_overpowering"]),
+    (10, ["oscillation"], ["oscillation"])], ids=["evaluating", "not evaluating", "the spec's own"])
+def test_trials_stop_on_instability_and_with_evaluation_on_mode_collapse(every, stop_on, expected):
+    from orchestrator.tune.trial import trial_spec
+
+    base = {"name": "t", "eval": {"every": every}, "tracking": {"checkpoint_every": 10},
+            "tune": {"metric": "loss_g", "space": {"optim.g.lr": {"choice": [3.0e-4]}}}}
+    if stop_on:
+        base["train"] = {"stop_on": stop_on}
+    assert list(trial_spec(parse(base).to_dict(), {"optim.g.lr": 3.0e-4}, ["optim.g.lr"]).train.stop_on) == expected
+
+
 def test_concurrent_trials_counts_workers_and_the_limit():
     spec = parse({"name": "t", "resources": {"num_workers": 2, "cpus_per_worker": 1}, "eval": {"every": 10},
                   "tracking": {"checkpoint_every": 10}, "tune": {"space": {"optim.g.lr": {"choice": [1.0e-4]}}}})
