@@ -100,7 +100,7 @@ def bare_loop(args: argparse.Namespace, rank: int, world: int) -> dict:
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     torch.manual_seed(0)
     G, D = build_models(m.family, latent_dim=m.latent_dim, image_size=m.image_size, channels=m.channels,
-                        g_width=m.g_width, d_width=m.d_width)
+                        g_width=m.g_width, d_width=m.d_width, g_norm=m.g_norm, d_norm=m.d_norm)
     G, D = G.to(device, memory_format=memory_format), D.to(device, memory_format=memory_format)
     G_ema = copy.deepcopy(G).requires_grad_(False)
     G_train, D_train = (DDP(G, broadcast_buffers=False), DDP(D, broadcast_buffers=False)) if world > 1 else (G, D)

@@ -130,8 +130,11 @@ def open_torchvision(data: DataSpec, transform: ToModelImage) -> Dataset:
     split = {"split": "train"} if data.dataset == "SVHN" else {"train": True}
     root = Path(data.path).expanduser()
     try:
-        if not data.download:
+        try:
             return cls(root=str(root), download=False, transform=transform, **split)
+        except RuntimeError:
+            if not data.download:
+                raise
         # The workers of a node open the dataset at once: one downloads, the others wait and find it there.
         from filelock import FileLock
 

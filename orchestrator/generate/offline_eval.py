@@ -17,7 +17,14 @@ from orchestrator.track import store
 from orchestrator.track.redact import MASK
 from orchestrator.track.run_logger import RunLogger, image_grid
 from orchestrator.track.runs import experiment_for
-from orchestrator.track.tags import TAG_CLASSIFIER, TAG_CLASSIFIER_ACCURACY, TAG_EVALUATED, TAG_INCEPTION, TAG_JOB
+from orchestrator.track.tags import (
+    TAG_CLASSIFIER,
+    TAG_CLASSIFIER_ACCURACY,
+    TAG_COLLAPSE_YARDSTICK,
+    TAG_EVALUATED,
+    TAG_INCEPTION,
+    TAG_JOB,
+)
 from orchestrator.train.locate import Source
 from orchestrator.train.networks import build_networks, fixed_samples, sample
 
@@ -73,7 +80,8 @@ def evaluate(source: Source, spec: JobSpec, uri: str, samples: int = 0, grid_pat
     client = store.client(uri)
     experiment_id = experiment_for(client, spec.experiment)
     tags = {TAG_JOB: spec.name, TAG_EVALUATED: source.description, TAG_CLASSIFIER: evaluator.classifier_path,
-            TAG_CLASSIFIER_ACCURACY: f"{evaluator.classifier_accuracy:.4f}", TAG_INCEPTION: inception_line}
+            TAG_CLASSIFIER_ACCURACY: f"{evaluator.classifier_accuracy:.4f}", TAG_INCEPTION: inception_line,
+            TAG_COLLAPSE_YARDSTICK: evaluator.yardstick_line}
     if source.run_id:
         tags["mlflow.parentRunId"] = source.run_id  # shown nested under the training run
     run = client.create_run(experiment_id, run_name=f"{spec.name}-eval-step{step}-{time.strftime('%Y%m%d-%H%M%S')}",
