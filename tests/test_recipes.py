@@ -6,6 +6,7 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from orchestrator.spec import load
@@ -132,3 +133,13 @@ def test_workers_opening_a_missing_torchvision_dataset_together_download_it_once
     for worker in workers:
         worker.join()
     assert sizes == [20, 20, 20] and len(downloads) == 1, downloads
+
+
+def test_a_download_into_a_folder_that_cannot_be_written_names_data_path(tmp_path):
+    from orchestrator.data.sources import load_dataset
+    from orchestrator.spec import DataSpec, ModelSpec
+
+    (tmp_path / "file").write_text("not a folder")
+    data = DataSpec("torchvision", path=str(tmp_path / "file" / "data"), dataset="FashionMNIST", download=True)
+    with pytest.raises(ValueError, match="data.path: cannot download torchvision FashionMNIST into .*file/data"):
+        load_dataset(data, ModelSpec())

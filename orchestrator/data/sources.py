@@ -138,9 +138,16 @@ def open_torchvision(data: DataSpec, transform: ToModelImage) -> Dataset:
         # The workers of a node open the dataset at once: one downloads, the others wait and find it there.
         from filelock import FileLock
 
-        root.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(root / f".{data.dataset}.download.lock")):
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(root / f".{data.dataset}.download.lock"))
+            lock.acquire()
+        except OSError as err:
+            raise ValueError(f"data.path: cannot download torchvision {data.dataset} into {data.path}: {err}") from None
+        try:
             return cls(root=str(root), download=True, transform=transform, **split)
+        finally:
+            lock.release()
     except RuntimeError as err:  # torchvision's "Dataset not found or corrupted"
         hint = "" if data.download else "; set data.download: true to fetch it"
         raise ValueError(f"data.path: torchvision {data.dataset} not found under {data.path}: {err}{hint}") from None
