@@ -81,10 +81,11 @@ def test_loss_regularizer_n_critic_matrix_on_two_workers(ray_session, tmp_path):
     mixed = ["train.loss=wgan-gp", "model.d_norm=none", "train.r1_gamma=1", "train.r1_every=1", "train.channels_last=true"]
     specs += [debug_spec(f"train.precision={p}", *mixed).to_dict() for p in ("bf16", "fp16")]
     specs += [debug_spec("model.conditional=true", "train.loss=hinge", "train.r1_gamma=1", "train.r1_every=1",
-                         *AUGMENTED, "train.augment.target=0.6", "tracking.metrics_every=1").to_dict()]
+                         *AUGMENTED, "train.augment.target=0.6", "tracking.metrics_every=1",
+                         "train.condition_ramp=[0,2]").to_dict()]
     results = fit(train_each, {"specs": specs}, tmp_path)
     assert len(results) == len(MATRIX) + 5 == 27
-    failures = [(case, r) for case, r in zip([*MATRIX, "user networks", "resnet", "bf16", "fp16", "conditional, ADA"], results) if not all(r.values())]
+    failures = [(case, r) for case, r in zip([*MATRIX, "user networks", "resnet", "bf16", "fp16", "conditional, ADA, ramp"], results) if not all(r.values())]
     assert not failures, f"ranks diverged: {failures}"
 
 

@@ -129,3 +129,45 @@ def test_class_conditional_networks(family, d_norm):
         assert not torch.allclose(scores[:4], scores[4:]), "the projection makes D's score depend on the class"
     with pytest.raises(AssertionError, match="needs labels"):
         G(z)
+
+
+@pytest.mark.parametrize("family", ["dcgan", "resnet"])
+def test_condition_strength_scales_the_class_information_of_both_networks(family):
+    """Transitional training's strength: 0 leaves G and D unconditional (the class changes nothing), 1 is the
+    conditional model; it is kept in the state dict, and a state dict saved before it existed loads at 1."""
+    from gan_models.conditioning import set_strength
+
+    torch.manual_seed(0)
+    G, D = build_models(family, latent_dim=8, image_size=28, channels=1, g_width=4, d_width=4, d_norm="spectral",
+                        num_classes=10)
+    G.eval(), D.eval()
+    z, labels = torch.randn(4, 8).repeat(2, 1), torch.tensor([0, 1, 2, 3, 4, 5, 6, 7])
+    assert set_strength(G, 0.0) == 1 and set_strength(D, 0.0) == 1
+    with torch.no_grad():
+        images = G(z, labels)
+        assert torch.equal(images[:4], images[4:]), "at strength 0 the class changes nothing"
+        scores = D(images, labels)
+        assert torch.equal(scores[:4], scores[4:])
+        set_strength(G, 0.5)
+        half = G(z, labels)
+        assert not torch.allclose(half[:4], half[4:])
+    state = G.state_dict()
+    assert float(state["input.strength"]) == 0.5
+    fresh = build_models(family, latent_dim=8, image_size=28, channels=1, g_width=4, d_width=4,
+                         num_classes=10)[0].eval()
+    fresh.load_state_dict(state)
+    with torch.no_grad():
+        assert torch.equal(fresh(z, labels), half)
+    set_strength(fresh, 0.0)
+    fresh.load_state_dict({k: v for k, v in state.items() if not k.endswith("strength")})
+    assert float(fresh.input.strength) == 1.0, "saved before the buffer existed: full strength"
+    unconditional = build_models(family, latent_dim=8, image_size=28, channels=1, g_width=4, d_width=4)
+    assert set_strength(unconditional[0], 0.0) == 0 and set_strength(unconditional[1], 0.0) == 0
+    assert not any(k.endswith("strength") for net in unconditional for k in net.state_dict())
+
+
+def test_the_condition_ramp_rises_linearly_from_start_to_end():
+    from gan_models.conditioning import ramp
+
+    assert [ramp(step, 10, 20) for step in (0, 10, 15, 19, 20, 500)] == [0.0, 0.0, 0.5, 0.9, 1.0, 1.0]
+    assert [ramp(step, 5, 5) for step in (4, 5, 6)] == [0.0, 1.0, 1.0]

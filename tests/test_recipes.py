@@ -48,6 +48,34 @@ def train_toy(path: Path, overrides: list[str]) -> dict:
     return train(spec, WorkerContext(device=torch.device("cpu")))
 
 
+def test_digits_conditional_recipe_ramps_its_conditioning_in_and_trains(process_group, tmp_path, monkeypatch):
+    """jobs/digits_conditional.yaml is the quickstart's data and networks, class-conditional, with transitional
+    training: at each checkpoint G, G_ema and D condition at the ramp's strength for that step, 1 from its end on."""
+    from gan_models.conditioning import ramp
+    from orchestrator.train import checkpoint
+
+    quickstart, spec = load(REPO / "jobs/quickstart.yaml"), load(REPO / "jobs/digits_conditional.yaml")
+    assert spec.model.conditional and not quickstart.model.conditional and spec.data == quickstart.data
+    start, end = spec.train.condition_ramp
+    assert 0 < start < end <= spec.train.steps and spec.eval.every > 0 and "mode_collapse" in spec.train.stop_on
+    seen = []  # (step, network, strength) as each checkpoint is built: its tensors are the networks' own
+    keys = {"generator": "input.strength", "generator_ema": "input.strength", "discriminator": "projection.strength"}
+    real_build = checkpoint.build
+
+    def build(**kwargs):
+        state = real_build(**kwargs)
+        seen.extend((state["step"], net, float(state[net][key])) for net, key in keys.items())
+        return state
+
+    monkeypatch.setattr(checkpoint, "build", build)
+    summary = train_toy(REPO / "jobs/digits_conditional.yaml", ["train.condition_ramp=[1,3]",
+                                                               f"eval.cache_dir={tmp_path}"])
+    assert summary["step"] == 4 and math.isfinite(summary["eval"]["fid"]), summary
+    assert {step for step, _, _ in seen} == {2, 4}
+    for step, net, strength in seen:
+        assert strength == ramp(step, 1, 3) == {2: 0.5, 4: 1.0}[step], (step, net)
+
+
 def test_fashion_recipe_trains_on_fashion_mnist_files_with_a_classifier_of_its_own(process_group, tmp_path,
                                                                                     monkeypatch):
     """jobs/fashion.yaml reads torchvision's FashionMNIST with download: true; where the idx files are already

@@ -71,6 +71,9 @@ CASES = [
     ("train", "augment", {"policy": ["color"], "images_to_full": 10}, ["train.augment.images_to_full",
                                                                       "train.augment.target null"]),
     ("train", "augment", {"policy": ["color"], "target": 0.6, "p": 1.5}, ["train.augment.p", "must be <= 1"]),
+    ("train", "condition_ramp", [0, 500], ["train.condition_ramp", "is not used with model.conditional false"]),
+    ("train", "condition_ramp", [500], ["train.condition_ramp", "expected a list of 2 items: an integer, an integer"]),
+    ("train", "condition_ramp", [-1, 500], ["train.condition_ramp[0]", "must be >= 0"]),
 ]
 
 
@@ -315,3 +318,14 @@ def test_an_ignored_key_left_at_its_default_is_fine():
     assert spec.train.gp_lambda == 10.0 and spec.tune.grace_period is None
     assert parse({"name": "t", **WGAN, "train": {**WGAN["train"], "gp_lambda": 5.0, "r1_gamma": 1.0,
                                                   "r1_every": 4}}).train.r1_every == 4
+
+
+def test_a_condition_ramp_runs_forward_and_ends_by_the_last_step():
+    conditional = {"name": "t", "model": {"conditional": True}}
+    assert parse({**conditional, "train": {"steps": 100, "condition_ramp": [10, 100]}}).train.condition_ramp == (10, 100)
+    assert parse(conditional).train.condition_ramp is None
+    for ramp, fragment in (([50, 10], "start <= end"), ([10, 101], "must end by train.steps (100)")):
+        with pytest.raises(SpecError) as info:
+            parse({**conditional, "train": {"steps": 100, "condition_ramp": ramp}})
+        assert len(info.value.problems) == 1 and info.value.problems[0].startswith("train.condition_ramp: ")
+        assert fragment in info.value.problems[0], info.value.problems

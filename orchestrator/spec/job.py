@@ -122,6 +122,7 @@ class TrainSpec:
     ema_rampup: bool = setting(True, help="Ramp the EMA decay up from 0 as min(ema_decay, (1 + step) / (10 + step)).")
     stop_on: list[StabilityFlag] = setting(default_factory=list, help="Stability flags that end the run early (final checkpoint kept, the flag recorded as its outcome): `diverged`, `d_overpowering`, `mode_collapse` (needs eval.every), `oscillation`. Every flag is logged either way.")
     nonfinite: Literal["skip", "stop"] = setting("skip", help="A step whose loss (on any worker) or gradient is not finite is never applied, decided on the device without a host sync. `skip`: it is skipped and counted (metrics `skipped_d`, `skipped_g`), and the run stops as `diverged` when 20 steps of a network in a row were skipped; `stop`: the first one stops the run as `diverged` (final checkpoint kept). Either stop comes at the next metrics, evaluation or checkpoint step, where stop decisions are taken: the steps up to it are taken as usual, the skipped ones changing no weight. Under fp16 a step whose gradients overflowed is the gradient scaler's to skip (it lowers its scale), whatever this policy: counted (metrics `overflow_d`, `overflow_g`), left out of the interval's stats, and 20 in a row stop the run as `diverged`.")
+    condition_ramp: tuple[int, int] | None = setting(None, ge=0, help="Class-conditional models only: transitional training (Shahbazi et al., 2022, \"Collapse by Conditioning\"), `[start, end]` in steps. The class information in G (its label embedding) and D (its projection) is scaled by a strength that is 0 up to step `start` and rises linearly to 1 at step `end`, so both learn the images unconditionally before the classes take over; without it a conditional GAN on little data per class (mnist5k's 500) tends to draw one image per class. The strength is kept with the networks' weights. Null conditions at full strength from the first step.")
     augment: AugmentSpec = setting(default_factory=AugmentSpec, help="Differentiable augmentation of D's inputs, the remedy for D overfitting small data.")
     stability_window: int = setting(5, ge=1, help="Metrics intervals in a row D must overpower G before `d_overpowering` is flagged; `oscillation` looks at the last 4x this many.")
 
@@ -137,6 +138,13 @@ class TrainSpec:
         if not self.r1_gamma:
             yield from ignored(self, ("r1_every",), "r1_gamma", "train.r1_gamma 0 (R1 off)",
                                "set train.r1_gamma > 0")
+        if self.condition_ramp is not None:
+            start, end = self.condition_ramp
+            if start > end:
+                yield ("condition_ramp",), f"got {list(self.condition_ramp)}; [start, end] with start <= end"
+            elif end > self.steps:
+                yield (("condition_ramp", "steps"), f"got {list(self.condition_ramp)}; it must end by train.steps "
+                       f"({self.steps}), or G ends the run conditioned at part strength")
         if self.augment.target is not None and self.loss == "wgan-gp":
             yield ("augment.target", "loss"), ("needs D's outputs to have a fixed sign for real images, which the "
                                                "critic of train.loss 'wgan-gp' has not: use a fixed train.augment.p")
@@ -347,6 +355,9 @@ class JobSpec:
                    f"got {self.tracking.checkpoint_every}; with train.augment.target, p adapts at metrics steps, so a "
                    f"checkpoint must come at one (a multiple of tracking.metrics_every, "
                    f"{self.tracking.metrics_every}) for a restart to continue as the run would have")
+        if self.train.condition_ramp is not None and not self.model.conditional:
+            yield (("train.condition_ramp", "model.conditional"),
+                   f"{UNUSED}model.conditional false; remove it or set model.conditional true")
         if "mode_collapse" in self.train.stop_on and not self.eval.every:
             yield (("train.stop_on", "eval.every"),
                    "lists 'mode_collapse', which is seen in evaluations: set eval.every > 0 or remove it")

@@ -8,6 +8,7 @@ from typing import Any, Iterator
 import torch
 
 from gan_models import DiffAugment, GeneratorEMA, GradientPenalty, R1Penalty, Regularizer, build_loss, sample_latent
+from gan_models.conditioning import ramp, set_strength
 from orchestrator.data.record import dataset_record
 from orchestrator.data.sharding import ShardedBatches
 from orchestrator.data.sources import check_conditional, load_dataset, num_classes
@@ -45,6 +46,18 @@ class Training:
     augment: DiffAugment | None = None  # what D's inputs go through (None: augmentation off)
     augment_adapted_at: int = 0  # images_seen when an adaptive augment's p was last adjusted
     node_metrics: Any = None     # the first worker of a node: its system-metrics monitor, from the first step on
+    condition_strength: float = 1.0  # how strongly the class information enters G and D (train.condition_ramp)
+
+    def ramp_conditioning(self) -> None:
+        """train.condition_ramp: the class information's strength at this step, set in G and D where it changes
+        (G_ema takes it with G's buffers)."""
+        if self.spec.train.condition_ramp is None:
+            return
+        strength = ramp(self.step, *self.spec.train.condition_ramp)
+        if strength != self.condition_strength:
+            set_strength(self.G, strength)
+            set_strength(self.D, strength)
+            self.condition_strength = strength
 
     def draw_latent(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """This rank's share of the global z (and class) batch. Every rank draws the whole batch, so N workers x
@@ -130,8 +143,22 @@ def build(spec: JobSpec, context: Any, logger: Any) -> Training:
     step, images_seen = (context.resume["step"], context.resume["images_seen"]) if context.resume else (0, 0)
     if context.resume:
         resume.restore_rng(context.resume, noise, device)
-    return Training(spec, device, rank, world_size, classes, G, D, ema, opt_g, opt_d, phases, batches, source, noise,
-                    fixed, scoring, step, images_seen, augment, augment_adapted_at=images_seen)
+    t = Training(spec, device, rank, world_size, classes, G, D, ema, opt_g, opt_d, phases, batches, source, noise,
+                 fixed, scoring, step, images_seen, augment, augment_adapted_at=images_seen)
+    if spec.train.condition_ramp is not None:
+        check_rampable(G, D)
+        t.condition_strength = ramp(step, *spec.train.condition_ramp)
+        for net in (G, D, ema.module):
+            set_strength(net, t.condition_strength)
+    return t
+
+
+def check_rampable(G: torch.nn.Module, D: torch.nn.Module) -> None:
+    """train.condition_ramp scales the conditioning layers of gan_models.conditioning: both networks need one."""
+    for key, net in (("model.generator", G), ("model.discriminator", D)):
+        if not set_strength(net, 1.0):
+            raise ValueError(f"train.condition_ramp: {key} {type(net).__name__} has no conditioning layer it could "
+                             "ramp (gan_models.conditioning: LatentInput, Projection); remove train.condition_ramp")
 
 
 def adam(net: torch.nn.Module, settings: Any) -> torch.optim.Adam:

@@ -93,6 +93,7 @@ def loop(spec: JobSpec, context: WorkerContext, logger: Any, report: Any, t: Tra
     while t.step < spec.train.steps and out.stopped is None:
         t.step += 1
         t.images_seen += speed.images_per_step
+        t.ramp_conditioning()
         for phase in t.phases:
             for step_stats, applied in run_phase(phase, t.batches, t.draw_latent, t.draw_uniform):
                 stats.add(step_stats, counted=applied)
