@@ -73,8 +73,9 @@ class SweepResult:
 
 
 def base_data(args: argparse.Namespace) -> dict[str, Any]:
-    """The quickstart's networks and data as one trial of a sweep: one worker, FID at every checkpoint."""
-    data = yaml.safe_load((REPO / "jobs" / "quickstart.yaml").read_text())
+    """The quickstart's networks (unconditional) and data as one trial of a sweep: one worker, FID at every
+    checkpoint."""
+    data = yaml.safe_load((REPO / "jobs" / "digits_unconditional.yaml").read_text())
     data["model"].update(g_width=args.width, d_width=args.width)
     data["train"].update(steps=args.steps, batch_size=args.batch_size)
     data["resources"] = {"num_workers": 1, "use_gpu": False, "cpus_per_worker": 0.9}

@@ -11,7 +11,8 @@ time from process start to the first training step.
     (f) ganorch    the same, evaluating in the background (eval.background, an evaluator actor of --eval-cpus CPUs)
 
 Every configuration is a fresh process (N for b), started from here, on the same data (mnist5k), networks, loss,
-global batch and precision; ganorch runs with the quickstart's tracking settings and evaluation off. An iteration is
+global batch and precision, unconditional (jobs/digits_unconditional.yaml: the quickstart without classes); ganorch
+runs with the quickstart's tracking settings and evaluation off. An iteration is
 n_critic D steps (G frozen) then one G step (D frozen) and the G_ema update; images/s counts real images through D,
 over all workers, in windows of `--window` steps (ganorch's tracking.metrics_every): the median window after the
 first. (a) runs for `--seconds` after its first window; the others take as many steps as (a) did, or `--run-steps`.
@@ -47,8 +48,9 @@ RESULT = "RESULT "  # a child's line of results on stdout
 
 
 def benchmark_spec(args: argparse.Namespace, workers: int, steps: int, storage: str, evaluation: str = "off") -> dict:
-    """The quickstart's job at the benchmark's settings; `evaluation` 'off', 'inline' or 'background'."""
-    spec = yaml.safe_load((REPO / "jobs/quickstart.yaml").read_text())
+    """The quickstart's job without classes (jobs/digits_unconditional.yaml: the bare loops build unconditional
+    networks) at the benchmark's settings; `evaluation` 'off', 'inline' or 'background'."""
+    spec = yaml.safe_load((REPO / "jobs/digits_unconditional.yaml").read_text())
     spec["name"] = "throughput-benchmark"
     spec["model"].update(family=args.family, image_size=args.image_size, g_width=args.width, d_width=args.width,
                          latent_dim=args.latent)

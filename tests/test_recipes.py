@@ -48,14 +48,16 @@ def train_toy(path: Path, overrides: list[str]) -> dict:
     return train(spec, WorkerContext(device=torch.device("cpu")))
 
 
-def test_digits_conditional_recipe_ramps_its_conditioning_in_and_trains(process_group, tmp_path, monkeypatch):
-    """jobs/digits_conditional.yaml is the quickstart's data and networks, class-conditional, with transitional
-    training: at each checkpoint G, G_ema and D condition at the ramp's strength for that step, 1 from its end on."""
+def test_quickstart_ramps_its_conditioning_in_and_trains(process_group, tmp_path, monkeypatch):
+    """jobs/quickstart.yaml is class-conditional with transitional training: at each checkpoint G, G_ema and D
+    condition at the ramp's strength for that step, 1 from its end on. jobs/digits_unconditional.yaml is the same job
+    without classes."""
     from gan_models.conditioning import ramp
     from orchestrator.train import checkpoint
 
-    quickstart, spec = load(REPO / "jobs/quickstart.yaml"), load(REPO / "jobs/digits_conditional.yaml")
-    assert spec.model.conditional and not quickstart.model.conditional and spec.data == quickstart.data
+    spec, unconditional = load(REPO / "jobs/quickstart.yaml"), load(REPO / "jobs/digits_unconditional.yaml")
+    assert spec.model.conditional and not unconditional.model.conditional
+    assert (spec.data, spec.optim, spec.model.d_norm) == (unconditional.data, unconditional.optim, "spectral")
     start, end = spec.train.condition_ramp
     assert 0 < start < end <= spec.train.steps and spec.eval.every > 0 and "mode_collapse" in spec.train.stop_on
     seen = []  # (step, network, strength) as each checkpoint is built: its tensors are the networks' own
@@ -68,8 +70,7 @@ def test_digits_conditional_recipe_ramps_its_conditioning_in_and_trains(process_
         return state
 
     monkeypatch.setattr(checkpoint, "build", build)
-    summary = train_toy(REPO / "jobs/digits_conditional.yaml", ["train.condition_ramp=[1,3]",
-                                                               f"eval.cache_dir={tmp_path}"])
+    summary = train_toy(REPO / "jobs/quickstart.yaml", ["train.condition_ramp=[1,3]", f"eval.cache_dir={tmp_path}"])
     assert summary["step"] == 4 and math.isfinite(summary["eval"]["fid"]), summary
     assert {step for step, _, _ in seen} == {2, 4}
     for step, net, strength in seen:
