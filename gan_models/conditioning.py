@@ -65,9 +65,22 @@ def ramp(step: int, start: int, end: int) -> float:
     return (step - start) / (end - start)
 
 
+def conditioning_layers(module: nn.Module) -> list[Conditioned]:
+    return [m for m in module.modules() if isinstance(m, Conditioned) and m.conditional]
+
+
 def set_strength(module: nn.Module, strength: float) -> int:
     """Sets the strength of every conditioning layer in `module`; returns how many it has."""
-    layers = [m for m in module.modules() if isinstance(m, Conditioned) and m.conditional]
+    layers = conditioning_layers(module)
     for layer in layers:
         layer.strength.fill_(strength)
     return len(layers)
+
+
+def check_rampable(G: nn.Module, D: nn.Module) -> None:
+    """train.condition_ramp scales the conditioning layers of gan_models.conditioning: both networks need one."""
+    for key, net in (("model.generator", G), ("model.discriminator", D)):
+        if not conditioning_layers(net):
+            raise ValueError(f"train.condition_ramp: {key} {type(net).__name__} has no conditioning layer it could "
+                             "ramp (gan_models.conditioning: LatentInput, Projection); remove train.condition_ramp")
+

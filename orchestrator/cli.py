@@ -440,6 +440,7 @@ def check_data_and_models(spec: JobSpec) -> str:
     """Open the dataset once, and build G and D and run them on two samples, so a wrong path, an empty
     folder or a network that cannot be imported or has the wrong interface stops the job before it starts.
     The data is not opened for a remote cluster (RAY_ADDRESS), whose workers may see paths this machine does not."""
+    from gan_models.conditioning import check_rampable
     from gan_models.registry import check_interface
     from orchestrator.data.sources import check_conditional, describe, load_dataset, num_classes
     from orchestrator.train.networks import build_networks
@@ -464,6 +465,8 @@ def check_data_and_models(spec: JobSpec) -> str:
         classes = 2  # interface check only: the workers count the real classes
     G, D = build_networks(spec, classes)
     check_interface(G, D, spec.model.latent_dim, spec.model.image_size, spec.model.channels, classes)
+    if spec.train.condition_ramp is not None:
+        check_rampable(G, D)
     return summary
 
 

@@ -171,3 +171,12 @@ def test_the_condition_ramp_rises_linearly_from_start_to_end():
 
     assert [ramp(step, 10, 20) for step in (0, 10, 15, 19, 20, 500)] == [0.0, 0.0, 0.5, 0.9, 1.0, 1.0]
     assert [ramp(step, 5, 5) for step in (4, 5, 6)] == [0.0, 1.0, 1.0]
+
+
+def test_a_ramp_needs_conditioning_layers_in_both_networks():
+    from gan_models.conditioning import check_rampable
+
+    G, D = build_models("dcgan", latent_dim=8, image_size=28, channels=1, g_width=4, d_width=4, num_classes=10)
+    check_rampable(G, D)
+    with pytest.raises(ValueError, match=r"train.condition_ramp: model.discriminator Linear has no conditioning layer"):
+        check_rampable(G, torch.nn.Linear(2, 1))

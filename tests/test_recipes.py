@@ -75,6 +75,35 @@ def test_quickstart_ramps_its_conditioning_in_and_trains(process_group, tmp_path
     assert {step for step, _, _ in seen} == {2, 4}
     for step, net, strength in seen:
         assert strength == ramp(step, 1, 3) == {2: 0.5, 4: 1.0}[step], (step, net)
+    # the best generator is a fully conditioned one: step 2's evaluation, during the ramp, is no candidate
+    assert summary["best_step"] == 4 and summary["metrics"]["condition_strength"] == 1.0, summary
+
+
+def test_a_run_without_a_ramp_resumed_from_a_checkpoint_taken_during_one_conditions_at_full_strength(
+        process_group, tmp_path, monkeypatch):
+    from orchestrator.train import checkpoint
+    from orchestrator.train.loop import WorkerContext, train
+
+    states, real_build = [], checkpoint.build
+
+    def build(**kwargs):
+        state = real_build(**kwargs)
+        networks = ("generator", "generator_ema", "discriminator")  # their tensors are the live networks'
+        states.append({**state, **{net: {k: v.clone() for k, v in state[net].items()} for net in networks}})
+        return state
+
+    monkeypatch.setattr(checkpoint, "build", build)
+    overrides = ["eval.every=0", "train.stop_on=[]"]
+    train_toy(REPO / "jobs/quickstart.yaml", [*overrides, "train.condition_ramp=[3,4]"])
+    during = next(state for state in states if state["step"] == 2)
+    assert float(during["generator"]["input.strength"]) == 0.0
+    states.clear()
+    spec = load(REPO / "jobs/quickstart.yaml", TOY + [*overrides, "train.condition_ramp=null"])
+    train(spec, WorkerContext(device=torch.device("cpu"), resume=during))
+    assert [state["step"] for state in states] == [4]
+    for net, key in (("generator", "input.strength"), ("generator_ema", "input.strength"),
+                     ("discriminator", "projection.strength")):
+        assert float(states[0][net][key]) == 1.0, net
 
 
 def test_fashion_recipe_trains_on_fashion_mnist_files_with_a_classifier_of_its_own(process_group, tmp_path,

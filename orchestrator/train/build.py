@@ -8,7 +8,7 @@ from typing import Any, Iterator
 import torch
 
 from gan_models import DiffAugment, GeneratorEMA, GradientPenalty, R1Penalty, Regularizer, build_loss, sample_latent
-from gan_models.conditioning import ramp, set_strength
+from gan_models.conditioning import check_rampable, ramp, set_strength
 from orchestrator.data.record import dataset_record
 from orchestrator.data.sharding import ShardedBatches
 from orchestrator.data.sources import check_conditional, load_dataset, num_classes
@@ -147,18 +147,11 @@ def build(spec: JobSpec, context: Any, logger: Any) -> Training:
                  fixed, scoring, step, images_seen, augment, augment_adapted_at=images_seen)
     if spec.train.condition_ramp is not None:
         check_rampable(G, D)
-        t.condition_strength = ramp(step, *spec.train.condition_ramp)
+    if classes:  # also without a ramp: a checkpoint taken during one (--resume, a PBT clone) holds part strength
+        t.condition_strength = ramp(step, *spec.train.condition_ramp) if spec.train.condition_ramp else 1.0
         for net in (G, D, ema.module):
             set_strength(net, t.condition_strength)
     return t
-
-
-def check_rampable(G: torch.nn.Module, D: torch.nn.Module) -> None:
-    """train.condition_ramp scales the conditioning layers of gan_models.conditioning: both networks need one."""
-    for key, net in (("model.generator", G), ("model.discriminator", D)):
-        if not set_strength(net, 1.0):
-            raise ValueError(f"train.condition_ramp: {key} {type(net).__name__} has no conditioning layer it could "
-                             "ramp (gan_models.conditioning: LatentInput, Projection); remove train.condition_ramp")
 
 
 def adam(net: torch.nn.Module, settings: Any) -> torch.optim.Adam:
