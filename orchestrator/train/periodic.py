@@ -142,8 +142,9 @@ def take_scores(t: Training, out: Outcome, monitor: StabilityMonitor, logger: An
 
 def keep_if_best(t: Training, out: Outcome, logger: Any, scored: Scored) -> None:
     """After an evaluation with the lowest FID so far (NaN, a diverged G, is never best; nor one during
-    train.condition_ramp), rank 0 replaces the run's best checkpoint. In-line every rank has the scores: they agree on rank 0's decision and check the networks
-    together. In the background only rank 0 has them, and the state it copied at their step."""
+    train.condition_ramp), rank 0 replaces the run's best checkpoint. In-line every rank has the scores: they agree
+    on rank 0's decision and check the networks together. In the background only rank 0 has them, and the state it
+    copied at their step."""
     fid = scored.scores["fid"]
     ramp = t.spec.train.condition_ramp
     if ramp is not None and scored.step < ramp[1]:  # G does not yet fully draw the class it is asked for
