@@ -11,18 +11,19 @@ time from process start to the first training step.
     (f) ganorch    the same, evaluating in the background (eval.background, an evaluator actor of --eval-cpus CPUs)
 
 Every configuration is a fresh process (N for b), started from here, on the same data (mnist5k), networks, loss,
-global batch and precision, unconditional (jobs/digits_unconditional.yaml: the quickstart without classes); ganorch
+global batch and precision, unconditional (jobs/digits_unconditional.yaml: the quickstart's networks without classes); ganorch
 runs with the quickstart's tracking settings and evaluation off. An iteration is
 n_critic D steps (G frozen) then one G step (D frozen) and the G_ema update; images/s counts real images through D,
 over all workers, in windows of `--window` steps (ganorch's tracking.metrics_every): the median window after the
 first. (a) runs for `--seconds` after its first window; the others take as many steps as (a) did, or `--run-steps`.
-(e) and (f) run only when asked for: with (d) beside them, `--only d,e,f --run-steps 5000` gives the quickstart's
-wall time without evaluation, evaluating in-line, and in the background (the domain classifier is trained before).
+(e) and (f) run only when asked for: with (d) beside them, `--only d,e,f --run-steps 5000` gives the wall time of
+jobs/digits_unconditional.yaml (5,000 steps) without evaluation, evaluating in-line, and in the background (the
+domain classifier is trained before).
 
     python benchmarks/throughput.py                      # the quickstart's settings: DCGAN 28 px, 2 workers x 1 CPU
     python benchmarks/throughput.py --threads 2 --workers 1
     python benchmarks/throughput.py --device cuda --family dcgan --image-size 64 --width 64 --batch 256 --precision bf16
-    python benchmarks/throughput.py --only d,e,f --run-steps 5000   # the quickstart's wall time, with evaluation
+    python benchmarks/throughput.py --only d,e,f --run-steps 5000   # digits_unconditional's wall time, with evaluation
     python benchmarks/throughput.py --smoke              # a few steps of each, to see that it runs
 """
 
@@ -48,7 +49,7 @@ RESULT = "RESULT "  # a child's line of results on stdout
 
 
 def benchmark_spec(args: argparse.Namespace, workers: int, steps: int, storage: str, evaluation: str = "off") -> dict:
-    """The quickstart's job without classes (jobs/digits_unconditional.yaml: the bare loops build unconditional
+    """The quickstart's networks without classes (jobs/digits_unconditional.yaml: the bare loops build unconditional
     networks) at the benchmark's settings; `evaluation` 'off', 'inline' or 'background'."""
     spec = yaml.safe_load((REPO / "jobs/digits_unconditional.yaml").read_text())
     spec["name"] = "throughput-benchmark"
@@ -344,7 +345,7 @@ def main() -> None:
     parser.add_argument("--only", default="a,b,c,d,r", help="which configurations to run, of a,b,c,d,r,g,e,f ((a) "
                         "runs anyway when others need its step count)")
     parser.add_argument("--run-steps", type=int, default=0, help="steps of every run; 0: as many as (a) took")
-    parser.add_argument("--eval-every", type=int, default=1000, help="(e), (f): eval.every (the quickstart's)")
+    parser.add_argument("--eval-every", type=int, default=1000, help="(e), (f): eval.every (digits_unconditional's)")
     parser.add_argument("--eval-samples", type=int, default=2000, help="(e), (f): eval.num_samples (the quickstart's)")
     parser.add_argument("--eval-cpus", type=float, default=None, help="(f): eval.resources.cpus; default: 1 when the "
                         "machine has a CPU beside the workers', else 0 (sharing theirs)")

@@ -49,9 +49,9 @@ def train_toy(path: Path, overrides: list[str]) -> dict:
 
 
 def test_quickstart_ramps_its_conditioning_in_and_trains(process_group, tmp_path, monkeypatch):
-    """jobs/quickstart.yaml is class-conditional with transitional training: at each checkpoint G, G_ema and D
-    condition at the ramp's strength for that step, 1 from its end on. jobs/digits_unconditional.yaml is the same job
-    without classes."""
+    """jobs/quickstart.yaml is class-conditional with transitional training, and R1 on D for its short ramp: at
+    each checkpoint G, G_ema and D condition at the ramp's strength for that step, 1 from its end on.
+    jobs/digits_unconditional.yaml has the same data, rates and D without classes."""
     from gan_models.conditioning import ramp
     from orchestrator.evaluate.evaluator import Evaluator
     from orchestrator.train import checkpoint
@@ -61,6 +61,7 @@ def test_quickstart_ramps_its_conditioning_in_and_trains(process_group, tmp_path
     assert (spec.data, spec.optim, spec.model.d_norm) == (unconditional.data, unconditional.optim, "spectral")
     start, end = spec.train.condition_ramp
     assert 0 < start < end <= spec.train.steps and spec.eval.every > 0 and "mode_collapse" in spec.train.stop_on
+    assert spec.train.r1_gamma > 0 and not unconditional.train.r1_gamma
     seen = []  # (step, network, strength) as each checkpoint is built: its tensors are the networks' own
     keys = {"generator": "input.strength", "generator_ema": "input.strength", "discriminator": "projection.strength"}
     real_build = checkpoint.build
