@@ -7,12 +7,12 @@ time from process start to the first training step.
     (d) ganorch    `ganorch run` with N workers
     (r) Ray Train's minimum: a trivial TorchTrainer of N workers, from process start to its train function
     (g) bare DDP   (b)'s loop as the train function of a TorchTrainer of N workers: Ray Train without ganorch
-    (e) ganorch    `ganorch run` with N workers, evaluating in-line every `--eval-every` steps (as the quickstart)
+    (e) ganorch    `ganorch run` with N workers, evaluating in-line every `--eval-every` steps
     (f) ganorch    the same, evaluating in the background (eval.background, an evaluator actor of --eval-cpus CPUs)
 
 Every configuration is a fresh process (N for b), started from here, on the same data (mnist5k), networks, loss,
-global batch and precision, unconditional (jobs/digits_unconditional.yaml: the quickstart's networks without classes); ganorch
-runs with the quickstart's tracking settings and evaluation off. An iteration is
+global batch and precision, unconditional (jobs/digits_unconditional.yaml: the quickstart's networks without
+classes); ganorch runs with that job's tracking settings and evaluation off. An iteration is
 n_critic D steps (G frozen) then one G step (D frozen) and the G_ema update; images/s counts real images through D,
 over all workers, in windows of `--window` steps (ganorch's tracking.metrics_every): the median window after the
 first. (a) runs for `--seconds` after its first window; the others take as many steps as (a) did, or `--run-steps`.

@@ -67,3 +67,22 @@ def test_ci_runs_readme_test_command():
     test_command = commands[1].strip()
     assert all(step in test_command for step in ("pytest", "ruff check", "lint-imports"))
     assert test_command in (REPO / ".ci/run").read_text()
+
+
+def test_the_sweep_that_chose_the_quickstart_differs_from_it_only_in_the_keys_it_searched():
+    """Its best trial is the quickstart: at the quickstart's values of the searched keys, every setting that changes
+    what is trained (model, data, training, optimizers, evaluation) is the quickstart's."""
+    from orchestrator.spec import parse, search_space
+
+    quickstart, sweep = load(REPO / "jobs/quickstart.yaml"), load(REPO / "jobs/tune_quickstart_conditional.yaml")
+    plain = quickstart.to_dict()
+
+    def value(key: str):
+        node = plain
+        for part in key.split("."):
+            node = node[part]
+        return node
+
+    best = parse(search_space.apply(sweep.to_dict(), {key: value(key) for key in sweep.tune.space}))
+    for section in ("seed", "model", "data", "train", "optim", "eval"):
+        assert getattr(best, section) == getattr(quickstart, section), section

@@ -48,9 +48,12 @@ def train_toy(path: Path, overrides: list[str]) -> dict:
     return train(spec, WorkerContext(device=torch.device("cpu")))
 
 
-def test_quickstart_ramps_its_conditioning_in_and_trains(process_group, tmp_path, monkeypatch):
+@pytest.mark.parametrize("ramp_end, strength_at_2, best_step", [(3, 0.5, 4), (2, 1.0, 2)])
+def test_quickstart_ramps_its_conditioning_in_and_trains(process_group, tmp_path, monkeypatch, ramp_end,
+                                                         strength_at_2, best_step):
     """jobs/quickstart.yaml is class-conditional with transitional training, and R1 on D for its short ramp: at
-    each checkpoint G, G_ema and D condition at the ramp's strength for that step, 1 from its end on.
+    each checkpoint G, G_ema and D condition at the ramp's strength for that step, 1 from its end on; the best
+    generator is chosen among evaluations from the ramp's end on, its last step included.
     jobs/digits_unconditional.yaml has the same data, rates and D without classes."""
     from gan_models.conditioning import ramp
     from orchestrator.evaluate.evaluator import Evaluator
@@ -80,14 +83,16 @@ def test_quickstart_ramps_its_conditioning_in_and_trains(process_group, tmp_path
         return {**scores, "fid": 0.0} if len(fids) == 1 else scores
 
     monkeypatch.setattr(Evaluator, "evaluate", evaluate)
-    summary = train_toy(REPO / "jobs/quickstart.yaml", ["train.condition_ramp=[1,3]", f"eval.cache_dir={tmp_path}"])
+    summary = train_toy(REPO / "jobs/quickstart.yaml",
+                        [f"train.condition_ramp=[1,{ramp_end}]", f"eval.cache_dir={tmp_path}"])
     assert summary["step"] == 4 and math.isfinite(summary["eval"]["fid"]), summary
     assert {step for step, _, _ in seen} == {2, 4}
     for step, net, strength in seen:
-        assert strength == ramp(step, 1, 3) == {2: 0.5, 4: 1.0}[step], (step, net)
-    # the best generator is a fully conditioned one: step 2's evaluation, during the ramp, is no candidate
-    assert len(fids) == 2 and summary["best_fid"] == fids[1], (fids, summary)
-    assert summary["best_step"] == 4 and summary["metrics"]["condition_strength"] == 1.0, summary
+        assert strength == ramp(step, 1, ramp_end) == {2: strength_at_2, 4: 1.0}[step], (step, net)
+    # the best generator is a fully conditioned one: step 2's evaluation is a candidate only if the ramp has ended
+    assert len(fids) == 2 and summary["best_step"] == best_step, (fids, summary)
+    assert summary["best_fid"] == (0.0 if best_step == 2 else fids[1]), (fids, summary)
+    assert summary["metrics"]["condition_strength"] == 1.0, summary
 
 
 def test_a_run_without_a_ramp_resumed_from_a_checkpoint_taken_during_one_conditions_at_full_strength(

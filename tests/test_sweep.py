@@ -181,7 +181,7 @@ def test_unstable_trial_is_stopped_and_marked_while_the_sweep_finishes(ray_sessi
                                    filter_string=f"tags.{TAG_SWEEP} LIKE '%'")
     rows = (Path(client.download_artifacts(parent.info.run_id, "stability_map.csv", str(tmp_path)))
             .read_text().splitlines())
-    assert rows[0] == "trial,run_id,lr_g,lr_d,n_critic,status,reason,step,loss_g"
+    assert rows[0] == "trial,run_id,lr_g,lr_d,n_critic,status,reason,step,loss_g,optim.d.lr"
     by_lr = {float(r.split(",")[3]): r.split(",") for r in rows[1:]}
     assert set(by_lr) == {1.0e-2, 1.0e-6}
     unstable, stable = by_lr[1.0e-2], by_lr[1.0e-6]

@@ -1,22 +1,32 @@
 """The stability map of a sweep: every trial at its (lr_G, lr_D), or at its values of the searched keys when the
 rates are the same in every trial, coloured by its last metric, unstable trials marked by the flag that stopped
-them. Written as `stability_map.png` and `stability_map.csv` on the parent run."""
+them. Written as `stability_map.png` and `stability_map.csv` (one line per trial, its searched keys last) on the
+parent run."""
 
 import csv
 import io
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
 COLUMNS = ("trial", "run_id", "lr_g", "lr_d", "n_critic", "status", "reason", "step", "metric")
 FLAG_MARKERS = {"diverged": "X", "d_overpowering": "v", "mode_collapse": "D", "oscillation": "P"}
+MAX_VALUE_TICKS = 8  # a numeric axis with this many distinct values or fewer is ticked at each of them
+
+
+def searched_keys(rows: list[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(k for r in rows for k in r.get("params", {})))
 
 
 def to_csv(rows: list[dict[str, Any]], metric: str) -> str:
+    """One line per trial: `COLUMNS` (the metric under its own name), then each searched key."""
+    keys = searched_keys(rows)
+    header = [c if c != "metric" else metric for c in COLUMNS] + keys
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=[c if c != "metric" else metric for c in COLUMNS], lineterminator="\n")
-    writer.writeheader()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
     for row in rows:
-        writer.writerow({(c if c != "metric" else metric): row.get(c) for c in COLUMNS})
+        writer.writerow([row.get(c) for c in COLUMNS] + [row.get("params", {}).get(k) for k in keys])
     return out.getvalue()
 
 
@@ -25,30 +35,50 @@ class Axis:
     label: str
     positions: list[float]      # one per trial
     log: bool = False
-    ticks: list[str] | None = None  # category names at positions 0, 1, ...
+    ticks: list[float] | None = None   # where to tick; None leaves it to matplotlib
+    tick_labels: list[str] | None = None
+    categorical: bool = False  # positions 0, 1, ... index tick_labels
 
 
-def axis(label: str, values: list[Any]) -> Axis:
-    """Numbers on a linear axis (log when positive and spanning 10x or more); anything else as categories, in the
-    order they first appear."""
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        positive = all(v > 0 for v in values)
-        return Axis(label, [float(v) for v in values], log=positive and max(values) >= 10 * min(values))
-    names = list(dict.fromkeys(str(v) for v in values))
-    return Axis(label, [float(names.index(str(v))) for v in values], ticks=names)
+def is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def values_axis(label: str, values: list[Any]) -> Axis:
+    """Numbers on a linear axis (log when positive and spanning 10x or more), ticked at each value when there are
+    few; anything else as categories, sorted when they compare, else in the order they first appear."""
+    if all(is_number(v) for v in values):
+        distinct = sorted(set(float(v) for v in values))
+        log = distinct[0] > 0 and distinct[-1] >= 10 * distinct[0]
+        few = len(distinct) <= MAX_VALUE_TICKS
+        return Axis(label, [float(v) for v in values], log=log, ticks=distinct if few else None,
+                    tick_labels=[f"{v:g}" for v in distinct] if few else None)
+    unique = list({repr(v): v for v in values}.values())
+    try:
+        unique = sorted(unique)
+    except TypeError:
+        pass
+    names = [str(v) for v in unique]
+    return Axis(label, [float(names.index(str(v))) for v in values], ticks=[float(i) for i in range(len(names))],
+                tick_labels=names, categorical=True)
+
+
+def rate_axes(rows: list[dict[str, Any]]) -> tuple[Axis, Axis]:
+    return (Axis("lr_G (optim.g.lr)", [r["lr_g"] for r in rows], log=True),
+            Axis("lr_D (optim.d.lr)", [r["lr_d"] for r in rows], log=True))
 
 
 def choose_axes(rows: list[dict[str, Any]]) -> tuple[Axis, Axis]:
-    """lr_G x lr_D when either rate varies over the trials; otherwise the first two searched keys that vary (a
-    single one is plotted against nothing)."""
-    rates = [(r["lr_g"], r["lr_d"]) for r in rows]
-    if len(set(rates)) > 1 or not rows:
-        return (Axis("lr_G (optim.g.lr)", [g for g, _ in rates], log=True),
-                Axis("lr_D (optim.d.lr)", [d for _, d in rates], log=True))
-    keys = [k for k in rows[0].get("params", {}) if len({repr(r["params"][k]) for r in rows}) > 1][:2]
-    found = [axis(k, [r["params"][k] for r in rows]) for k in keys]
-    while len(found) < 2:
-        found.append(Axis("", [0.0] * len(rows), ticks=[""]))
+    """lr_G x lr_D when either rate varies over the trials, or when no searched key does; otherwise the first two
+    searched keys that vary (a single one is plotted against nothing)."""
+    if len({(r["lr_g"], r["lr_d"]) for r in rows}) > 1:
+        return rate_axes(rows)
+    keys = [k for k in searched_keys(rows) if len({repr(r.get("params", {}).get(k)) for r in rows}) > 1][:2]
+    if not keys:
+        return rate_axes(rows)
+    found = [values_axis(k, [r.get("params", {}).get(k) for r in rows]) for k in keys]
+    if len(found) == 1:
+        found.append(Axis("", [0.0] * len(rows), ticks=[0.0], tick_labels=[""], categorical=True))
     return found[0], found[1]
 
 
@@ -99,7 +129,10 @@ def plot(rows: list[dict[str, Any]], metric: str, mode: str, title: str) -> Any:
         if a.log:
             set_scale("log")
         if a.ticks is not None:
-            set_ticks(range(len(a.ticks)), a.ticks)
+            set_ticks(a.ticks, a.tick_labels, minor=False)
+            if a.log:
+                set_ticks([], minor=True)
+        if a.categorical:
             set_lim(-0.5, len(a.ticks) - 0.5)
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
