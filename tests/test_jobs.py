@@ -70,8 +70,9 @@ def test_ci_runs_readme_test_command():
 
 
 def test_the_sweep_that_chose_the_quickstart_differs_from_it_only_in_the_keys_it_searched():
-    """Its best trial is the quickstart: at the quickstart's values of the searched keys, every setting that changes
-    what is trained (model, data, training, optimizers, evaluation) is the quickstart's."""
+    """The quickstart is one of its trials: the quickstart's values of the searched keys are in the sweep's grid, and
+    at them every setting of the model, data, training, optimizers and evaluation is the quickstart's (the sweep runs
+    one worker a trial where the quickstart runs two)."""
     from orchestrator.spec import parse, search_space
 
     quickstart, sweep = load(REPO / "jobs/quickstart.yaml"), load(REPO / "jobs/tune_quickstart_conditional.yaml")
@@ -83,6 +84,8 @@ def test_the_sweep_that_chose_the_quickstart_differs_from_it_only_in_the_keys_it
             node = node[part]
         return node
 
+    for key, dimension in sweep.tune.space.items():
+        assert value(key) in dimension["grid"], (key, value(key), dimension)
     best = parse(search_space.apply(sweep.to_dict(), {key: value(key) for key in sweep.tune.space}))
     for section in ("seed", "model", "data", "train", "optim", "eval"):
         assert getattr(best, section) == getattr(quickstart, section), section

@@ -15,7 +15,7 @@ MAX_VALUE_TICKS = 8  # a numeric axis with this many distinct values or fewer is
 
 
 def searched_keys(rows: list[dict[str, Any]]) -> list[str]:
-    return list(dict.fromkeys(k for r in rows for k in r.get("params", {})))
+    return list(dict.fromkeys(k for r in rows for k in r["params"]))
 
 
 def to_csv(rows: list[dict[str, Any]], metric: str) -> str:
@@ -26,7 +26,7 @@ def to_csv(rows: list[dict[str, Any]], metric: str) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(header)
     for row in rows:
-        writer.writerow([row.get(c) for c in COLUMNS] + [row.get("params", {}).get(k) for k in keys])
+        writer.writerow([row.get(c) for c in COLUMNS] + [row["params"].get(k) for k in keys])
     return out.getvalue()
 
 
@@ -44,23 +44,30 @@ def is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def values_axis(label: str, values: list[Any]) -> Axis:
-    """Numbers on a linear axis (log when positive and spanning 10x or more), ticked at each value when there are
-    few; anything else as categories, sorted when they compare, else in the order they first appear."""
+def same(value: Any) -> Any:
+    """What tells two values of a key apart, as the axis places them: 1 and 1.0 are one number."""
+    return float(value) if is_number(value) else repr(value)
+
+
+def values_axis(label: str, values: list[Any], discrete: bool) -> Axis:
+    """Numbers on a linear axis (log when positive and spanning 10x or more), ticked at each value when they come
+    from a list (`discrete`: grid or choice) of few; anything else as categories, sorted when they compare (None
+    first), else in the order they first appear."""
     if all(is_number(v) for v in values):
-        distinct = sorted(set(float(v) for v in values))
+        distinct = sorted({float(v) for v in values})
         log = distinct[0] > 0 and distinct[-1] >= 10 * distinct[0]
-        few = len(distinct) <= MAX_VALUE_TICKS
-        return Axis(label, [float(v) for v in values], log=log, ticks=distinct if few else None,
-                    tick_labels=[f"{v:g}" for v in distinct] if few else None)
+        labels = [f"{v:g}" for v in distinct]
+        tick = discrete and len(distinct) <= MAX_VALUE_TICKS and len(set(labels)) == len(labels)
+        return Axis(label, [float(v) for v in values], log=log, ticks=distinct if tick else None,
+                    tick_labels=labels if tick else None)
     unique = list({repr(v): v for v in values}.values())
     try:
-        unique = sorted(unique)
+        unique = sorted(unique, key=lambda v: (v is not None, v))
     except TypeError:
         pass
-    names = [str(v) for v in unique]
-    return Axis(label, [float(names.index(str(v))) for v in values], ticks=[float(i) for i in range(len(names))],
-                tick_labels=names, categorical=True)
+    index = {repr(v): i for i, v in enumerate(unique)}
+    return Axis(label, [float(index[repr(v)]) for v in values], ticks=[float(i) for i in range(len(unique))],
+                tick_labels=[str(v) for v in unique], categorical=True)
 
 
 def rate_axes(rows: list[dict[str, Any]]) -> tuple[Axis, Axis]:
@@ -68,21 +75,22 @@ def rate_axes(rows: list[dict[str, Any]]) -> tuple[Axis, Axis]:
             Axis("lr_D (optim.d.lr)", [r["lr_d"] for r in rows], log=True))
 
 
-def choose_axes(rows: list[dict[str, Any]]) -> tuple[Axis, Axis]:
+def choose_axes(rows: list[dict[str, Any]], discrete: frozenset[str] = frozenset()) -> tuple[Axis, Axis]:
     """lr_G x lr_D when either rate varies over the trials, or when no searched key does; otherwise the first two
-    searched keys that vary (a single one is plotted against nothing)."""
+    searched keys that vary (a single one is plotted against nothing). `discrete`: the keys searched over a list."""
     if len({(r["lr_g"], r["lr_d"]) for r in rows}) > 1:
         return rate_axes(rows)
-    keys = [k for k in searched_keys(rows) if len({repr(r.get("params", {}).get(k)) for r in rows}) > 1][:2]
+    keys = [k for k in searched_keys(rows) if len({same(r["params"].get(k)) for r in rows}) > 1][:2]
     if not keys:
         return rate_axes(rows)
-    found = [values_axis(k, [r.get("params", {}).get(k) for r in rows]) for k in keys]
+    found = [values_axis(k, [r["params"].get(k) for r in rows], k in discrete) for k in keys]
     if len(found) == 1:
         found.append(Axis("", [0.0] * len(rows), ticks=[0.0], tick_labels=[""], categorical=True))
     return found[0], found[1]
 
 
-def plot(rows: list[dict[str, Any]], metric: str, mode: str, title: str) -> Any:
+def plot(rows: list[dict[str, Any]], metric: str, mode: str, title: str,
+         discrete: frozenset[str] = frozenset()) -> Any:
     """A matplotlib Figure over `choose_axes`; stable trials coloured by `metric` (squares: stopped early by the
     scheduler), unstable ones in red with one marker per flag, failed ones as grey crosses."""
     import matplotlib
@@ -91,7 +99,7 @@ def plot(rows: list[dict[str, Any]], metric: str, mode: str, title: str) -> Any:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 5.2))
-    x_axis, y_axis = choose_axes(rows)
+    x_axis, y_axis = choose_axes(rows, discrete)
     at = {id(r): (x, y) for r, x, y in zip(rows, x_axis.positions, y_axis.positions)}
 
     def xs(chosen: list[dict[str, Any]]) -> list[float]:

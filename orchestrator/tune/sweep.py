@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from orchestrator.spec import JobSpec, parse
+from orchestrator.spec import JobSpec, parse, search_space
 from orchestrator.spec.job import trial_data
 from orchestrator.track import runs, store
 from orchestrator.track.redact import redact
@@ -244,7 +244,9 @@ def log_stability_map(client: Any, parent_run_id: str, trials: list[dict[str, An
 
     t = spec.tune
     client.log_text(parent_run_id, stability_map.to_csv(trials, t.metric), "stability_map.csv")
-    figure = stability_map.plot(trials, t.metric, t.mode, f"{spec.name}: {len(trials)} trials")
+    dimensions, _ = search_space.parse_dimensions(t.space)
+    discrete = frozenset(d.key for d in dimensions if d.kind not in search_space.RANGES)
+    figure = stability_map.plot(trials, t.metric, t.mode, f"{spec.name}: {len(trials)} trials", discrete)
     client.log_figure(parent_run_id, figure, "stability_map.png")
     figure.canvas.draw()
     client.log_image(parent_run_id, np.asarray(figure.canvas.buffer_rgba())[..., :3], key="stability_map", step=0,
