@@ -40,6 +40,9 @@ class DomainClassifier(nn.Module):
         return features, self.head(features)
 
 
+HELD_OUT = 0.1  # the share of the data a classifier is scored on, never trained on
+
+
 def split_held_out(num_images: int, held_out: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(train indices, held-out indices): a seeded random split."""
     order = torch.randperm(num_images, generator=torch.Generator().manual_seed(seed))
@@ -47,32 +50,38 @@ def split_held_out(num_images: int, held_out: float, seed: int) -> tuple[torch.T
     return order[count:], order[:count]
 
 
-def fit_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, *, epochs: int = 8,
-                   batch_size: int = 64, lr: float = 3e-3, held_out: float = 0.1,
-                   seed: int = 0) -> tuple[DomainClassifier, float]:
-    """Train on all but a held-out share of the images; returns the classifier (in eval mode) and its accuracy
-    on the held-out share. Random shifts of up to 2 pixels keep it from memorising pixel positions."""
-    train_index, test_index = split_held_out(len(images), held_out, seed)
+def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, *, epochs: int = 8,
+                     batch_size: int = 64, lr: float = 3e-3, seed: int = 0) -> DomainClassifier:
+    """A DomainClassifier trained from scratch on all of `images`, returned in eval mode; seeded, so the same images
+    give the same classifier. Random shifts of up to 2 pixels keep it from memorising pixel positions."""
     generator = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():  # dropout's draws seeded too; no_grad callers
         torch.manual_seed(seed)
         model = DomainClassifier(images.shape[1], num_classes)
-    steps_per_epoch = -(-len(train_index) // batch_size)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=epochs * steps_per_epoch)
-    model.train()
-    for _ in range(epochs):
-        order = train_index[torch.randperm(len(train_index), generator=generator)]
-        for start in range(0, len(order), batch_size):
-            batch = order[start:start + batch_size]
-            shift = torch.randint(-2, 3, (2,), generator=generator).tolist()
-            x = torch.roll(images[batch], shift, dims=(2, 3))
-            loss = F.cross_entropy(model(x), labels[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-    model.eval()
+        steps_per_epoch = -(-len(images) // batch_size)
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=epochs * steps_per_epoch)
+        model.train()
+        for _ in range(epochs):
+            order = torch.randperm(len(images), generator=generator)
+            for start in range(0, len(order), batch_size):
+                batch = order[start:start + batch_size]
+                shift = torch.randint(-2, 3, (2,), generator=generator).tolist()
+                x = torch.roll(images[batch], shift, dims=(2, 3))
+                loss = F.cross_entropy(model(x), labels[batch])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+    return model.eval()
+
+
+def fit_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, *, held_out: float = HELD_OUT,
+                   seed: int = 0, **recipe) -> tuple[DomainClassifier, float]:
+    """Train on all but a held-out share of the images (`train_classifier`); returns the classifier and its
+    accuracy on the held-out share."""
+    train_index, test_index = split_held_out(len(images), held_out, seed)
+    model = train_classifier(images[train_index], labels[train_index], num_classes, seed=seed, **recipe)
     return model, accuracy(model, images[test_index], labels[test_index])
 
 

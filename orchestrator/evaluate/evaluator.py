@@ -1,6 +1,7 @@
 """Sample quality of G_ema during training and in `ganorch eval`: FID, KID, IS, precision/recall and class coverage on
 the domain classifier's features (and Inception's, when its weights are there), computed by all ranks together."""
 
+import math
 from pathlib import Path
 
 import torch
@@ -12,6 +13,7 @@ from gan_models.classifier import DomainClassifier
 from gan_models.metrics import NEAREST_K, distances, quality, real_yardstick
 from orchestrator.distributed import collectives
 from orchestrator.distributed.collectives import gather_rows
+from orchestrator.evaluate import tstr
 from orchestrator.evaluate.domain_classifier import check_labelled, domain_classifier
 
 # How long the other ranks wait while rank 0 trains (or loads) the domain classifier: training on the largest
@@ -29,7 +31,7 @@ class Evaluator:
 
     def __init__(self, dataset: Dataset, data_classes: int, generator_classes: int, *, num_samples: int,
                  latent_dim: int, image_size: int, channels: int, cache_dir: str | None, seed: int,
-                 device: torch.device, inception: Path | None = None):
+                 device: torch.device, inception: Path | None = None, tstr_samples: int = 0):
         check_labelled(data_classes)  # on every rank, before any of them waits for rank 0's classifier
         self.rank, self.world_size = collectives.rank(), collectives.world_size()
         shared: list = [None]
@@ -37,6 +39,10 @@ class Evaluator:
             classifier = domain_classifier(dataset, data_classes, image_size=image_size, channels=channels,
                                            cache_dir=cache_dir, seed=seed)
             shared = [(classifier.model.state_dict(), classifier.accuracy, str(classifier.path), classifier.trained_now)]
+            if tstr_samples:
+                assert generator_classes == data_classes, (generator_classes, data_classes)
+                split = tstr.real_split(dataset, seed)
+                self.tstr_real = (split, tstr.trtr_accuracy(split, data_classes, tstr_samples, classifier.path, seed))
         collectives.wait_for_rank0("the domain classifier", CLASSIFIER_WAIT_S)
         if self.world_size > 1:
             dist.broadcast_object_list(shared, src=0, device=device if device.type == "cuda" else None)
@@ -47,7 +53,7 @@ class Evaluator:
         if inception is not None:
             from gan_models.inception import InceptionFeatures
             self.extractors["_inception"] = InceptionFeatures(inception).to(device).eval()
-        self.device, self.seed = device, seed
+        self.device, self.seed, self.tstr_samples = device, seed, tstr_samples
         self.num_samples, self.latent_dim, self.generator_classes = num_samples, latent_dim, generator_classes
         self.share = -(-num_samples // self.world_size)
 
@@ -95,14 +101,7 @@ class Evaluator:
         labels = (torch.randint(self.generator_classes, (self.num_samples,), generator=noise, device=self.device)
                   if self.generator_classes else None)
         mine = slice(self.rank * self.share, (self.rank + 1) * self.share)
-        z, labels = z[mine], labels[mine] if labels is not None else None
-        was_training = G.training
-        G.eval()
-        batch = self.BATCH[""]
-        images = [G(z[k:k + batch]) if labels is None else G(z[k:k + batch], labels[k:k + batch])
-                  for k in range(0, len(z), batch)]
-        G.train(was_training)
-        images = torch.cat(images).float() if images else torch.zeros(0)
+        images = self.generate(G, z[mine], labels[mine] if labels is not None else None)
         scores: dict[str, float] = {}
         for suffix in self.extractors:
             features, logits = self.embed(suffix, images)
@@ -115,4 +114,36 @@ class Evaluator:
             else:
                 found = distances(real_features, features, logits, seed=self.seed)
                 scores.update({f"{name}{suffix}": value for name, value in found.items()})
+        if self.tstr_samples:
+            scores.update(self.train_on_synthetic(G))
         return scores
+
+    def generate(self, G: torch.nn.Module, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        was_training = G.training
+        G.eval()
+        batch = self.BATCH[""]
+        images = [G(z[k:k + batch]) if labels is None else G(z[k:k + batch], labels[k:k + batch])
+                  for k in range(0, len(z), batch)]
+        G.train(was_training)
+        return torch.cat(images).float() if images else torch.zeros(0, device=self.device)
+
+    def train_on_synthetic(self, G: torch.nn.Module) -> dict[str, float]:
+        """tstr_accuracy, trtr_accuracy and tstr_ratio (see orchestrator.evaluate.tstr) on every rank: every rank
+        draws its share of the samples, rank 0 trains the classifier on all of them (one classifier, so its number
+        does not depend on the worker count) and hands the scores to the others."""
+        count = self.tstr_samples
+        noise = torch.Generator(device=self.device).manual_seed(self.seed + 104729)
+        z = sample_latent(count, self.latent_dim, generator=noise, device=self.device)
+        labels = tstr.balanced_labels(count, self.generator_classes).to(self.device)
+        share = -(-count // self.world_size)
+        mine = slice(self.rank * share, (self.rank + 1) * share)
+        images = gather_rows(self.generate(G, z[mine], labels[mine]), share)
+        found: list = [None]
+        if self.rank == 0:
+            split, trtr = self.tstr_real
+            accuracy = (tstr.tstr_accuracy(images, labels, split, self.generator_classes, self.seed)
+                        if images.isfinite().all() else math.nan)  # a diverged G: nothing to learn from
+            found = [{"tstr_accuracy": accuracy, "trtr_accuracy": trtr, "tstr_ratio": accuracy / trtr if trtr else math.nan}]
+        if self.world_size > 1:
+            dist.broadcast_object_list(found, src=0, device=self.device if self.device.type == "cuda" else None)
+        return found[0]

@@ -73,7 +73,8 @@ def evaluate(source: Source, spec: JobSpec, uri: str, samples: int = 0, grid_pat
     inception, inception_line = inception_weights(spec.eval)
     evaluator = Evaluator(dataset, data_classes, classes, num_samples=spec.eval.num_samples,
                           latent_dim=m.latent_dim, image_size=m.image_size, channels=m.channels,
-                          cache_dir=spec.eval.cache_dir, seed=spec.seed, device=device, inception=inception)
+                          cache_dir=spec.eval.cache_dir, seed=spec.seed, device=device, inception=inception,
+                          tstr_samples=spec.eval.tstr_samples if spec.eval.tstr else 0)
     scores = evaluator.evaluate(G)
     step = int(source.state["step"])
 

@@ -220,20 +220,25 @@ class EvalSpec:
     inception_weights: str | None = setting(None, help="A local copy of torch-fidelity's weights-inception-2015-12-05-6726825d.pth; null looks in torch.hub's cache ($TORCH_HOME/hub/checkpoints).")
     background: bool = setting(False, help="Score G_ema in an evaluator actor of its own (with eval.resources) while the workers train on: at each evaluation rank 0 hands it G_ema and a copy of the training state, and the scores (logged at their step), the stability flags they raise and the best checkpoint are taken at the first metrics, evaluation or checkpoint step after they arrive; every checkpoint waits for the evaluations up to its step, so reports to Tune carry them as they would in-line. False scores in-line on the workers, which wait: the sensible choice when the workers take every CPU or GPU.")
     resources: EvalResourcesSpec = setting(default_factory=EvalResourcesSpec, help="What Ray reserves for the evaluator actor of eval.background.")
+    tstr: bool = setting(False, help="Conditional models only: train on synthetic, test on real (Ravuri & Vinyals's classification accuracy score) at each evaluation. The domain classifier's architecture and recipe are trained from scratch on eval.tstr_samples labelled samples of G_ema (balanced over classes, the same z each time) and scored on the real held-out split the domain classifier is scored on: `tstr_accuracy`, beside `trtr_accuracy` (the same recipe on as many real images, cached with the classifier) and `tstr_ratio`. Rank 0 trains it (one classifier, whatever the worker count), which takes a while on a CPU (docs/evaluation.md); eval.background takes it off the training path.")
+    tstr_samples: int = setting(5000, ge=100, help="Labelled samples of G_ema the TSTR classifier trains on (eval.tstr); TRTR trains on as many real images, or all of the real training split if it holds fewer.")
 
     def problems(self) -> Iterator[Problem]:
         if self.background and not self.every:
             yield ("background", "every"), "needs evaluations: set eval.every, or remove eval.background"
         if not self.background and self.resources != EvalResourcesSpec():
             yield ("resources", "background"), f"{UNUSED}eval.background false; remove it or set eval.background true"
+        if self.tstr and not self.every:
+            yield ("tstr", "every"), "needs evaluations: set eval.every > 0, or remove eval.tstr"
         if self.inception == "off" and self.inception_weights:
             yield ("inception_weights", "inception"), "is not used with eval.inception 'off'; remove it or set 'auto'"
 
 
 # What a sweep can optimise: the eval metrics (gan_models.metrics.NAMES and their Inception variants) and the
 # per-interval training metrics.
+TSTR_METRICS = ("tstr_accuracy", "tstr_ratio")  # with eval.tstr
 EVAL_METRICS = ("fid", "kid", "is", "precision", "recall", "density", "manifold_coverage", "mode_coverage",
-                "class_kl", "class_spread", "fid_inception", "kid_inception", "is_inception")
+                "class_kl", "class_spread", "fid_inception", "kid_inception", "is_inception", *TSTR_METRICS)
 TRAIN_METRICS = ("loss_d", "loss_g", "d_real", "d_fake", "d_accuracy_real", "d_accuracy_fake")
 
 
@@ -355,6 +360,10 @@ class JobSpec:
                    f"got {self.tracking.checkpoint_every}; with train.augment.target, p adapts at metrics steps, so a "
                    f"checkpoint must come at one (a multiple of tracking.metrics_every, "
                    f"{self.tracking.metrics_every}) for a restart to continue as the run would have")
+        if self.eval.tstr and not self.model.conditional:
+            yield (("eval.tstr", "model.conditional"),
+                   "needs a class-conditional G, whose labelled samples train the classifier: set model.conditional "
+                   "true, or remove eval.tstr")
         if self.train.condition_ramp is not None and not self.model.conditional:
             yield (("train.condition_ramp", "model.conditional"),
                    f"{UNUSED}model.conditional false; remove it or set model.conditional true")
@@ -370,6 +379,8 @@ class JobSpec:
 
     def tune_problems(self) -> Iterator[Problem]:
         tune = self.tune
+        if tune.metric in TSTR_METRICS and not self.eval.tstr:
+            yield ("tune.metric", "eval.tstr"), f"got {tune.metric!r}, measured with eval.tstr: set eval.tstr true"
         if tune.metric in EVAL_METRICS and not self.eval.every:
             yield ("tune.metric", "eval.every"), f"got {tune.metric!r}, an eval metric: set eval.every > 0"
         elif tune.metric in EVAL_METRICS and self.tracking.checkpoint_every % self.eval.every:

@@ -54,7 +54,8 @@ def build_evaluator(spec: JobSpec, device: torch.device, dataset: Any, data_clas
                                        channels=m.channels, seed=spec.seed)
     evaluator = Evaluator(dataset, data_classes, classes, num_samples=spec.eval.num_samples, latent_dim=m.latent_dim,
                           image_size=m.image_size, channels=m.channels, cache_dir=spec.eval.cache_dir, seed=spec.seed,
-                          device=device, inception=inception)
+                          device=device, inception=inception,
+                          tstr_samples=spec.eval.tstr_samples if spec.eval.tstr else 0)
     return evaluator, {TAG_CLASSIFIER: evaluator.classifier_path,
                        TAG_CLASSIFIER_ACCURACY: f"{evaluator.classifier_accuracy:.4f}", TAG_INCEPTION: inception_line,
                        TAG_COLLAPSE_YARDSTICK: evaluator.yardstick_line}
