@@ -51,24 +51,28 @@ def split_held_out(num_images: int, held_out: float, seed: int) -> tuple[torch.T
 
 
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, *, epochs: int = 8,
-                     batch_size: int = 64, lr: float = 3e-3, seed: int = 0) -> DomainClassifier:
-    """A DomainClassifier trained from scratch on all of `images`, returned in eval mode; seeded, so the same images
-    give the same classifier. Random shifts of up to 2 pixels keep it from memorising pixel positions."""
+                     batch_size: int = 64, lr: float = 3e-3, seed: int = 0,
+                     device: torch.device = torch.device("cpu")) -> DomainClassifier:
+    """A DomainClassifier trained from scratch on all of `images` (on the host; batches go to `device`), returned in
+    eval mode. Its initial weights, batch order and shifts are seeded; dropout draws from the global generator.
+    Random shifts of up to 2 pixels keep it from memorising pixel positions."""
     generator = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]), torch.enable_grad():  # dropout's draws seeded too; no_grad callers
-        torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(seed)
         model = DomainClassifier(images.shape[1], num_classes)
-        steps_per_epoch = -(-len(images) // batch_size)
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=epochs * steps_per_epoch)
-        model.train()
+    model.to(device)
+    steps_per_epoch = -(-len(images) // batch_size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=epochs * steps_per_epoch)
+    model.train()
+    with torch.enable_grad():  # also when called for an evaluation, under no_grad
         for _ in range(epochs):
             order = torch.randperm(len(images), generator=generator)
             for start in range(0, len(order), batch_size):
                 batch = order[start:start + batch_size]
                 shift = torch.randint(-2, 3, (2,), generator=generator).tolist()
-                x = torch.roll(images[batch], shift, dims=(2, 3))
-                loss = F.cross_entropy(model(x), labels[batch])
+                x = torch.roll(images[batch].to(device), shift, dims=(2, 3))
+                loss = F.cross_entropy(model(x), labels[batch].to(device))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -87,6 +91,7 @@ def fit_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
 
 @torch.no_grad()
 def accuracy(model: DomainClassifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> float:
-    correct = sum((model(images[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]).sum().item()
+    device = next(model.parameters()).device
+    correct = sum((model(images[i:i + batch_size].to(device)).argmax(1).cpu() == labels[i:i + batch_size]).sum().item()
                   for i in range(0, len(images), batch_size))
     return correct / len(images)

@@ -1,13 +1,16 @@
 """Train on synthetic, test on real (eval.tstr): a classifier trained on G's labelled samples, scored on the real
 held-out digits, beside the same recipe trained on as many real ones."""
 
+import queue
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import free_port
 from torch import nn
 
+from gan_models.classifier import split_held_out
 from orchestrator.data.sources import load_dataset
 from orchestrator.evaluate import tstr
 from orchestrator.evaluate.evaluator import Evaluator
@@ -28,9 +31,9 @@ def cache(mnist_classifier, tmp_path):
     return shutil.copytree(mnist_classifier[1], tmp_path / "cache")
 
 
-def evaluator(dataset, cache_dir, tstr_samples=SAMPLES) -> Evaluator:
-    return Evaluator(dataset, 10, 10, num_samples=50, latent_dim=8, image_size=28, channels=1,
-                     cache_dir=str(cache_dir), seed=0, device=torch.device("cpu"), tstr_samples=tstr_samples)
+def evaluator(dataset, cache_dir, tstr_samples=SAMPLES, seed=0, generator_classes=10) -> Evaluator:
+    return Evaluator(dataset, 10, generator_classes, num_samples=50, latent_dim=8, image_size=28, channels=1,
+                     cache_dir=str(cache_dir), seed=seed, device=torch.device("cpu"), tstr_samples=tstr_samples)
 
 
 class RealDigits(nn.Module):
@@ -38,8 +41,8 @@ class RealDigits(nn.Module):
 
     def __init__(self, dataset):
         super().__init__()
-        split = tstr.real_split(dataset, seed=0)
-        self.by_class = [split.train_images[split.train_labels == c] for c in range(10)]
+        images, labels = tstr.read(dataset, tstr.split_indices(dataset, seed=0)[0])
+        self.by_class = [images[labels == c] for c in range(10)]
 
     def forward(self, z, labels):
         pick = (z[:, 0].abs() * 1e4).long()
@@ -66,10 +69,56 @@ def test_tstr_is_near_trtr_for_real_digits_at_chance_for_noise_and_repeats(mnist
         raise AssertionError("TRTR was trained again")
 
     monkeypatch.setattr(tstr, "train_classifier", no_training)
-    assert evaluator(mnist, cache).tstr_real[1] == real["trtr_accuracy"]
+    assert evaluator(mnist, cache).trtr == real["trtr_accuracy"]
+    monkeypatch.undo()
+    # another seed splits the data otherwise, so its TRTR is its own
+    assert evaluator(mnist, cache, seed=1).trtr != real["trtr_accuracy"]
+    (classifier_file,) = (cache / "classifiers").glob("*.pt")
+    assert set(torch.load(classifier_file, weights_only=True)["trtr"]) == {"seed 0, 500 images", "seed 1, 500 images"}
 
 
-def test_every_evaluation_of_a_conditional_run_scores_tstr_above_chance(process_group, mnist_classifier):
+def test_the_held_out_split_is_the_domain_classifiers_and_apart_from_what_trtr_trains_on(mnist):
+    train, test = tstr.split_indices(mnist, seed=0)
+    assert len(test) == 500 and len(train) == 4500 and not set(train.tolist()) & set(test.tolist())
+    assert torch.equal(test, split_held_out(5000, 0.1, seed=0)[1])
+
+
+def score_on_a_rank(rank: int, port: int, cache_dir: str, results) -> None:
+    """One rank of a 2-process gloo group scoring RealDigits' TSTR."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    dataset = load_dataset(DataSpec("mnist5k"), ModelSpec())
+    results.put((rank, evaluator(dataset, cache_dir).train_on_synthetic(RealDigits(dataset))))
+    dist.barrier()
+
+
+def test_two_workers_score_what_one_does(mnist, cache):
+    """Each rank draws its share of the samples; rank 0 trains on all of them and every rank gets its scores."""
+    import torch.multiprocessing as mp
+
+    alone = evaluator(mnist, cache).train_on_synthetic(RealDigits(mnist))
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    port = free_port()
+    processes = [context.Process(target=score_on_a_rank, args=(r, port, str(cache), results)) for r in range(2)]
+    for p in processes:
+        p.start()
+    found = {}
+    try:
+        while len(found) < 2:
+            rank, scores = results.get(timeout=120)
+            found[rank] = scores
+    except queue.Empty:
+        pass
+    finally:
+        for p in processes:
+            p.join(timeout=30)
+            p.kill()
+    assert found == {0: alone, 1: alone}, (found, alone)
+
+
+def test_every_evaluation_of_a_conditional_run_scores_tstr_above_chance(process_group, cache):
     """300 steps of the conditional quickstart at half width already draw digits a classifier learns something
     from; the scores come with the other eval metrics."""
     from orchestrator.train.loop import WorkerContext, train
@@ -78,20 +127,27 @@ def test_every_evaluation_of_a_conditional_run_scores_tstr_above_chance(process_
         "resources.num_workers=1", "model.g_width=16", "model.d_width=16", "train.steps=300",
         "train.condition_ramp=[0,200]", "tracking.metrics_every=50", "tracking.samples_every=300",
         "tracking.checkpoint_every=300", "tracking.num_samples=10", "eval.every=300", "eval.num_samples=200",
-        f"eval.cache_dir={mnist_classifier[1]}", "eval.tstr=true", f"eval.tstr_samples={SAMPLES}"])
+        f"eval.cache_dir={cache}", "eval.tstr=true", f"eval.tstr_samples={SAMPLES}"])
     scores = train(spec, WorkerContext(device=torch.device("cpu")))["eval"]
     # chance is 0.1 (noise scores 0.064); this run scored 0.22 on 2026-12-04
     assert scores["tstr_accuracy"] > 0.17 and 0 < scores["tstr_ratio"] <= 1.2, scores
 
 
-def test_tstr_is_refused_with_its_key_where_it_cannot_run():
+def test_tstr_is_refused_with_its_key_where_it_cannot_run(mnist, cache):
+    for kwargs, message in (({"generator_classes": 5}, "eval.tstr: the generator draws 5 classes, the data has 10"),
+                            ({"tstr_samples": 9}, "eval.tstr_samples: got 9; fewer than the data's 10 classes")):
+        with pytest.raises(ValueError, match=message):
+            evaluator(mnist, cache, **kwargs)
     base = {"name": "t", "model": {"conditional": True}, "eval": {"every": 10, "tstr": True}}
     parse(base)
     cases = [({"model": {"conditional": False}}, "eval.tstr", "needs a class-conditional G"),
              ({"eval": {"every": 0, "tstr": True}}, "eval.tstr", "needs evaluations"),
              ({"eval": {"every": 10}, "tune": {"metric": "tstr_ratio", "mode": "max",
                                                "space": {"optim.g.lr": {"choice": [1.0e-4]}}}},
-              "tune.metric", "measured with eval.tstr")]
+              "tune.metric", "measured with eval.tstr"),
+             ({"tune": {"metric": "tstr_accuracy", "space": {"optim.g.lr": {"choice": [1.0e-4]}}}},
+              "tune.mode", "is an accuracy: set tune.mode max"),
+             ({"eval": {"every": 10, "tstr_samples": 1000}}, "eval.tstr_samples", "is not used with eval.tstr false")]
     for change, key, message in cases:
         with pytest.raises(SpecError) as info:
             parse({**base, **change})

@@ -21,6 +21,14 @@ from orchestrator.evaluate.domain_classifier import check_labelled, domain_class
 CLASSIFIER_WAIT_S = 3600.0
 
 
+def check_tstr(samples: int, data_classes: int, generator_classes: int) -> None:
+    if generator_classes != data_classes:
+        raise ValueError(f"eval.tstr: the generator draws {generator_classes} classes, the data has {data_classes}; "
+                         "TSTR scores a classifier of G's classes on the data's")
+    if samples < data_classes:
+        raise ValueError(f"eval.tstr_samples: got {samples}; fewer than the data's {data_classes} classes")
+
+
 class Evaluator:
     """Sample quality of G_ema during training, on every rank at once: each rank embeds its share of the real
     reference images (once) and of the generated samples (each evaluation), and every rank computes the
@@ -33,17 +41,20 @@ class Evaluator:
                  latent_dim: int, image_size: int, channels: int, cache_dir: str | None, seed: int,
                  device: torch.device, inception: Path | None = None, tstr_samples: int = 0):
         check_labelled(data_classes)  # on every rank, before any of them waits for rank 0's classifier
+        if tstr_samples:
+            check_tstr(tstr_samples, data_classes, generator_classes)
         self.rank, self.world_size = collectives.rank(), collectives.world_size()
         shared: list = [None]
         if self.rank == 0:
             classifier = domain_classifier(dataset, data_classes, image_size=image_size, channels=channels,
                                            cache_dir=cache_dir, seed=seed)
             shared = [(classifier.model.state_dict(), classifier.accuracy, str(classifier.path), classifier.trained_now)]
-            if tstr_samples:
-                assert generator_classes == data_classes, (generator_classes, data_classes)
-                split = tstr.real_split(dataset, seed)
-                self.tstr_real = (split, tstr.trtr_accuracy(split, data_classes, tstr_samples, classifier.path, seed))
-        collectives.wait_for_rank0("the domain classifier", CLASSIFIER_WAIT_S)
+            if tstr_samples:  # rank 0 alone trains TSTR's classifiers, so it alone holds what they are scored on
+                self.held_out = tstr.HeldOut(*tstr.read(dataset, tstr.split_indices(dataset, seed)[1]))
+                self.trtr = tstr.trtr_accuracy(dataset, self.held_out, data_classes, tstr_samples, classifier.path,
+                                               seed, device)
+        collectives.wait_for_rank0("the domain classifier" + (" and TRTR (eval.tstr)" if tstr_samples else ""),
+                                   CLASSIFIER_WAIT_S)
         if self.world_size > 1:
             dist.broadcast_object_list(shared, src=0, device=device if device.type == "cuda" else None)
         state, self.classifier_accuracy, self.classifier_path, self.trained_now = shared[0]
@@ -54,6 +65,7 @@ class Evaluator:
             from gan_models.inception import InceptionFeatures
             self.extractors["_inception"] = InceptionFeatures(inception).to(device).eval()
         self.device, self.seed, self.tstr_samples = device, seed, tstr_samples
+        self.image_shape = (channels, image_size, image_size)
         self.num_samples, self.latent_dim, self.generator_classes = num_samples, latent_dim, generator_classes
         self.share = -(-num_samples // self.world_size)
 
@@ -125,7 +137,7 @@ class Evaluator:
         images = [G(z[k:k + batch]) if labels is None else G(z[k:k + batch], labels[k:k + batch])
                   for k in range(0, len(z), batch)]
         G.train(was_training)
-        return torch.cat(images).float() if images else torch.zeros(0, device=self.device)
+        return torch.cat(images).float() if images else torch.zeros(0, *self.image_shape, device=self.device)
 
     def train_on_synthetic(self, G: torch.nn.Module) -> dict[str, float]:
         """tstr_accuracy, trtr_accuracy and tstr_ratio (see orchestrator.evaluate.tstr) on every rank: every rank
@@ -140,10 +152,11 @@ class Evaluator:
         images = gather_rows(self.generate(G, z[mine], labels[mine]), share)
         found: list = [None]
         if self.rank == 0:
-            split, trtr = self.tstr_real
-            accuracy = (tstr.tstr_accuracy(images, labels, split, self.generator_classes, self.seed)
+            accuracy = (tstr.tstr_accuracy(images, labels, self.held_out, self.generator_classes, self.seed,
+                                           self.device)
                         if images.isfinite().all() else math.nan)  # a diverged G: nothing to learn from
-            found = [{"tstr_accuracy": accuracy, "trtr_accuracy": trtr, "tstr_ratio": accuracy / trtr if trtr else math.nan}]
+            found = [{"tstr_accuracy": accuracy, "trtr_accuracy": self.trtr, "tstr_ratio": accuracy / self.trtr if self.trtr else math.nan}]
+        collectives.wait_for_rank0("TSTR's classifier (eval.tstr)", CLASSIFIER_WAIT_S)
         if self.world_size > 1:
             dist.broadcast_object_list(found, src=0, device=self.device if self.device.type == "cuda" else None)
         return found[0]

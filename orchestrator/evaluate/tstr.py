@@ -1,33 +1,44 @@
 """Train on synthetic, test on real (Ravuri & Vinyals, 2019, "Classification Accuracy Score for Conditional
 Generative Models"): a classifier of the domain classifier's architecture and recipe, trained from scratch on G's
 labelled samples and scored on the real held-out split the domain classifier is scored on. Beside it, the same recipe
-trained on as many real images of the rest of the data (TRTR), computed once per dataset and cached in the domain
-classifier's file."""
+trained on as many real images of the rest of the data (TRTR), computed once per dataset, seed and count and cached
+in the domain classifier's file."""
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, TensorDataset
 
-from gan_models.classifier import HELD_OUT, accuracy, split_held_out, train_classifier
-from orchestrator.evaluate.domain_classifier import MAX_TRAIN_IMAGES, labelled_tensors
+from gan_models.classifier import HELD_OUT, DomainClassifier, accuracy, split_held_out, train_classifier
+from orchestrator.evaluate.domain_classifier import MAX_TRAIN_IMAGES
 
 
 @dataclass
-class RealSplit:
-    """The domain classifier's split of the data: what it trains on, and the held-out images it is scored on."""
-    train_images: torch.Tensor
-    train_labels: torch.Tensor
-    test_images: torch.Tensor
-    test_labels: torch.Tensor
+class HeldOut:
+    """The real images a TSTR classifier is scored on: the domain classifier's held-out split of the data."""
+    images: torch.Tensor
+    labels: torch.Tensor
 
 
-def real_split(dataset: Dataset, seed: int) -> RealSplit:
-    images, labels = labelled_tensors(dataset, MAX_TRAIN_IMAGES, seed)
-    train, test = split_held_out(len(images), HELD_OUT, seed)
-    return RealSplit(images[train], labels[train], images[test], labels[test])
+def split_indices(dataset: Dataset, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, held-out) indices into `dataset` of the domain classifier's split: `labelled_tensors`' subset of at
+    most MAX_TRAIN_IMAGES, split by `split_held_out`."""
+    chosen = torch.arange(len(dataset))
+    if len(dataset) > MAX_TRAIN_IMAGES:
+        chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:MAX_TRAIN_IMAGES].sort().values
+    train, test = split_held_out(len(chosen), HELD_OUT, seed)
+    return chosen[train], chosen[test]
+
+
+def read(dataset: Dataset, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, labels) of `indices`, decoding only those."""
+    if isinstance(dataset, TensorDataset):
+        images, labels = dataset.tensors
+        return images[indices], labels[indices]
+    pairs = [dataset[i] for i in indices.tolist()]
+    return torch.stack([image for image, _ in pairs]), torch.as_tensor([label for _, label in pairs])
 
 
 def balanced_labels(count: int, num_classes: int) -> torch.Tensor:
@@ -35,25 +46,43 @@ def balanced_labels(count: int, num_classes: int) -> torch.Tensor:
     return torch.arange(count) % num_classes
 
 
-def tstr_accuracy(images: torch.Tensor, labels: torch.Tensor, split: RealSplit, num_classes: int, seed: int) -> float:
+def seeded_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, seed: int,
+                      device: torch.device) -> DomainClassifier:
+    """`train_classifier` with its dropout seeded too, so the same images give the same accuracy."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.random.default_generator.manual_seed(seed)
+        if device.type == "cuda":
+            torch.cuda.default_generators[device.index or 0].manual_seed(seed)
+        return train_classifier(images, labels, num_classes, seed=seed, device=device)
+
+
+def tstr_accuracy(images: torch.Tensor, labels: torch.Tensor, held_out: HeldOut, num_classes: int, seed: int,
+                  device: torch.device) -> float:
     """Accuracy on the real held-out images of a classifier trained on `images` (G's samples) alone."""
-    model = train_classifier(images.float().cpu(), labels.cpu(), num_classes, seed=seed)
-    return accuracy(model, split.test_images, split.test_labels)
+    model = seeded_classifier(images.float().cpu(), labels.cpu(), num_classes, seed, device)
+    return accuracy(model, held_out.images, held_out.labels)
 
 
-def trtr_accuracy(split: RealSplit, num_classes: int, count: int, cache_file: str | Path, seed: int) -> float:
-    """The same recipe trained on `count` real training images (all of them, if fewer), from the cache when this
-    count was trained before: `trtr` in the domain classifier's file maps counts to accuracies."""
+def trtr_accuracy(dataset: Dataset, held_out: HeldOut, num_classes: int, count: int, cache_file: str | Path,
+                  seed: int, device: torch.device) -> float:
+    """The same recipe trained on `count` real images of the domain classifier's training split (all of them, if
+    fewer), from the cache when trained before: `trtr` in the classifier's file maps (seed, count) to accuracies. A
+    cache that cannot be written is only read."""
     path = Path(cache_file)
+    train, _ = split_indices(dataset, seed)
+    count = min(count, len(train))
+    key = f"seed {seed}, {count} images"
     state = torch.load(path, map_location="cpu", weights_only=True)
     cached = state.get("trtr", {})
-    count = min(count, len(split.train_images))
-    if count in cached:
-        return cached[count]
-    model = train_classifier(split.train_images[:count], split.train_labels[:count], num_classes, seed=seed)
-    found = accuracy(model, split.test_images, split.test_labels)
-    state["trtr"] = {**cached, count: found}
+    if key in cached:
+        return cached[key]
+    images, labels = read(dataset, train[:count])  # split_held_out's order is random: a random subset
+    found = accuracy(seeded_classifier(images, labels, num_classes, seed, device), held_out.images, held_out.labels)
+    state["trtr"] = {**cached, key: found}
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # whole or not at all; two runs adding the same count write the same value
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)  # whole or not at all; a count another run adds meanwhile is trained again later
+    except OSError:
+        tmp.unlink(missing_ok=True)
     return found

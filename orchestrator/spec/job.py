@@ -229,7 +229,10 @@ class EvalSpec:
         if not self.background and self.resources != EvalResourcesSpec():
             yield ("resources", "background"), f"{UNUSED}eval.background false; remove it or set eval.background true"
         if self.tstr and not self.every:
-            yield ("tstr", "every"), "needs evaluations: set eval.every > 0, or remove eval.tstr"
+            yield ("tstr", "every"), ("needs evaluations: set eval.every > 0 (`ganorch eval` of a run trained without "
+                                      "them: --set eval.every=1), or remove eval.tstr")
+        if not self.tstr and self.tstr_samples != EvalSpec.tstr_samples:
+            yield ("tstr_samples", "tstr"), f"{UNUSED}eval.tstr false; remove it or set eval.tstr true"
         if self.inception == "off" and self.inception_weights:
             yield ("inception_weights", "inception"), "is not used with eval.inception 'off'; remove it or set 'auto'"
 
@@ -381,6 +384,8 @@ class JobSpec:
         tune = self.tune
         if tune.metric in TSTR_METRICS and not self.eval.tstr:
             yield ("tune.metric", "eval.tstr"), f"got {tune.metric!r}, measured with eval.tstr: set eval.tstr true"
+        if tune.metric in TSTR_METRICS and tune.mode != "max":
+            yield ("tune.mode", "tune.metric"), f"got {tune.mode!r}; {tune.metric} is an accuracy: set tune.mode max"
         if tune.metric in EVAL_METRICS and not self.eval.every:
             yield ("tune.metric", "eval.every"), f"got {tune.metric!r}, an eval metric: set eval.every > 0"
         elif tune.metric in EVAL_METRICS and self.tracking.checkpoint_every % self.eval.every:

@@ -143,8 +143,8 @@ class BackgroundScoring:
             return ray.get(ref, timeout=EVALUATOR_WAIT_S)
         except ray.exceptions.GetTimeoutError:
             raise TimeoutError(f"eval.resources: the evaluator actor took over {EVALUATOR_WAIT_S:g} s {what}; give it "
-                               "more (eval.resources), score fewer samples (eval.num_samples) or evaluate in-line "
-                               "(eval.background false)") from None
+                               "more (eval.resources), score fewer samples (eval.num_samples, eval.tstr_samples) "
+                               "or evaluate in-line (eval.background false)") from None
 
     def tag_classifier(self, tags: dict[str, str]) -> None:
         self.described = None
