@@ -60,6 +60,14 @@ def check_labelled(num_classes: int) -> None:
                          "classifier behind FID, KID and IS needs labelled data: set eval.every: 0")
 
 
+def check_tstr(samples: int, data_classes: int, generator_classes: int) -> None:
+    if generator_classes != data_classes:
+        raise ValueError(f"eval.tstr: the generator draws {generator_classes} classes, the data has {data_classes}; "
+                         "TSTR scores a classifier of G's classes on the data's")
+    if samples < data_classes:
+        raise ValueError(f"eval.tstr_samples: got {samples}; fewer than the data's {data_classes} classes")
+
+
 @dataclass
 class Classifier:
     model: DomainClassifier    # in eval mode

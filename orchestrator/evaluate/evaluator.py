@@ -14,19 +14,11 @@ from gan_models.metrics import NEAREST_K, distances, quality, real_yardstick
 from orchestrator.distributed import collectives
 from orchestrator.distributed.collectives import gather_rows
 from orchestrator.evaluate import tstr
-from orchestrator.evaluate.domain_classifier import check_labelled, domain_classifier
+from orchestrator.evaluate.domain_classifier import check_labelled, check_tstr, domain_classifier
 
 # How long the other ranks wait while rank 0 trains (or loads) the domain classifier: training on the largest
 # subset (MAX_TRAIN_IMAGES) takes minutes on a small CPU.
 CLASSIFIER_WAIT_S = 3600.0
-
-
-def check_tstr(samples: int, data_classes: int, generator_classes: int) -> None:
-    if generator_classes != data_classes:
-        raise ValueError(f"eval.tstr: the generator draws {generator_classes} classes, the data has {data_classes}; "
-                         "TSTR scores a classifier of G's classes on the data's")
-    if samples < data_classes:
-        raise ValueError(f"eval.tstr_samples: got {samples}; fewer than the data's {data_classes} classes")
 
 
 class Evaluator:

@@ -52,7 +52,8 @@ def seeded_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: i
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.random.default_generator.manual_seed(seed)
         if device.type == "cuda":
-            torch.cuda.default_generators[device.index or 0].manual_seed(seed)
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
         return train_classifier(images, labels, num_classes, seed=seed, device=device)
 
 
@@ -81,7 +82,8 @@ def trtr_accuracy(dataset: Dataset, held_out: HeldOut, num_classes: int, count: 
     state["trtr"] = {**cached, key: found}
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     try:
-        torch.save(state, tmp)
+        with open(tmp, "wb") as file:  # through Python, so a cache that cannot be written raises OSError
+            torch.save(state, file)
         os.replace(tmp, path)  # whole or not at all; a count another run adds meanwhile is trained again later
     except OSError:
         tmp.unlink(missing_ok=True)

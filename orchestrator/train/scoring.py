@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from orchestrator.distributed import ddp
-from orchestrator.evaluate.domain_classifier import check_labelled
+from orchestrator.evaluate.domain_classifier import check_labelled, check_tstr
 from orchestrator.spec import JobSpec
 from orchestrator.track.tags import TAG_CLASSIFIER, TAG_CLASSIFIER_ACCURACY, TAG_COLLAPSE_YARDSTICK, TAG_INCEPTION
 
@@ -31,6 +31,8 @@ def build_scoring(spec: JobSpec, device: torch.device, logger: Any, dataset: Any
     `logger` (in the background, once the actor has it)."""
     if spec.eval.background:
         check_labelled(data_classes)  # here, not first in the actor
+        if spec.eval.tstr:
+            check_tstr(spec.eval.tstr_samples, data_classes, classes)
         return BackgroundScoring(spec, classes, rank, logger)
     evaluator, tags = build_evaluator(spec, device, dataset, data_classes, classes, streamed)
     for key, value in tags.items() if logger else ():
