@@ -51,42 +51,44 @@ def split_held_out(num_images: int, held_out: float, seed: int) -> tuple[torch.T
 
 
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, *, epochs: int = 8,
-                     batch_size: int = 64, lr: float = 3e-3, seed: int = 0,
-                     device: torch.device = torch.device("cpu")) -> DomainClassifier:
-    """A DomainClassifier trained from scratch on all of `images` (on the host; batches go to `device`), returned in
-    eval mode. Its initial weights, batch order and shifts are seeded; dropout draws from the global generator.
-    Random shifts of up to 2 pixels keep it from memorising pixel positions."""
+                     batch_size: int = 64, lr: float = 3e-3, seed: int = 0, device: torch.device = torch.device("cpu"),
+                     steps: int | None = None, weights: torch.Tensor | None = None) -> DomainClassifier:
+    """A DomainClassifier trained from scratch on `images` (on the host; batches go to `device`), returned in eval
+    mode: `epochs` passes in a random order, or with `steps`, that many batches drawn with replacement, image i with
+    probability proportional to `weights[i]` (uniform when None), so a small set trains as long as a large one and
+    a mix of two sets keeps its proportions. Its initial weights, batch order and shifts are seeded; dropout draws
+    from the global generator. Random shifts of up to 2 pixels keep it from memorising pixel positions."""
+    assert weights is None or steps is not None, "weights draw batches for a number of steps"
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(seed)
         model = DomainClassifier(images.shape[1], num_classes)
     model.to(device)
-    steps_per_epoch = -(-len(images) // batch_size)
+
+    def batches():
+        if steps is None:
+            for _ in range(epochs):
+                order = torch.randperm(len(images), generator=generator)
+                yield from order.split(batch_size)
+        else:
+            chances = torch.ones(len(images)) if weights is None else weights.float()
+            for _ in range(steps):
+                yield torch.multinomial(chances, batch_size, replacement=True, generator=generator)
+
+    total = steps if steps is not None else epochs * -(-len(images) // batch_size)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=epochs * steps_per_epoch)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=total)
     model.train()
     with torch.enable_grad():  # also when called for an evaluation, under no_grad
-        for _ in range(epochs):
-            order = torch.randperm(len(images), generator=generator)
-            for start in range(0, len(order), batch_size):
-                batch = order[start:start + batch_size]
-                shift = torch.randint(-2, 3, (2,), generator=generator).tolist()
-                x = torch.roll(images[batch].to(device), shift, dims=(2, 3))
-                loss = F.cross_entropy(model(x), labels[batch].to(device))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
+        for batch in batches():
+            shift = torch.randint(-2, 3, (2,), generator=generator).tolist()
+            x = torch.roll(images[batch].to(device), shift, dims=(2, 3))
+            loss = F.cross_entropy(model(x), labels[batch].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
     return model.eval()
-
-
-def fit_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, *, held_out: float = HELD_OUT,
-                   seed: int = 0, **recipe) -> tuple[DomainClassifier, float]:
-    """Train on all but a held-out share of the images (`train_classifier`); returns the classifier and its
-    accuracy on the held-out share."""
-    train_index, test_index = split_held_out(len(images), held_out, seed)
-    model = train_classifier(images[train_index], labels[train_index], num_classes, seed=seed, **recipe)
-    return model, accuracy(model, images[test_index], labels[test_index])
 
 
 @torch.no_grad()

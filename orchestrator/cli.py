@@ -61,6 +61,26 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", metavar="DIR|FILE.npz", required=True,
                         help="a new (or empty) folder: one subfolder of PNGs per class, read by torchvision's "
                              "ImageFolder and data.source folder; or FILE.npz: images uint8 (N, H, W, C) and labels")
+    augment = commands.add_parser("augment-eval", help="measure what a conditional generator's samples add to a "
+                                  "classifier with K labelled images per class; logged as a run nested under the "
+                                  "generator's")
+    augment.add_argument("source", metavar="SOURCE", help="a conditional generator, named as for ganorch sample: "
+                         "an MLflow model URI, an MLflow run id, or a checkpoint file")
+    augment.add_argument("--labels-per-class", type=int, metavar="K", help="real labelled images per class the "
+                         "classifier gets (default: the generator's data.labels_per_class, the same images)")
+    augment.add_argument("--synthetic-per-class", type=int, default=500, metavar="M",
+                         help="generated images per class added to them (default 500)")
+    augment.add_argument("--real-fraction", type=float, metavar="F", help="the real images' share of every batch "
+                         "(default: in proportion to the counts, K / (K + M))")
+    augment.add_argument("--seeds", type=int, default=3, metavar="N", help="classifiers trained per arm, each with "
+                         "its own seed and samples (default 3): the spread of the accuracy")
+    augment.add_argument("--steps", type=int, default=1000, metavar="S",
+                         help="training steps of every classifier, batch 64 (default 1000)")
+    augment.add_argument("--truncation", type=float, metavar="PSI", help="draw the samples' z truncated to "
+                         "[-PSI, PSI]")
+    augment.add_argument("--device", metavar="DEVICE", help="cpu, cuda, ... (default: cuda when there is one)")
+    augment.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a key of the generator's spec, e.g. --set data.path=/data/here")
     sync = commands.add_parser("sync", help="send to MLflow what runs kept on this machine while it could not be "
                                             "reached (MLFLOW_TRACKING_URI)")
     sync.add_argument("folders", nargs="*", metavar="FOLDER",
@@ -181,6 +201,8 @@ def run_command(args: argparse.Namespace) -> int:
         return sync_unsent(args.folders)
     if args.command in ("sample", "export"):
         return generate_images(args)
+    if args.command == "augment-eval":
+        return augment_eval(args)
     if args.command in ("status", "logs", "stop", "list"):
         return manage_job(args)
     if args.command in ("run", "tune"):
@@ -389,6 +411,48 @@ def evaluate_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def augment_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from orchestrator.generate import augment_eval, generator_source, offline_eval
+    from orchestrator.track import runs
+    from orchestrator.track.store import tracking_uri
+
+    settings = augment_eval.Settings(args.labels_per_class, args.synthetic_per_class, args.real_fraction, args.seeds,
+                                     args.steps, args.truncation)
+    uri = tracking_uri()
+    try:
+        settings.check()
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        G = generator_source.resolve(args.source, uri, device)
+        if G.spec is None:
+            raise ValueError(f"{G.source}: the model holds no job spec (logged before ganorch kept one), so its data "
+                             "is unknown")
+        spec = offline_eval.checkpoint_spec({"spec": G.spec}, args.overrides, G.source)
+        gan_k = spec.data.labels_per_class
+        if settings.labels_per_class and (gan_k is None or gan_k > settings.labels_per_class):
+            print(f"note: the generator trained on {'every labelled image' if gan_k is None else f'{gan_k} per class'}"
+                  f", more than the classifier's {settings.labels_per_class}: what it adds may be labels it saw")
+        out = augment_eval.evaluate(G, spec, settings, uri, device)
+    except SpecError as err:
+        print(f"ganorch: augment-eval: invalid spec in {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as err:
+        print(f"ganorch: augment-eval: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    metrics = out.metrics()
+    print(f"{G.source} (step {G.step}): {out.labels_per_class} real images per class"
+          f"{'' if settings.real_fraction is None else f' ({settings.real_fraction:.0%} of each batch)'}, "
+          f"+ {settings.synthetic_per_class} synthetic; {settings.seeds} seeds, scored on {out.held_out} held-out "
+          f"real images ({out.seconds:.0f} s)")
+    print(f"  real only        {metrics['real_only_accuracy_mean']:.4f} +- {metrics['real_only_accuracy_std']:.4f}")
+    print(f"  real + synthetic {metrics['augmented_accuracy_mean']:.4f} +- {metrics['augmented_accuracy_std']:.4f}"
+          f"   ({metrics['accuracy_gain']:+.4f})")
+    where = f"nested under {out.parent_run_id}" if out.parent_run_id else "(the generator's run is not in this store)"
+    print(f"MLflow run {out.run_id} {where}; {runs.ui_hint(uri, out.run_id)}")
+    return 0
+
+
 def generate_images(args: argparse.Namespace) -> int:
     """`sample` and `export`: everything is checked before the generator is loaded, and nothing is overwritten."""
     import torch
@@ -442,7 +506,7 @@ def check_data_and_models(spec: JobSpec) -> str:
     The data is not opened for a remote cluster (RAY_ADDRESS), whose workers may see paths this machine does not."""
     from gan_models.conditioning import check_rampable
     from gan_models.registry import check_interface
-    from orchestrator.data.sources import check_conditional, describe, load_dataset, num_classes
+    from orchestrator.data.sources import check_conditional, describe, labelled_subset, load_dataset, num_classes
     from orchestrator.train.networks import build_networks
 
     if os.environ.get("RAY_ADDRESS"):
@@ -457,10 +521,11 @@ def check_data_and_models(spec: JobSpec) -> str:
         summary, classes = found.describe(), check_conditional(len(found.classes), spec.model.conditional)
     else:
         dataset = load_dataset(spec.data, spec.model)
-        check_enough_images(spec, len(dataset))
+        kept = labelled_subset(spec.data, dataset, spec.seed)
+        check_enough_images(spec, len(dataset) if kept is None else len(kept))
         if spec.eval.every:
             check_evaluation(spec, num_classes(dataset))
-        summary, classes = describe(dataset), check_conditional(num_classes(dataset), spec.model.conditional)
+        summary, classes = describe(dataset, kept), check_conditional(num_classes(dataset), spec.model.conditional)
     if spec.model.conditional and not classes:
         classes = 2  # interface check only: the workers count the real classes
     G, D = build_networks(spec, classes)

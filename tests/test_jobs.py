@@ -1,5 +1,6 @@
 """Every shipped job spec validates, docs/spec.md documents every spec key, and CI runs README's test command."""
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -89,3 +90,14 @@ def test_the_sweep_that_chose_the_quickstart_differs_from_it_only_in_the_keys_it
     best = parse(search_space.apply(sweep.to_dict(), {key: value(key) for key in sweep.tune.space}))
     for section in ("seed", "model", "data", "train", "optim", "eval"):
         assert getattr(best, section) == getattr(quickstart, section), section
+
+
+def test_the_few_labels_job_is_the_quickstart_on_50_labelled_digits_a_class():
+    """README's few-labels table trains the quickstart's GAN on K per class: only what K needs differs."""
+    quickstart, few = load(REPO / "jobs/quickstart.yaml"), load(REPO / "jobs/few_labels.yaml")
+    assert (few.data.labels_per_class, quickstart.data.labels_per_class) == (50, None)
+    assert few.train.stop_on == []  # G learns 50 digits a class: low recall against all 5,000 is no collapse
+    for section in ("seed", "model", "optim", "resources", "tracking", "eval"):
+        assert getattr(few, section) == getattr(quickstart, section), section
+    assert dataclasses.replace(few.train, stop_on=quickstart.train.stop_on) == quickstart.train
+    assert dataclasses.replace(few.data, labels_per_class=None) == quickstart.data

@@ -26,7 +26,7 @@ from orchestrator.track.tags import (
     TAG_REGISTERED,
     TAG_UNSTABLE,
 )
-from orchestrator.train import checkpoint, launch
+from orchestrator.train import checkpoint, launch, locate
 from orchestrator.train.networks import build_networks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,7 +93,8 @@ def debug_run(ray_session, tmp_path_factory, mnist_classifier):
                                                      "eval.every=3", "eval.num_samples=301",
                                                      f"eval.cache_dir={mnist_classifier[1]}",
                                                      "tracking.register_as=debug-generator",
-                                                     "tracking.system_metrics_every_s=1"])
+                                                     "tracking.system_metrics_every_s=1",
+                                                     "data.labels_per_class=40"])
         outcome = launch.run(spec, loop=compare_ranks_after_every_phase)
     finally:
         os.chdir(old_cwd)
@@ -220,7 +221,8 @@ def test_an_evaluator_actor_scores_what_the_workers_score_in_line(debug_run, tmp
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     background_spec = load(REPO / "jobs/debug_dcgan.yaml", [
         f"tracking.storage_path={tmp_path / 'ray_storage'}", "eval.every=3", "eval.num_samples=301",
-        f"eval.cache_dir={spec.eval.cache_dir}", "eval.background=true", "eval.resources.cpus=0"])
+        f"eval.cache_dir={spec.eval.cache_dir}", "eval.background=true", "eval.resources.cpus=0",
+        f"data.labels_per_class={spec.data.labels_per_class}"])
     outcome = launch.run(background_spec, loop=compare_ranks_after_every_phase)
     found = store.client(outcome.tracking_uri)
     for key in ("fid", "kid", "precision", "mode_coverage"):
@@ -241,7 +243,7 @@ def test_a_run_that_was_not_stopped_is_recorded_as_completed(debug_run):
     assert run.data.tags[TAG_OUTCOME] == "completed"
     assert outcome.summary["stopped"] is None
     what, how = run.data.tags[TAG_DESCRIPTION].splitlines()
-    assert what.startswith("DCGAN 28x28x1 (latent 8, widths G 4 / D 4) on mnist5k: 2 CPU workers on 1 node, 6 steps "
+    assert what.startswith("DCGAN 28x28x1 (latent 8, widths G 4 / D 4) on mnist5k, 40 per class: 2 CPU workers on 1 node, 6 steps "
                            "of batch 16"), what
     assert how.startswith("Completed 6 steps; ") and f"best FID {outcome.summary['best_fid']:.2f} at step " \
         f"{run.data.tags[TAG_BEST_STEP]}." in how, how
@@ -277,12 +279,25 @@ def test_every_node_logs_its_system_metrics_under_its_name(debug_run):
     assert not [k for k in metrics if k.startswith("system/") and not k.startswith(node)]  # one node: one name
 
 
-def test_the_dataset_is_the_runs_input(debug_run):
+def test_the_dataset_is_the_runs_input_and_the_labelled_images_it_kept_an_artifact(debug_run, tmp_path):
+    """data.labels_per_class 40: G trained on 40 images of each class, none of the held-out split, listed in
+    data/labelled_indices.json; evaluation still took the whole dataset (test_sample_quality_...)."""
+    from orchestrator.data import splits
+    from orchestrator.data.sources import load_mnist5k
+
     _, outcome, client, _ = debug_run
     (found,) = client.get_run(outcome.run_id).inputs.dataset_inputs
     assert (found.dataset.name, found.dataset.source_type) == ("mnist5k", "code") and len(found.dataset.digest) == 12
-    assert json.loads(found.dataset.profile) == {"images": 5000, "classes": 10, "image_shape": [1, 28, 28]}
+    assert json.loads(found.dataset.profile) == {"images": 400, "labels_per_class": 40, "classes": 10,
+                                                 "image_shape": [1, 28, 28]}
     assert [(t.key, t.value) for t in found.tags] == [("mlflow.data.context", "training")]
+    kept = json.loads(Path(client.download_artifacts(outcome.run_id, "data/labelled_indices.json", tmp_path))
+                      .read_text())
+    assert (kept["labels_per_class"], kept["seed"]) == (40, 0)
+    images, labels = load_mnist5k()
+    assert torch.bincount(labels[kept["indices"]]).tolist() == [40] * 10
+    held_out = splits.classifier_split(torch.utils.data.TensorDataset(images, labels), seed=0)[1]
+    assert not set(kept["indices"]) & set(held_out.tolist())
 
 
 def test_the_generator_and_the_best_are_mlflow_models_and_the_generator_is_registered(debug_run, tmp_path):
@@ -306,7 +321,8 @@ def test_the_generator_and_the_best_are_mlflow_models_and_the_generator_is_regis
     best = generator_source.resolve(f"models:/{models['generator_best'].model_id}", outcome.tracking_uri, cpu)
     state = checkpoint.load(client.download_artifacts(outcome.run_id, "checkpoints/best/checkpoint.pt",
                                                       str(tmp_path)))
-    expected = generator_source.from_checkpoint(type("Found", (), {"state": state, "description": "best"}), cpu)
+    expected = generator_source.from_checkpoint(locate.Source(state, "best"), cpu)
+    assert (best.run_id, best.spec["name"], best.spec["data"]["labels_per_class"]) == (outcome.run_id, "debug_dcgan", 40)
     z = torch.randn(5, 8, generator=torch.Generator().manual_seed(1))
     assert best.step == state["step"] and torch.allclose(best(z, None), expected(z, None), atol=1e-5)
     final = generator_source.resolve("models:/debug-generator/latest", outcome.tracking_uri, cpu)

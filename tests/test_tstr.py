@@ -10,7 +10,7 @@ import torch
 from conftest import free_port
 from torch import nn
 
-from gan_models.classifier import split_held_out
+from orchestrator.data import splits
 from orchestrator.data.sources import load_dataset
 from orchestrator.evaluate import tstr
 from orchestrator.evaluate.evaluator import Evaluator
@@ -41,7 +41,7 @@ class RealDigits(nn.Module):
 
     def __init__(self, dataset):
         super().__init__()
-        images, labels = tstr.read(dataset, tstr.split_indices(dataset, seed=0)[0])
+        images, labels = splits.read(dataset, splits.classifier_split(dataset, seed=0)[0])
         self.by_class = [images[labels == c] for c in range(10)]
 
     def forward(self, z, labels):
@@ -80,22 +80,20 @@ def test_tstr_is_near_trtr_for_real_digits_at_chance_for_noise_and_repeats(mnist
 
 @pytest.mark.parametrize("limit", [10_000, 3_000])
 @pytest.mark.parametrize("wrap", [False, True])
-def test_the_held_out_split_is_the_domain_classifiers_and_apart_from_what_trtr_trains_on(mnist, monkeypatch, limit,
-                                                                                          wrap):
-    """The images TSTR is scored on are those the domain classifier is scored on (`labelled_tensors`, then
-    `split_held_out`), whether the data fits under the classifier's limit or not, in memory or read item by item."""
-    from orchestrator.evaluate import domain_classifier
-
-    monkeypatch.setattr(domain_classifier, "MAX_TRAIN_IMAGES", limit)
-    monkeypatch.setattr(tstr, "MAX_TRAIN_IMAGES", limit)
+def test_the_classifier_split_holds_out_a_tenth_of_at_most_the_limit_and_reads_the_same_either_way(mnist, monkeypatch,
+                                                                                                  limit, wrap):
+    """The split TSTR, TRTR and the domain classifier share: disjoint, a tenth held out, of the whole data under the
+    classifier's limit and of a seeded subset over it; item-read data reads the same images."""
+    monkeypatch.setattr(splits, "MAX_TRAIN_IMAGES", limit)
     dataset = torch.utils.data.Subset(mnist, range(len(mnist))) if wrap else mnist
-    images, labels = domain_classifier.labelled_tensors(dataset, limit, seed=3)
-    train, test = split_held_out(len(images), 0.1, seed=3)
-    train_indices, test_indices = tstr.split_indices(dataset, seed=3)
-    assert not set(train_indices.tolist()) & set(test_indices.tolist())
-    for indices, expected in ((train_indices, train), (test_indices, test)):
-        found_images, found_labels = tstr.read(dataset, indices)
-        assert torch.equal(found_images, images[expected]) and torch.equal(found_labels, labels[expected])
+    train, held_out = splits.classifier_split(dataset, seed=3)
+    assert not set(train.tolist()) & set(held_out.tolist())
+    assert len(train) + len(held_out) == min(limit, len(mnist)) and len(held_out) == round(min(limit, len(mnist)) / 10)
+    assert torch.equal(splits.classifier_split(dataset, seed=3)[1], held_out)
+    assert not torch.equal(splits.classifier_split(dataset, seed=4)[1], held_out)
+    for indices in (train, held_out):
+        images, labels = splits.read(dataset, indices)
+        assert torch.equal(images, mnist.tensors[0][indices]) and torch.equal(labels, mnist.tensors[1][indices])
 
 
 def test_a_cache_that_cannot_be_written_is_only_read(mnist, cache, monkeypatch):

@@ -6,16 +6,20 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from orchestrator.spec import DataSpec, ModelSpec
 
 
-def dataset_record(data: DataSpec, model: ModelSpec, dataset: Dataset | None) -> dict[str, Any]:
+def dataset_record(data: DataSpec, model: ModelSpec, dataset: Dataset | None,
+                   kept: torch.Tensor | None = None) -> dict[str, Any]:
     """The dataset's name, digest (of its pixels for a built-in source, of its files' names and sizes for a folder,
-    of what names it otherwise), source type and source, and a profile: images, classes, the shape trained on.
-    `dataset` None: a Ray Data stream, named by its path."""
+    of what names it otherwise; and of the indices `kept` of data.labels_per_class), source type and source, and a
+    profile: images trained on, classes, the shape trained on. `dataset` None: a Ray Data stream, named by its path."""
     digest = hashlib.sha256()
+    if kept is not None:
+        digest.update(kept.numpy().tobytes())
     if isinstance(dataset, TensorDataset):
         images, labels = dataset.tensors
         digest.update(images.numpy().tobytes())
@@ -34,7 +38,8 @@ def dataset_record(data: DataSpec, model: ModelSpec, dataset: Dataset | None) ->
         source_type, source = "ray-data", {"path": str(data.path)}
     name = data.dataset if data.source == "torchvision" else \
         Path(data.path).expanduser().name if data.path else data.source
-    profile = {"images": len(dataset) if dataset is not None else None,
+    profile = {"images": len(kept) if kept is not None else len(dataset) if dataset is not None else None,
+               "labels_per_class": data.labels_per_class,
                "classes": len(getattr(dataset, "classes", None) or [])
                or (int(dataset.tensors[1].max()) + 1 if isinstance(dataset, TensorDataset) else None),
                "image_shape": [model.channels, model.image_size, model.image_size]}

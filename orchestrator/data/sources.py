@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
+from orchestrator.data import splits
 from orchestrator.data.cache import cached_array
 from orchestrator.data.paths import check_folder
 from orchestrator.spec import DataSpec, ModelSpec
@@ -182,6 +183,17 @@ def num_classes(dataset: Dataset) -> int:
     return int(max(labels)) + 1 if labels is not None and len(labels) else 1
 
 
+def labelled_subset(data: DataSpec, dataset: Dataset, seed: int) -> torch.Tensor | None:
+    """The indices of the images data.labels_per_class keeps (splits.labels_per_class), None when it is not set."""
+    if data.labels_per_class is None:
+        return None
+    classes = num_classes(dataset)
+    if classes < 2:
+        raise ValueError("data.labels_per_class: the data has a single class (a folder without class subfolders?); "
+                         "keeping images per class needs labelled data")
+    return splits.labels_per_class(dataset, data.labels_per_class, classes, seed)
+
+
 def check_conditional(count: int, conditional: bool) -> int:
     """The number of classes a conditional model is built for (0 when unconditional), of the data's `count`."""
     if not conditional:
@@ -192,11 +204,13 @@ def check_conditional(count: int, conditional: bool) -> int:
     return count
 
 
-def describe(dataset: Dataset) -> str:
+def describe(dataset: Dataset, kept: torch.Tensor | None = None) -> str:
     text = f"{len(dataset):,} images"
     classes = getattr(dataset, "classes", None)
     if classes:
         text += f" in {len(classes)} classes"
+    if kept is not None:
+        text += f", of which {len(kept):,} kept (data.labels_per_class)"
     skipped = getattr(dataset, "skipped", None)
     if skipped:
         text += f"; skipped {len(skipped)} files: {', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}"

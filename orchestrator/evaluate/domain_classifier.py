@@ -12,14 +12,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from gan_models.classifier import DomainClassifier, fit_classifier
+from gan_models.classifier import DomainClassifier, accuracy, train_classifier
+from orchestrator.data import splits
 from orchestrator.data.cache import default_cache_dir
 from orchestrator.data.sources import ImageFolderDataset
 
-# Bump when DomainClassifier or fit_classifier change: cached classifiers of the old recipe stop matching.
+# Bump when DomainClassifier, train_classifier or the split change: cached classifiers of the old recipe stop matching.
 RECIPE = 1
-# The classifier trains on at most this many images of a larger dataset (a seeded random subset).
-MAX_TRAIN_IMAGES = 20_000
 
 
 def fingerprint(dataset: Dataset, image_size: int, channels: int) -> str:
@@ -39,19 +38,6 @@ def fingerprint(dataset: Dataset, image_size: int, channels: int) -> str:
         h.update(torch.as_tensor(dataset.targets).numpy().tobytes() if hasattr(dataset, "targets")
                  else torch.as_tensor(dataset.labels).numpy().tobytes())
     return h.hexdigest()[:32]
-
-
-def labelled_tensors(dataset: Dataset, limit: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images, labels) of the whole dataset, or of a seeded random `limit` of it."""
-    if isinstance(dataset, TensorDataset):
-        images, labels = dataset.tensors
-        if len(images) <= limit:
-            return images, labels
-    indices = torch.arange(len(dataset))
-    if len(dataset) > limit:
-        indices = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
-    pairs = [dataset[i] for i in indices.tolist()]
-    return torch.stack([image for image, _ in pairs]), torch.as_tensor([label for _, label in pairs])
 
 
 def check_labelled(num_classes: int) -> None:
@@ -87,11 +73,12 @@ def domain_classifier(dataset: Dataset, num_classes: int, *, image_size: int, ch
         model = DomainClassifier(state["channels"], state["num_classes"])
         model.load_state_dict(state["model"])
         return Classifier(model.eval(), state["accuracy"], path, trained_now=False)
-    images, labels = labelled_tensors(dataset, MAX_TRAIN_IMAGES, seed)
-    model, accuracy = fit_classifier(images, labels, num_classes, seed=seed)
+    train, held_out = splits.classifier_split(dataset, seed)
+    model = train_classifier(*splits.read(dataset, train), num_classes, seed=seed)
+    score = accuracy(model, *splits.read(dataset, held_out))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"model": model.state_dict(), "accuracy": accuracy, "num_classes": num_classes,
+    torch.save({"model": model.state_dict(), "accuracy": score, "num_classes": num_classes,
                 "channels": channels, "image_size": image_size, "recipe": RECIPE}, tmp)
     os.replace(tmp, path)  # whole or not at all, also when two runs train the same classifier at once
-    return Classifier(model, accuracy, path, trained_now=True)
+    return Classifier(model, score, path, trained_now=True)

@@ -11,13 +11,14 @@ from torch.utils.data import Dataset
 from gan_models import sample_latent
 from gan_models.classifier import DomainClassifier
 from gan_models.metrics import NEAREST_K, distances, quality, real_yardstick
+from orchestrator.data import splits
 from orchestrator.distributed import collectives
 from orchestrator.distributed.collectives import gather_rows
 from orchestrator.evaluate import tstr
 from orchestrator.evaluate.domain_classifier import check_labelled, check_tstr, domain_classifier
 
 # How long the other ranks wait while rank 0 trains (or loads) the domain classifier: training on the largest
-# subset (MAX_TRAIN_IMAGES) takes minutes on a small CPU.
+# subset (splits.MAX_TRAIN_IMAGES) takes minutes on a small CPU.
 CLASSIFIER_WAIT_S = 3600.0
 
 
@@ -42,7 +43,7 @@ class Evaluator:
                                            cache_dir=cache_dir, seed=seed)
             shared = [(classifier.model.state_dict(), classifier.accuracy, str(classifier.path), classifier.trained_now)]
             if tstr_samples:  # rank 0 alone trains TSTR's classifiers, so it alone holds what they are scored on
-                self.held_out = tstr.HeldOut(*tstr.read(dataset, tstr.split_indices(dataset, seed)[1]))
+                self.held_out = tstr.HeldOut(*splits.read(dataset, splits.classifier_split(dataset, seed)[1]))
                 self.trtr = tstr.trtr_accuracy(dataset, self.held_out, data_classes, tstr_samples, classifier.path,
                                                seed, device)
         collectives.wait_for_rank0("the domain classifier" + (" and TRTR (eval.tstr)" if tstr_samples else ""),

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset
 
-from gan_models.classifier import HELD_OUT, DomainClassifier, accuracy, split_held_out, train_classifier
-from orchestrator.evaluate.domain_classifier import MAX_TRAIN_IMAGES
+from gan_models.classifier import DomainClassifier, accuracy, train_classifier
+from orchestrator.data import splits
 
 
 @dataclass
@@ -22,39 +22,21 @@ class HeldOut:
     labels: torch.Tensor
 
 
-def split_indices(dataset: Dataset, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, held-out) indices into `dataset` of the domain classifier's split: `labelled_tensors`' subset of at
-    most MAX_TRAIN_IMAGES, split by `split_held_out`."""
-    chosen = torch.arange(len(dataset))
-    if len(dataset) > MAX_TRAIN_IMAGES:
-        chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:MAX_TRAIN_IMAGES].sort().values
-    train, test = split_held_out(len(chosen), HELD_OUT, seed)
-    return chosen[train], chosen[test]
-
-
-def read(dataset: Dataset, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images, labels) of `indices`, decoding only those."""
-    if isinstance(dataset, TensorDataset):
-        images, labels = dataset.tensors
-        return images[indices], labels[indices]
-    pairs = [dataset[i] for i in indices.tolist()]
-    return torch.stack([image for image, _ in pairs]), torch.as_tensor([label for _, label in pairs])
-
-
 def balanced_labels(count: int, num_classes: int) -> torch.Tensor:
     """0, 1, ..., num_classes - 1, 0, 1, ...: every class count // num_classes times (the first ones once more)."""
     return torch.arange(count) % num_classes
 
 
 def seeded_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, seed: int,
-                      device: torch.device) -> DomainClassifier:
-    """`train_classifier` with its dropout seeded too, so the same images give the same accuracy."""
+                      device: torch.device, **recipe) -> DomainClassifier:
+    """`train_classifier` (with `recipe`: steps, weights) with its dropout seeded too, so the same images give the
+    same accuracy on the same device and thread count."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.random.default_generator.manual_seed(seed)
         if device.type == "cuda":
             with torch.cuda.device(device):
                 torch.cuda.manual_seed(seed)
-        return train_classifier(images, labels, num_classes, seed=seed, device=device)
+        return train_classifier(images, labels, num_classes, seed=seed, device=device, **recipe)
 
 
 def tstr_accuracy(images: torch.Tensor, labels: torch.Tensor, held_out: HeldOut, num_classes: int, seed: int,
@@ -70,14 +52,14 @@ def trtr_accuracy(dataset: Dataset, held_out: HeldOut, num_classes: int, count: 
     fewer), from the cache when trained before: `trtr` in the classifier's file maps (seed, count) to accuracies. A
     cache that cannot be written is only read."""
     path = Path(cache_file)
-    train, _ = split_indices(dataset, seed)
+    train, _ = splits.classifier_split(dataset, seed)
     count = min(count, len(train))
     key = f"seed {seed}, {count} images"
     state = torch.load(path, map_location="cpu", weights_only=True)
     cached = state.get("trtr", {})
     if key in cached:
         return cached[key]
-    images, labels = read(dataset, train[:count])  # split_held_out's order is random: a random subset
+    images, labels = splits.read(dataset, train[:count])  # split_held_out's order is random: a random subset
     found = accuracy(seeded_classifier(images, labels, num_classes, seed, device), held_out.images, held_out.labels)
     state["trtr"] = {**cached, key: found}
     tmp = path.with_suffix(f".tmp{os.getpid()}")

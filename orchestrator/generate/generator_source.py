@@ -26,6 +26,8 @@ class Generator:
     image_shape: tuple[int, int, int]   # C, H, W
     step: int                           # the training step it was taken at
     source: str                         # what it was loaded from, as a URI or a path
+    spec: dict[str, Any] | None = None  # the job spec it was trained with (credentials masked), when known
+    run_id: str | None = None           # the MLflow run that trained it, when known
 
     @torch.no_grad()
     def __call__(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
@@ -88,13 +90,14 @@ def from_model_folder(folder: Path, source: str, device: torch.device) -> Genera
 
     from orchestrator.track import generator_pyfunc
 
-    meta = (Model.load(str(folder / "MLmodel")).metadata or {}).get(METADATA_KEY)
+    model = Model.load(str(folder / "MLmodel"))
+    meta = (model.metadata or {}).get(METADATA_KEY)
     if meta is None or not (folder / "data" / generator_pyfunc.PROGRAM_FILE).is_file():
         raise ValueError(f"{source}: not a ganorch generator model (no {METADATA_KEY} metadata, or no "
                          f"data/{generator_pyfunc.PROGRAM_FILE})")
     module = generator_pyfunc.load(str(folder / "data"), device)
     return Generator(module, int(meta["latent_dim"]), int(meta["num_classes"]), tuple(meta["image_shape"]),
-                     int(meta.get("step", 0)), source)
+                     int(meta.get("step", 0)), source, meta.get("spec"), model.run_id)
 
 
 def from_checkpoint(found: Any, device: torch.device) -> Generator:
@@ -102,4 +105,4 @@ def from_checkpoint(found: Any, device: torch.device) -> Generator:
     G, spec, classes = checkpoint_generator(found.state, found.description)
     m = spec.model
     return Generator(G.to(device), m.latent_dim, classes, (m.channels, m.image_size, m.image_size),
-                     int(found.state["step"]), found.description)
+                     int(found.state["step"]), found.description, found.state["spec"], found.run_id)

@@ -51,6 +51,7 @@ class DataSpec:
     path: str | None = setting(None, help="`folder`: the image folder; `torchvision`: the dataset's root directory; `ray-data`: a local folder or a URI (`s3://bucket/dir`, `gs://...`), with or without class subfolders.")
     dataset: str | None = setting(None, help=f"`torchvision` only: the dataset class, one of {', '.join(TORCHVISION_DATASETS)}.")
     download: bool = setting(False, help="`torchvision` only: download the dataset into `path` if it is not there.")
+    labels_per_class: int | None = setting(None, ge=1, help="Keep only this many labelled images of each class (a seeded random draw, logged as the artifact data/labelled_indices.json), for training the GAN: the few-labels setting of `ganorch augment-eval`. They are drawn outside the held-out split every classifier is scored on, so that split stays unseen; evaluation still embeds the whole dataset as FID's reference. Labelled data only; not with `ray-data`. null keeps every image.")
 
     def problems(self) -> Iterator[Problem]:
         unused = {"path": self.path is not None and self.source not in PATH_SOURCES,
@@ -63,6 +64,10 @@ class DataSpec:
         elif self.source in ("folder", "torchvision") and "://" in self.path:
             yield ("path",), (f"got {self.path!r}; data.source {self.source!r} reads a local directory: "
                               "use data.source 'ray-data' for s3:// and gs:// URIs")
+        if self.labels_per_class is not None and self.source == "ray-data":
+            yield (("labels_per_class", "source"),
+                   "is not supported with data.source 'ray-data', whose stream cannot be drawn from by class: use "
+                   "'folder' or 'torchvision', or remove it")
         if self.source == "torchvision":
             if self.dataset is None:
                 yield ("dataset",), f"missing; data.source 'torchvision' needs one of {', '.join(TORCHVISION_DATASETS)}"

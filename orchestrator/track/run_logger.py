@@ -1,6 +1,7 @@
 """Rank 0's handle on its MLflow run during training: metrics, sample grids, checkpoints, flags and tags."""
 
 import functools
+import json
 import math
 import shutil
 from pathlib import Path
@@ -156,6 +157,15 @@ class RunLogger:
     def log_dataset(self, record: Callable[[], dict[str, Any]]) -> None:
         """The training data as the run's MLflow dataset input (`record()`: orchestrator.data.record's)."""
         self.outbox.dataset(record)
+
+    def log_json(self, content: Any, artifact_file: str) -> None:
+        """`content` as a JSON artifact at `artifact_file` (folder/name.json)."""
+        folder, _, name = artifact_file.rpartition("/")
+
+        def write(path: Path) -> None:
+            path.write_text(json.dumps(content))
+
+        self.outbox.render(name, write, folder)
 
     def release(self) -> None:
         """Start sending, for a logger made `held`."""

@@ -110,7 +110,8 @@ def description(spec: JobSpec, summary: dict[str, Any], outcome: str, seconds: f
     best = (f"{summary['best_fid']:.2f}", f"{summary['best_step']:,}") if summary.get("best_fid") else None
     m, t, r = spec.model, spec.train, spec.resources
     data = spec.data.source + (f" {spec.data.dataset}" if spec.data.dataset else "") + \
-        (f" ({spec.data.path})" if spec.data.path else "")
+        (f" ({spec.data.path})" if spec.data.path else "") + \
+        (f", {spec.data.labels_per_class} per class" if spec.data.labels_per_class else "")
     nodes = len({w.split(" (")[0] for w in workers}) if workers else 1
     devices = "GPU" if r.use_gpu else "CPU"
     what = (f"{m.family.upper()} {m.image_size}x{m.image_size}x{m.channels}"

@@ -25,6 +25,7 @@ TAG_WORKERS = "ganorch.workers"                  # where each rank ran: "rank 0:
 TAG_REGISTERED = "ganorch.registered"          # the registered model version made of the run's (a sweep's: its best
                                                  # trial's) generator: "NAME version N"
 BEST_CHECKPOINT_DIR = "checkpoints/best"
+LABELLED_INDICES = "data/labelled_indices.json"  # data.labels_per_class: the indices of the images G trained on
 
 # MLflow's own: the experiment's kind picks the UI's view of it (model training, not GenAI), and a run's description.
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"

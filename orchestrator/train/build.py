@@ -9,12 +9,14 @@ import torch
 
 from gan_models import DiffAugment, GeneratorEMA, GradientPenalty, R1Penalty, Regularizer, build_loss, sample_latent
 from gan_models.conditioning import check_rampable, ramp, set_strength
+from orchestrator.data import splits
 from orchestrator.data.record import dataset_record
 from orchestrator.data.sharding import ShardedBatches
-from orchestrator.data.sources import check_conditional, load_dataset, num_classes
+from orchestrator.data.sources import check_conditional, labelled_subset, load_dataset, num_classes
 from orchestrator.distributed import collectives, ddp
 from orchestrator.spec import JobSpec
 from orchestrator.track.redact import masked
+from orchestrator.track.tags import LABELLED_INDICES
 from orchestrator.train import checkpoint, resume
 from orchestrator.train.networks import build_networks, fixed_samples
 from orchestrator.train.phases import Phase, build_phases
@@ -102,15 +104,20 @@ def build(spec: JobSpec, context: Any, logger: Any) -> Training:
     rank, world_size, device = collectives.rank(), collectives.world_size(), context.device
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # tiny activations of a saturated D can be denormals, slow on CPU
+    kept = None  # data.labels_per_class: the indices G trains on; evaluation takes the whole dataset
     if context.data_shard is None:
         dataset = load_dataset(spec.data, spec.model)
         data_classes = num_classes(dataset)
+        kept = labelled_subset(spec.data, dataset, spec.seed)
     else:  # streamed by Ray Data: only the class folders are looked at here
         from orchestrator.data import ray_data
         dataset, data_classes = None, max(len(ray_data.list_classes(spec.data.path)), 1)
     classes = check_conditional(data_classes, spec.model.conditional)
     if logger:
-        logger.log_dataset(functools.partial(dataset_record, spec.data, spec.model, dataset))
+        logger.log_dataset(functools.partial(dataset_record, spec.data, spec.model, dataset, kept))
+        if kept is not None:
+            logger.log_json({"labels_per_class": spec.data.labels_per_class, "seed": spec.seed,
+                             "indices": kept.tolist()}, LABELLED_INDICES)
 
     torch.manual_seed(spec.seed)
     G, D = build_networks(spec, classes)
@@ -128,7 +135,7 @@ def build(spec: JobSpec, context: Any, logger: Any) -> Training:
         resume.restore_training(context.resume, ema.module, opt_g, opt_d, phases, spec, augment)
 
     if context.data_shard is None:
-        source = ShardedBatches(dataset, batch_size=spec.batch_per_worker, rank=rank, world_size=world_size,
+        source = ShardedBatches(dataset if kept is None else splits.keep(dataset, kept), batch_size=spec.batch_per_worker, rank=rank, world_size=world_size,
                                 seed=spec.seed, device=device, memory_format=memory_format,
                                 position=resume.data_position(context.resume))
         batches = iter(source)
