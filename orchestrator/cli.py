@@ -430,9 +430,12 @@ def augment_eval(args: argparse.Namespace) -> int:
                              "is unknown")
         spec = offline_eval.checkpoint_spec({"spec": G.spec}, args.overrides, G.source)
         gan_k = spec.data.labels_per_class
-        if settings.labels_per_class and (gan_k is None or gan_k > settings.labels_per_class):
-            print(f"note: the generator trained on {'every labelled image' if gan_k is None else f'{gan_k} per class'}"
-                  f", more than the classifier's {settings.labels_per_class}: what it adds may be labels it saw")
+        if gan_k is None and settings.labels_per_class:
+            print("note: the generator trained on every image, the held-out ones the classifiers are scored on "
+                  "included: what its samples add is measured on images it saw")
+        elif gan_k and settings.labels_per_class and gan_k > settings.labels_per_class:
+            print(f"note: the generator trained on {gan_k} labelled images per class, more than the classifier's "
+                  f"{settings.labels_per_class}: what its samples add includes labels the classifier was not given")
         out = augment_eval.evaluate(G, spec, settings, uri, device)
     except SpecError as err:
         print(f"ganorch: augment-eval: invalid spec in {err}", file=sys.stderr)
@@ -443,12 +446,13 @@ def augment_eval(args: argparse.Namespace) -> int:
     metrics = out.metrics()
     print(f"{G.source} (step {G.step}): {out.labels_per_class} real images per class"
           f"{'' if settings.real_fraction is None else f' ({settings.real_fraction:.0%} of each batch)'}, "
-          f"+ {settings.synthetic_per_class} synthetic; {settings.seeds} seeds, scored on {out.held_out} held-out "
-          f"real images ({out.seconds:.0f} s)")
+          f"+ {settings.synthetic_per_class} synthetic; {settings.seeds} seeds (the same real images, each its own "
+          f"classifier seed and samples), scored on {out.held_out} held-out real images ({out.seconds:.0f} s)")
     print(f"  real only        {metrics['real_only_accuracy_mean']:.4f} +- {metrics['real_only_accuracy_std']:.4f}")
     print(f"  real + synthetic {metrics['augmented_accuracy_mean']:.4f} +- {metrics['augmented_accuracy_std']:.4f}"
           f"   ({metrics['accuracy_gain']:+.4f})")
-    where = f"nested under {out.parent_run_id}" if out.parent_run_id else "(the generator's run is not in this store)"
+    where = f"nested under {out.parent_run_id}" if out.parent_run_id else \
+        f"(not nested: {args.source} names no MLflow run in this store; a run id or a model URI does)"
     print(f"MLflow run {out.run_id} {where}; {runs.ui_hint(uri, out.run_id)}")
     return 0
 

@@ -96,8 +96,6 @@ def test_the_few_labels_job_is_the_quickstart_on_50_labelled_digits_a_class():
     """README's few-labels table trains the quickstart's GAN on K per class: only what K needs differs."""
     quickstart, few = load(REPO / "jobs/quickstart.yaml"), load(REPO / "jobs/few_labels.yaml")
     assert (few.data.labels_per_class, quickstart.data.labels_per_class) == (50, None)
-    assert few.train.stop_on == []  # G learns 50 digits a class: low recall against all 5,000 is no collapse
-    for section in ("seed", "model", "optim", "resources", "tracking", "eval"):
+    for section in ("seed", "model", "train", "optim", "resources", "tracking", "eval"):
         assert getattr(few, section) == getattr(quickstart, section), section
-    assert dataclasses.replace(few.train, stop_on=quickstart.train.stop_on) == quickstart.train
     assert dataclasses.replace(few.data, labels_per_class=None) == quickstart.data

@@ -83,6 +83,10 @@ def saved_checkpoint(tmp_path) -> Path:
     ("0123456789abcdef0123456789abcdef", [], "--resume 0123456789abcdef0123456789abcdef: no MLflow run with this id"),
     ("{saved}", ["model.g_width=8"], "--resume: the checkpoint's networks have model.g_width 4, the spec has 8"),
     ("{saved}", ["train.steps=3"], "--resume: the checkpoint is at step 3 and train.steps is 3: nothing left"),
+    ("{saved}", ["data.labels_per_class=40"], "--resume: the checkpoint's G trained on data.labels_per_class None, "
+                                              "the spec has 40"),
+    ("{kept}", ["data.labels_per_class=40", "seed=1"], "--resume: the checkpoint's G trained on the 40 images per "
+                                                       "class of seed 0, the spec has seed 1"),
     ("{damaged}", [], "checkpoint.pt: corrupted or truncated"),
 ])
 def test_what_cannot_be_resumed_exits_2_before_anything_starts(mlflow_store, saved_checkpoint, capsys, resume,
@@ -92,7 +96,12 @@ def test_what_cannot_be_resumed_exits_2_before_anything_starts(mlflow_store, sav
     for file in saved_checkpoint.parent.iterdir():
         (damaged / file.name).write_bytes(file.read_bytes())
     (damaged / "checkpoint.pt").write_bytes((damaged / "checkpoint.pt").read_bytes()[:-10])
-    target = resume.format(saved=saved_checkpoint.parent, damaged=damaged)
+    kept = saved_checkpoint.parent.parent / "kept"
+    kept.mkdir()
+    state = checkpoint.load(saved_checkpoint)
+    state["spec"]["data"]["labels_per_class"] = 40
+    checkpoint.save(state, kept)
+    target = resume.format(saved=saved_checkpoint.parent, damaged=damaged, kept=kept)
     # The dry run checks as the run does (test_cli compares the two), without starting Ray in this process
     code = main(["run", JOB, "--dry-run", "--resume", target, *(a for o in overrides for a in ("--set", o))])
     err = capsys.readouterr().err

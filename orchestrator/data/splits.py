@@ -47,22 +47,27 @@ def all_labels(dataset: Dataset) -> torch.Tensor:
 
 
 def labels_per_class(dataset: Dataset, count: int, num_classes: int, seed: int) -> torch.Tensor:
-    """Sorted indices into `dataset` of `count` images of each class, a seeded random draw from the training side of
-    `classifier_split`. Raises ValueError naming data.labels_per_class when a class has fewer."""
-    train, _ = classifier_split(dataset, seed)
-    labels = all_labels(dataset)[train]
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 1))
-    kept, short = [], []
+    """Sorted indices into `dataset` of `count` images of each class, a seeded random draw from every image outside
+    `classifier_split`'s held-out split (the split's training side first, in its order, then, for data over
+    MAX_TRAIN_IMAGES, the images the classifier's subset left out). Raises ValueError naming data.labels_per_class
+    when a class has fewer."""
+    train, held_out = classifier_split(dataset, seed)
+    outside = torch.ones(len(dataset), dtype=torch.bool)
+    outside[train] = outside[held_out] = False
+    candidates = torch.cat([train, outside.nonzero().flatten()])
+    labels = all_labels(dataset)[candidates]
+    order = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed + 1))
+    kept, available = [], []
     for label in range(num_classes):
         of_class = order[labels[order] == label]
-        if len(of_class) < count:
-            names = getattr(dataset, "classes", None)
-            short.append(f"{names[label] if names else label} has {len(of_class)}")
-        kept.append(train[of_class[:count]])
-    if short:
-        raise ValueError(f"data.labels_per_class: got {count}; outside the held-out split ({HELD_OUT:.0%} of the data, "
-                         f"which no model trains on), class {', class '.join(short)}: at most "
-                         f"{min(int((labels == c).sum()) for c in range(num_classes))}")
+        kept.append(candidates[of_class[:count]])
+        available.append(len(of_class))
+    if min(available) < count:
+        names = getattr(dataset, "classes", None) or range(num_classes)
+        short = [f"class {names[c]} has {n}" for c, n in enumerate(available) if n < count]
+        raise ValueError(f"data.labels_per_class: got {count}; outside the held-out split ({len(held_out)} images "
+                         f"no model trains on), {', '.join(short[:5])}{' ...' if len(short) > 5 else ''}: at most "
+                         f"{min(available)}")
     return torch.cat(kept).sort().values
 
 

@@ -21,9 +21,10 @@ from orchestrator.generate.samples import class_counts, draw
 from orchestrator.spec import JobSpec
 from orchestrator.track import store
 from orchestrator.track.runs import experiment_for
-from orchestrator.track.tags import TAG_JOB
+from orchestrator.track.tags import TAG_EVALUATED, TAG_JOB
 
 RESULTS = "augment_eval.json"  # the run's artifact: every seed's accuracies and the settings
+MAX_SEEDS = 100  # two metric points a seed, in one of MLflow's batches (at most 1,000 metrics)
 
 
 @dataclass
@@ -43,8 +44,8 @@ class Settings:
             raise ValueError(f"--synthetic-per-class: got {self.synthetic_per_class}; at least 1")
         if self.real_fraction is not None and not 0 < self.real_fraction < 1:
             raise ValueError(f"--real-fraction: got {self.real_fraction}; between 0 and 1 (exclusive)")
-        if self.seeds < 1:
-            raise ValueError(f"--seeds: got {self.seeds}; at least 1")
+        if not 1 <= self.seeds <= MAX_SEEDS:
+            raise ValueError(f"--seeds: got {self.seeds}; between 1 and {MAX_SEEDS}")
         if self.steps < 1:
             raise ValueError(f"--steps: got {self.steps}; at least 1")
         if self.truncation is not None and not self.truncation > 0:
@@ -54,7 +55,7 @@ class Settings:
 @dataclass
 class Outcome:
     labels_per_class: int
-    gan_labels_per_class: int | None      # what the generator trained on (None: every image)
+    gan_labels_per_class: int | None      # what the generator trained on (None: every image, the held-out too)
     held_out: int                         # real images scored on
     real_only: list[float] = field(default_factory=list)   # accuracy per seed
     augmented: list[float] = field(default_factory=list)
@@ -86,12 +87,23 @@ def evaluate(G: Generator, spec: JobSpec, settings: Settings, uri: str, device: 
         raise ValueError(f"{G.source} is unconditional: its samples have no labels to train a classifier on")
     if G.num_classes != classes:
         raise ValueError(f"{G.source} draws {G.num_classes} classes, its data has {classes}")
-    gan_k = spec.data.labels_per_class
+    trained = G.spec or {}
+    gan_k = trained.get("data", {}).get("labels_per_class")
+    for key, was, now in (("seed", trained.get("seed"), spec.seed),
+                          ("data.labels_per_class", gan_k, spec.data.labels_per_class)):
+        if was != now:
+            raise ValueError(f"--set {key}: the generator trained with {was!r}; its held-out split and kept images "
+                             "are those of its own spec (--labels-per-class gives the classifier another K)")
     k = settings.labels_per_class or gan_k
     if k is None:
         raise ValueError("--labels-per-class: the generator trained on every labelled image (no "
                          "data.labels_per_class); say how many real images per class the classifier gets")
-    kept = labelled_subset(dataclasses.replace(spec.data, labels_per_class=k), dataset, spec.seed)
+    try:
+        kept = labelled_subset(dataclasses.replace(spec.data, labels_per_class=k), dataset, spec.seed)
+    except ValueError as err:
+        if settings.labels_per_class is None:
+            raise
+        raise ValueError(str(err).replace("data.labels_per_class", "--labels-per-class")) from None
     real_images, real_labels = splits.read(dataset, kept)
     held_out = tstr.HeldOut(*splits.read(dataset, splits.classifier_split(dataset, spec.seed)[1]))
     out = Outcome(k, gan_k, len(held_out.labels))
@@ -131,7 +143,7 @@ def log(out: Outcome, G: Generator, spec: JobSpec, settings: Settings, uri: str)
         except MlflowException:
             parent = None
     experiment_id = parent.info.experiment_id if parent else experiment_for(client, spec.experiment)
-    tags = {TAG_JOB: spec.name, "ganorch.generator": G.source}
+    tags = {TAG_JOB: spec.name, TAG_EVALUATED: G.source}
     if parent:
         tags["mlflow.parentRunId"] = parent.info.run_id
         out.parent_run_id = parent.info.run_id
@@ -141,12 +153,18 @@ def log(out: Outcome, G: Generator, spec: JobSpec, settings: Settings, uri: str)
     params = {"labels_per_class": out.labels_per_class, "gan_labels_per_class": out.gan_labels_per_class,
               "synthetic_per_class": settings.synthetic_per_class, "real_fraction": settings.real_fraction,
               "seeds": settings.seeds, "steps": settings.steps, "truncation": settings.truncation,
-              "held_out_images": out.held_out, "generator_step": G.step}
+              "held_out_images": out.held_out, "held_out_seen_by_generator": out.gan_labels_per_class is None,
+              "generator_step": G.step}
     now = int(time.time() * 1000)
     metrics = [Metric(name, value, now, 0) for name, value in out.metrics().items()]
     for seed, (real, augmented) in enumerate(zip(out.real_only, out.augmented)):  # one point per seed
         metrics += [Metric("real_only_accuracy", real, now, seed), Metric("augmented_accuracy", augmented, now, seed)]
-    client.log_batch(out.run_id, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()])
-    client.log_text(out.run_id, json.dumps({**params, "real_only_accuracy": out.real_only,
-                                            "augmented_accuracy": out.augmented, **out.metrics()}, indent=1), RESULTS)
+    try:
+        client.log_batch(out.run_id, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()])
+        client.log_text(out.run_id, json.dumps({**params, "real_only_accuracy": out.real_only,
+                                                "augmented_accuracy": out.augmented, **out.metrics()}, indent=1),
+                        RESULTS)
+    except BaseException:
+        client.set_terminated(out.run_id, "FAILED")
+        raise
     client.set_terminated(out.run_id, "FINISHED")

@@ -56,12 +56,22 @@ def latest_run(spec: JobSpec, uri: str) -> Any:
 
 
 def check_compatible(state: dict[str, Any], spec: JobSpec) -> None:
-    """The spec must build the checkpoint's networks and have steps left to train."""
+    """The spec must build the checkpoint's networks, train on the labelled images it trained on
+    (data.labels_per_class), and have steps left to train."""
     model = state.get("spec", {}).get("model", {})
     for key in MODEL_KEYS:
         if key in model and model[key] != getattr(spec.model, key):
             raise ValueError(f"--resume: the checkpoint's networks have model.{key} {model[key]!r}, the spec has "
                              f"{getattr(spec.model, key)!r}; resume with the spec it was trained with")
+    trained = state.get("spec", {})
+    kept = trained.get("data", {}).get("labels_per_class")
+    if kept != spec.data.labels_per_class:
+        raise ValueError(f"--resume: the checkpoint's G trained on data.labels_per_class {kept!r}, the spec has "
+                         f"{spec.data.labels_per_class!r}; resume with the spec it was trained with")
+    if kept is not None and trained.get("seed") != spec.seed:
+        raise ValueError(f"--resume: the checkpoint's G trained on the {kept} images per class of seed "
+                         f"{trained.get('seed')!r}, the spec has seed {spec.seed!r}, which keeps other images; "
+                         "resume with the spec it was trained with")
     if state["step"] >= spec.train.steps:
         raise ValueError(f"--resume: the checkpoint is at step {state['step']} and train.steps is "
                          f"{spec.train.steps}: nothing left to train; raise train.steps (--set train.steps=N)")
