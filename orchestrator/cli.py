@@ -414,6 +414,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> int:
 def augment_eval(args: argparse.Namespace) -> int:
     import torch
 
+    from gan_models.conditioning import ramp
     from orchestrator.generate import augment_eval, generator_source, offline_eval
     from orchestrator.track import runs
     from orchestrator.track.store import tracking_uri
@@ -436,7 +437,10 @@ def augment_eval(args: argparse.Namespace) -> int:
         elif gan_k and settings.labels_per_class and gan_k > settings.labels_per_class:
             print(f"note: the generator trained on {gan_k} labelled images per class, more than the classifier's "
                   f"{settings.labels_per_class}: what its samples add includes labels the classifier was not given")
-        out = augment_eval.evaluate(G, spec, settings, uri, device)
+        if spec.train.condition_ramp and ramp(G.step, *spec.train.condition_ramp) < 1:
+            print(f"note: step {G.step} is inside train.condition_ramp {spec.train.condition_ramp}: its samples "
+                  "follow their labels only in part")
+        out = augment_eval.evaluate(G, spec, settings, device, augment_eval.trained_indices(G, uri))
     except SpecError as err:
         print(f"ganorch: augment-eval: invalid spec in {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -451,6 +455,12 @@ def augment_eval(args: argparse.Namespace) -> int:
     print(f"  real only        {metrics['real_only_accuracy_mean']:.4f} +- {metrics['real_only_accuracy_std']:.4f}")
     print(f"  real + synthetic {metrics['augmented_accuracy_mean']:.4f} +- {metrics['augmented_accuracy_std']:.4f}"
           f"   ({metrics['accuracy_gain']:+.4f})")
+    try:
+        augment_eval.log(out, G, spec, settings, uri)
+    except Exception as err:
+        print(f"ganorch: augment-eval: the numbers above could not be logged to MLflow at {uri}: "
+              f"{str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__}", file=sys.stderr)
+        return 1
     where = f"nested under {out.parent_run_id}" if out.parent_run_id else \
         f"(not nested: {args.source} names no MLflow run in this store; a run id or a model URI does)"
     print(f"MLflow run {out.run_id} {where}; {runs.ui_hint(uri, out.run_id)}")

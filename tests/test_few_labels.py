@@ -56,6 +56,23 @@ def test_g_trains_on_the_kept_images_alone(process_group, mnist):
     assert len(images) == 16 and all(tuple(image.flatten().tolist()) in rows for image in images)
 
 
+def test_over_the_classifiers_limit_k_is_drawn_from_every_image_outside_the_held_out_split(mnist, monkeypatch):
+    """Data larger than the domain classifier's subset: the images that subset left out can be kept too."""
+    from orchestrator.data.record import dataset_record
+
+    monkeypatch.setattr(splits, "MAX_TRAIN_IMAGES", 3000)
+    train, held_out = splits.classifier_split(mnist, seed=0)
+    kept = labelled_subset(DataSpec("mnist5k", labels_per_class=300), mnist, seed=0)  # the 2,700 of train: too few
+    assert torch.bincount(mnist.tensors[1][kept]).tolist() == [300] * 10
+    assert not set(kept.tolist()) & set(held_out.tolist()) and set(kept.tolist()) - set(train.tolist())
+    assert set(labelled_subset(DataSpec("mnist5k", labels_per_class=100), mnist, seed=0).tolist()) <= set(kept.tolist())
+    # what the run's dataset input says, with K and without
+    profile = json.loads(dataset_record(DataSpec("mnist5k", labels_per_class=300), ModelSpec(), mnist, kept)["profile"])
+    assert profile == {"images": 3000, "labels_per_class": 300, "classes": 10, "image_shape": [1, 28, 28]}
+    assert json.loads(dataset_record(DataSpec("mnist5k"), ModelSpec(), mnist)["profile"]) == \
+        {"images": 5000, "classes": 10, "image_shape": [1, 28, 28]}
+
+
 def test_a_folders_labels_are_read_without_decoding_its_images(tmp_path, monkeypatch):
     from PIL import Image
 
@@ -112,14 +129,14 @@ def test_augment_eval_writes_a_run_nested_under_the_generators_with_both_accurac
     assert f"MLflow run {run.info.run_id} nested under {run_id}" in out
     metrics, params = run.data.metrics, run.data.params
     for arm in ("real_only", "augmented"):
-        history = client.get_metric_history(run.info.run_id, f"{arm}_accuracy")
+        history = client.get_metric_history(run.info.run_id, f"{arm}_accuracy_by_seed")
         assert [m.step for m in history] == [0, 1] and all(0 <= m.value <= 1 for m in history), history
         assert metrics[f"{arm}_accuracy_mean"] == pytest.approx(sum(m.value for m in history) / 2)
         assert metrics[f"{arm}_accuracy_std"] >= 0
     assert metrics["accuracy_gain"] == pytest.approx(metrics["augmented_accuracy_mean"]
                                                      - metrics["real_only_accuracy_mean"])
     assert (params["labels_per_class"], params["gan_labels_per_class"], params["synthetic_per_class"]) == \
-        ("5", "5", "6")
+        ("5", "5", "6") and "real_fraction" not in params and "truncation" not in params
     results = json.loads(Path(client.download_artifacts(run.info.run_id, "augment_eval.json", tmp_path)).read_text())
     assert len(results["real_only_accuracy"]) == len(results["augmented_accuracy"]) == 2
 
@@ -142,6 +159,17 @@ def test_augment_eval_writes_a_run_nested_under_the_generators_with_both_accurac
                                                                       "trained with 5")):
         assert cli.main(["augment-eval", run_id, *args, flag, value]) == 2
         assert message in capsys.readouterr().err
+    # the data here must keep the images the run trained on, which its artifact lists
+    trained_on = labelled_subset(DataSpec("mnist5k", labels_per_class=5), load_dataset(DataSpec("mnist5k"),
+                                                                                       ModelSpec()), seed=0).tolist()
+    client.log_text(run_id, json.dumps({"labels_per_class": 5, "seed": 0, "indices": trained_on}),
+                    "data/labelled_indices.json")
+    assert cli.main(["augment-eval", run_id, *args, "--seeds", "1"]) == 0
+    client.log_text(run_id, json.dumps({"labels_per_class": 5, "seed": 0, "indices": list(range(50))}),
+                    "data/labelled_indices.json")
+    assert cli.main(["augment-eval", run_id, *args]) == 2
+    assert "data: this data keeps other images for data.labels_per_class 5 than the generator's run trained on" in \
+        capsys.readouterr().err
 
 
 class RealDigits(torch.nn.Module):
@@ -158,18 +186,18 @@ class RealDigits(torch.nn.Module):
         return torch.stack([self.by_class[c][i % len(self.by_class[c])] for c, i in zip(labels.tolist(), pick)])
 
 
-def test_samples_as_good_as_real_digits_raise_the_accuracy_of_a_classifier_with_two_labels_a_class(mnist, mlflow_store):
+def test_samples_as_good_as_real_digits_raise_the_accuracy_of_a_classifier_with_two_labels_a_class(mnist):
     from orchestrator.generate import augment_eval
     from orchestrator.generate.generator_source import Generator
 
     spec = load(REPO / "jobs/quickstart.yaml", ["data.labels_per_class=2"])
     G = Generator(RealDigits(mnist), spec.model.latent_dim, 10, (1, 28, 28), 0, "real digits", spec.to_dict())
     settings = augment_eval.Settings(synthetic_per_class=40, seeds=2, steps=150)
-    out = augment_eval.evaluate(G, spec, settings, mlflow_store, torch.device("cpu"))
+    out = augment_eval.evaluate(G, spec, settings, torch.device("cpu"))
     gain = out.metrics()["accuracy_gain"]
     # 20 real digits, then 400 more as "samples": on 2026-12-04 real only scored 0.612 and 0.530, with them 0.948 and
     # 0.938
     assert gain > 0.15 and min(out.augmented) > max(out.real_only), out
     with pytest.raises(ValueError, match="--set seed: the generator trained with 0"):
         augment_eval.evaluate(G, load(REPO / "jobs/quickstart.yaml", ["data.labels_per_class=2", "seed=1"]),
-                              settings, mlflow_store, torch.device("cpu"))
+                              settings, torch.device("cpu"))

@@ -6,8 +6,10 @@ on. The numbers go to an MLflow run nested under the generator's run."""
 import dataclasses
 import json
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,7 +23,7 @@ from orchestrator.generate.samples import class_counts, draw
 from orchestrator.spec import JobSpec
 from orchestrator.track import store
 from orchestrator.track.runs import experiment_for
-from orchestrator.track.tags import TAG_EVALUATED, TAG_JOB
+from orchestrator.track.tags import LABELLED_INDICES, TAG_EVALUATED, TAG_JOB
 
 RESULTS = "augment_eval.json"  # the run's artifact: every seed's accuracies and the settings
 MAX_SEEDS = 100  # two metric points a seed, in one of MLflow's batches (at most 1,000 metrics)
@@ -61,6 +63,7 @@ class Outcome:
     augmented: list[float] = field(default_factory=list)
     run_id: str = ""
     parent_run_id: str | None = None
+    started: float = 0.0                  # Unix time
     seconds: float = 0.0
 
     @staticmethod
@@ -75,18 +78,21 @@ class Outcome:
                 "accuracy_gain": augmented - real}
 
 
-def evaluate(G: Generator, spec: JobSpec, settings: Settings, uri: str, device: torch.device) -> Outcome:
-    """Train and score both arms for every seed, then log the run. ValueError naming what is wrong."""
-    started = time.perf_counter()
+def evaluate(G: Generator, spec: JobSpec, settings: Settings, device: torch.device,
+             trained_on: list[int] | None = None) -> Outcome:
+    """Train and score both arms for every seed. `trained_on`: the indices the generator's run logged as
+    data/labelled_indices.json (`trained_indices`), which the data here must keep again. ValueError naming what is
+    wrong."""
+    started = time.time()
     if spec.data.source == "ray-data":
         raise ValueError("data.source: 'ray-data' streams its images; augment-eval draws K per class from a source it "
                          "can index (give the data with --set data.source=folder --set data.path=...)")
-    dataset = load_dataset(spec.data, spec.model)
-    classes = num_classes(dataset)
     if not G.num_classes:
         raise ValueError(f"{G.source} is unconditional: its samples have no labels to train a classifier on")
-    if G.num_classes != classes:
-        raise ValueError(f"{G.source} draws {G.num_classes} classes, its data has {classes}")
+    shape = (spec.model.channels, spec.model.image_size, spec.model.image_size)
+    if tuple(G.image_shape) != shape:
+        raise ValueError(f"--set model: the generator draws {tuple(G.image_shape)} images, the spec reads the data "
+                         f"as {shape}")
     trained = G.spec or {}
     gan_k = trained.get("data", {}).get("labels_per_class")
     for key, was, now in (("seed", trained.get("seed"), spec.seed),
@@ -98,6 +104,14 @@ def evaluate(G: Generator, spec: JobSpec, settings: Settings, uri: str, device: 
     if k is None:
         raise ValueError("--labels-per-class: the generator trained on every labelled image (no "
                          "data.labels_per_class); say how many real images per class the classifier gets")
+    dataset = load_dataset(spec.data, spec.model)
+    classes = num_classes(dataset)
+    if G.num_classes != classes:
+        raise ValueError(f"{G.source} draws {G.num_classes} classes, its data has {classes}")
+    if trained_on is not None and labelled_subset(spec.data, dataset, spec.seed).tolist() != trained_on:
+        raise ValueError(f"data: this data keeps other images for data.labels_per_class {gan_k} than the generator's "
+                         "run trained on (its data/labelled_indices.json), so the held-out split here may hold "
+                         "images it saw: give the data it trained on (--set data.path=...)")
     try:
         kept = labelled_subset(dataclasses.replace(spec.data, labels_per_class=k), dataset, spec.seed)
     except ValueError as err:
@@ -106,7 +120,7 @@ def evaluate(G: Generator, spec: JobSpec, settings: Settings, uri: str, device: 
         raise ValueError(str(err).replace("data.labels_per_class", "--labels-per-class")) from None
     real_images, real_labels = splits.read(dataset, kept)
     held_out = tstr.HeldOut(*splits.read(dataset, splits.classifier_split(dataset, spec.seed)[1]))
-    out = Outcome(k, gan_k, len(held_out.labels))
+    out = Outcome(k, gan_k, len(held_out.labels), started=started)
     counts = class_counts(settings.synthetic_per_class * classes, list(range(classes)))
     for seed in range(settings.seeds):
         out.real_only.append(score(real_images, real_labels, held_out, classes, seed, settings, device))
@@ -119,8 +133,7 @@ def evaluate(G: Generator, spec: JobSpec, settings: Settings, uri: str, device: 
             weights = torch.cat([torch.full((len(real_images),), settings.real_fraction / len(real_images)),
                                  torch.full((len(synthetic),), (1 - settings.real_fraction) / len(synthetic))])
         out.augmented.append(score(images, labels, held_out, classes, seed, settings, device, weights))
-    out.seconds = time.perf_counter() - started
-    log(out, G, spec, settings, uri)
+    out.seconds = time.time() - started
     return out
 
 
@@ -128,6 +141,21 @@ def score(images: torch.Tensor, labels: torch.Tensor, held_out: tstr.HeldOut, cl
           settings: Settings, device: torch.device, weights: torch.Tensor | None = None) -> float:
     model = tstr.seeded_classifier(images, labels, classes, seed, device, steps=settings.steps, weights=weights)
     return accuracy(model, held_out.images, held_out.labels)
+
+
+def trained_indices(G: Generator, uri: str) -> list[int] | None:
+    """The kept indices the generator's run logged (data/labelled_indices.json); None when it has no run here or
+    trained on every image."""
+    from mlflow.exceptions import MlflowException
+
+    if not G.run_id or not (G.spec or {}).get("data", {}).get("labels_per_class"):
+        return None
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            path = store.client(uri).download_artifacts(G.run_id, LABELLED_INDICES, folder)
+            return json.loads(Path(path).read_text())["indices"]
+    except (MlflowException, OSError, KeyError, ValueError):
+        return None
 
 
 def log(out: Outcome, G: Generator, spec: JobSpec, settings: Settings, uri: str) -> None:
@@ -147,18 +175,21 @@ def log(out: Outcome, G: Generator, spec: JobSpec, settings: Settings, uri: str)
     if parent:
         tags["mlflow.parentRunId"] = parent.info.run_id
         out.parent_run_id = parent.info.run_id
-    run = client.create_run(experiment_id, run_name=f"{spec.name}-augment-eval-k{out.labels_per_class}-"
-                            f"{time.strftime('%Y%m%d-%H%M%S')}", tags=tags)
+    run = client.create_run(experiment_id, start_time=int(out.started * 1000), tags=tags,
+                            run_name=f"{spec.name}-augment-eval-k{out.labels_per_class}-"
+                                     f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(out.started))}")
     out.run_id = run.info.run_id
     params = {"labels_per_class": out.labels_per_class, "gan_labels_per_class": out.gan_labels_per_class,
               "synthetic_per_class": settings.synthetic_per_class, "real_fraction": settings.real_fraction,
               "seeds": settings.seeds, "steps": settings.steps, "truncation": settings.truncation,
               "held_out_images": out.held_out, "held_out_seen_by_generator": out.gan_labels_per_class is None,
               "generator_step": G.step}
+    params = {key: value for key, value in params.items() if value is not None}
     now = int(time.time() * 1000)
     metrics = [Metric(name, value, now, 0) for name, value in out.metrics().items()]
-    for seed, (real, augmented) in enumerate(zip(out.real_only, out.augmented)):  # one point per seed
-        metrics += [Metric("real_only_accuracy", real, now, seed), Metric("augmented_accuracy", augmented, now, seed)]
+    for seed, (real, augmented) in enumerate(zip(out.real_only, out.augmented)):  # the metric's step is the seed
+        metrics += [Metric("real_only_accuracy_by_seed", real, now, seed),
+                    Metric("augmented_accuracy_by_seed", augmented, now, seed)]
     try:
         client.log_batch(out.run_id, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()])
         client.log_text(out.run_id, json.dumps({**params, "real_only_accuracy": out.real_only,
