@@ -79,6 +79,19 @@ def gather_rows(local: torch.Tensor, share: int) -> torch.Tensor:
     return torch.cat([part[:count] for part, count in zip(parts, counts)])
 
 
+def gather_rows_to_rank0(local: torch.Tensor, share: int) -> torch.Tensor | None:
+    """`gather_rows` on rank 0 alone (None on the others), which keep no copy of the others' rows."""
+    if world_size() == 1:
+        return local
+    counts = [torch.zeros((), dtype=torch.long, device=local.device) for _ in range(world_size())]
+    dist.all_gather(counts, torch.tensor(len(local), device=local.device))
+    padded = torch.zeros((share, *local.shape[1:]), dtype=local.dtype, device=local.device)
+    padded[:len(local)] = local
+    parts = [torch.empty_like(padded) for _ in range(world_size())] if rank() == 0 else None
+    dist.gather(padded, parts, dst=0)
+    return torch.cat([part[:count] for part, count in zip(parts, counts)]) if rank() == 0 else None
+
+
 class StatsAccumulator:
     """Sums per-step scalars on the device, without a host sync; `reduce()` averages them over the interval's
     steps and all ranks with one all-reduce and one host read."""

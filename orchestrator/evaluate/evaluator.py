@@ -13,7 +13,7 @@ from gan_models.classifier import DomainClassifier
 from gan_models.metrics import NEAREST_K, distances, quality, real_yardstick
 from orchestrator.data import splits
 from orchestrator.distributed import collectives
-from orchestrator.distributed.collectives import gather_rows
+from orchestrator.distributed.collectives import gather_rows, gather_rows_to_rank0
 from orchestrator.evaluate import tstr
 from orchestrator.evaluate.domain_classifier import check_labelled, check_tstr, domain_classifier
 
@@ -134,7 +134,7 @@ class Evaluator:
 
     def train_on_synthetic(self, G: torch.nn.Module) -> dict[str, float]:
         """tstr_accuracy, trtr_accuracy and tstr_ratio (see orchestrator.evaluate.tstr) on every rank: every rank
-        draws its share of the samples, rank 0 trains the classifier on all of them (one classifier, so its number
+        draws its share of the samples and sends it to rank 0, which trains the classifier on all of them (one classifier, so its number
         does not depend on the worker count) and hands the scores to the others."""
         count = self.tstr_samples
         noise = torch.Generator(device=self.device).manual_seed(self.seed + 104729)
@@ -142,7 +142,7 @@ class Evaluator:
         labels = tstr.balanced_labels(count, self.generator_classes).to(self.device)
         share = -(-count // self.world_size)
         mine = slice(self.rank * share, (self.rank + 1) * share)
-        images = gather_rows(self.generate(G, z[mine], labels[mine]), share)
+        images = gather_rows_to_rank0(self.generate(G, z[mine], labels[mine]), share)
         found: list = [None]
         if self.rank == 0:
             accuracy = (tstr.tstr_accuracy(images, labels, self.held_out, self.generator_classes, self.seed,
