@@ -128,6 +128,12 @@ def test_augment_eval_writes_a_run_nested_under_the_generators_with_both_accurac
                                 filter_string=f"tags.mlflow.parentRunId = '{run_id}'")
     assert f"MLflow run {run.info.run_id} nested under {run_id}" in out
     metrics, params = run.data.metrics, run.data.params
+    what, result = run.data.tags["mlflow.note.content"].splitlines()
+    assert what.startswith("A classifier trained on 5 real images per class, and on them plus 6 per class of "
+                           "models:/") and "(step 9; by count), 2 seeds of 15 steps, scored on 500" in what, what
+    assert result == (f"Real only {metrics['real_only_accuracy_mean']:.4f} +- {metrics['real_only_accuracy_std']:.4f}; "
+                      f"real + synthetic {metrics['augmented_accuracy_mean']:.4f} +- "
+                      f"{metrics['augmented_accuracy_std']:.4f} ({metrics['accuracy_gain']:+.4f}).")
     for arm in ("real_only", "augmented"):
         history = client.get_metric_history(run.info.run_id, f"{arm}_accuracy_by_seed")
         assert [m.step for m in history] == [0, 1] and all(0 <= m.value <= 1 for m in history), history

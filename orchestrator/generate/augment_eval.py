@@ -23,7 +23,7 @@ from orchestrator.generate.samples import class_counts, draw
 from orchestrator.spec import JobSpec
 from orchestrator.track import store
 from orchestrator.track.runs import experiment_for
-from orchestrator.track.tags import LABELLED_INDICES, TAG_EVALUATED, TAG_JOB
+from orchestrator.track.tags import LABELLED_INDICES, TAG_DESCRIPTION, TAG_EVALUATED, TAG_JOB
 
 RESULTS = "augment_eval.json"  # the run's artifact: every seed's accuracies and the settings
 MAX_SEEDS = 100  # two metric points a seed, in one of MLflow's batches (at most 1,000 metrics)
@@ -158,6 +158,17 @@ def trained_indices(G: Generator, uri: str) -> list[int] | None:
         return None
 
 
+def description(out: Outcome, G: Generator, settings: Settings) -> str:
+    """The run's description (MLflow shows it on the run's page): what was compared, and what came of it."""
+    m = out.metrics()
+    mix = "by count" if settings.real_fraction is None else f"real drawn with chance {settings.real_fraction:g}"
+    return (f"A classifier trained on {out.labels_per_class} real images per class, and on them plus "
+            f"{settings.synthetic_per_class} per class of {G.source} (step {G.step}; {mix}), {settings.seeds} seeds of "
+            f"{settings.steps} steps, scored on {out.held_out} held-out real images.\n"
+            f"Real only {m['real_only_accuracy_mean']:.4f} +- {m['real_only_accuracy_std']:.4f}; real + synthetic "
+            f"{m['augmented_accuracy_mean']:.4f} +- {m['augmented_accuracy_std']:.4f} ({m['accuracy_gain']:+.4f}).")
+
+
 def log(out: Outcome, G: Generator, spec: JobSpec, settings: Settings, uri: str) -> None:
     """A run of its own, nested under the generator's training run when it is known and in this store."""
     from mlflow.entities import Metric, Param
@@ -171,7 +182,7 @@ def log(out: Outcome, G: Generator, spec: JobSpec, settings: Settings, uri: str)
         except MlflowException:
             parent = None
     experiment_id = parent.info.experiment_id if parent else experiment_for(client, spec.experiment)
-    tags = {TAG_JOB: spec.name, TAG_EVALUATED: G.source}
+    tags = {TAG_JOB: spec.name, TAG_EVALUATED: G.source, TAG_DESCRIPTION: description(out, G, settings)}
     if parent:
         tags["mlflow.parentRunId"] = parent.info.run_id
         out.parent_run_id = parent.info.run_id
