@@ -80,6 +80,7 @@ def bare(args: argparse.Namespace) -> None:
     if args.rank == 0:
         print(RESULT + json.dumps(found), flush=True)
     if args.world > 1:
+        dist.barrier()  # no rank tears gloo down while another still talks to it ("terminate called ...")
         dist.destroy_process_group()
 
 
