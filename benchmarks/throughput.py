@@ -80,8 +80,12 @@ def bare(args: argparse.Namespace) -> None:
     if args.rank == 0:
         print(RESULT + json.dumps(found), flush=True)
     if args.world > 1:
-        dist.barrier()  # no rank tears gloo down while another still talks to it ("terminate called ...")
+        dist.barrier()
         dist.destroy_process_group()
+    # The rank's work is done and printed: leave without C++'s static destructors, where a thread of torch's
+    # gloo backend has ended a rank with "terminate called without an active exception" after its results.
+    sys.stdout.flush()
+    os._exit(0)
 
 
 def bare_loop(args: argparse.Namespace, rank: int, world: int) -> dict:
