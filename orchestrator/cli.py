@@ -628,10 +628,11 @@ def ranks_line(summary: dict[str, Any]) -> str:
 
 
 def check_enough_images(spec: JobSpec, count: int) -> None:
-    per_worker = count // spec.resources.num_workers
-    if per_worker < spec.batch_per_worker:
+    workers = spec.resources.max_workers  # where the shares are smallest
+    per_worker, batch = count // workers, spec.batch_per_worker(workers)
+    if per_worker < batch:
         raise ValueError(f"train.batch_size: each worker's share of the {count} images is {per_worker}, "
-                         f"fewer than its batch of {spec.batch_per_worker}")
+                         f"fewer than its batch of {batch}")
 
 
 def sync_unsent(folders: list[str]) -> int:

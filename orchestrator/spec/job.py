@@ -1,6 +1,7 @@
 """The job spec: one typed tree per job, loaded from `jobs/*.yaml`, validated once before anything starts."""
 
 import difflib
+import math
 from dataclasses import dataclass
 from typing import Any, Iterator, Literal
 
@@ -173,8 +174,21 @@ class OptimSpec:
 
 
 @dataclass
+class WorkerRange:
+    """An elastic worker group's bounds (resources.num_workers as {min, max} or [min, max])."""
+    CHOICE = True
+    min: int = setting(ge=1, help="Fewest workers the run trains on.")
+    max: int = setting(ge=1, help="Most workers the run trains on.")
+
+    def problems(self) -> Iterator[Problem]:
+        if self.min > self.max:
+            yield ("min", "max"), f"got {self.min}; must be at most max ({self.max})"
+
+
+@dataclass
 class ResourcesSpec:
-    num_workers: int = setting(1, ge=1, help="Ray Train workers, one DDP process each (one GPU each with use_gpu).")
+    num_workers: int | WorkerRange = setting(1, ge=1, help="Ray Train workers, one DDP process each (one GPU each with use_gpu). A range, `{min: 1, max: 4}` or `[1, 4]`, makes the group elastic: the run starts with as many as the cluster holds (at least min), goes on with fewer after a node is lost, and grows again when nodes come back, each time restarting the workers from the latest checkpoint with the same global batch, data order and noise. Every size in the range must divide train.batch_size.")
+    resize_check_s: float = setting(60.0, gt=0, help="With a range of resources.num_workers: seconds between Ray Train's looks at whether the cluster now holds more workers; growing restarts the workers from the latest checkpoint.")
     use_gpu: bool = setting(False, help="Give each worker GPUs and use NCCL; otherwise CPU and gloo.")
     cpus_per_worker: float = setting(1.0, gt=0, help="CPUs Ray reserves for each worker.")
     gpus_per_worker: float = setting(1.0, gt=0, help="GPUs Ray reserves for each worker when use_gpu is true (fractions share a GPU).")
@@ -184,6 +198,29 @@ class ResourcesSpec:
         if not self.use_gpu:
             yield from ignored(self, ("gpus_per_worker",), "use_gpu", "resources.use_gpu false",
                                "set resources.use_gpu true")
+        if not self.elastic:
+            yield from ignored(self, ("resize_check_s",), "num_workers", "a fixed resources.num_workers",
+                               "give resources.num_workers a range")
+
+    @property
+    def elastic(self) -> bool:
+        return isinstance(self.num_workers, WorkerRange)
+
+    @property
+    def min_workers(self) -> int:
+        return self.num_workers.min if self.elastic else self.num_workers
+
+    @property
+    def max_workers(self) -> int:
+        return self.num_workers.max if self.elastic else self.num_workers
+
+    @property
+    def sizes(self) -> range:
+        """Every number of workers the run may train on."""
+        return range(self.min_workers, self.max_workers + 1)
+
+    def describe_workers(self) -> str:
+        return f"{self.min_workers}-{self.max_workers}" if self.elastic else str(self.num_workers)
 
 
 @dataclass
@@ -352,11 +389,25 @@ class JobSpec:
     tune: TuneSpec | None = setting(None, help="A Ray Tune sweep over this job (`ganorch tune`); null trains once.")
 
     def problems(self) -> Iterator[Problem]:
-        workers = self.resources.num_workers
-        if self.train.batch_size % workers:
+        r, batch = self.resources, self.train.batch_size
+        uneven = [n for n in r.sizes if batch % n]
+        if uneven and not r.elastic:
             yield (("train.batch_size", "resources.num_workers"),
-                   f"got {self.train.batch_size}; must be a multiple of resources.num_workers ({workers}) "
+                   f"got {batch}; must be a multiple of resources.num_workers ({r.num_workers}) "
                    "so every worker gets the same share")
+        elif uneven:
+            lcm = math.lcm(*r.sizes)
+            ranges = [(a, b) for a in r.sizes for b in r.sizes if a < b and not any(batch % n for n in range(a, b + 1))]
+            widest = max(ranges, key=lambda ab: (ab[1] - ab[0], ab[1]), default=None)
+            yield (("train.batch_size", "resources.num_workers"),
+                   f"got {batch}; the group may train on any number of workers in resources.num_workers "
+                   f"[{r.min_workers}, {r.max_workers}], and {batch} does not split evenly over "
+                   f"{', '.join(map(str, uneven))} (an uneven split would weigh the workers' gradients unequally): "
+                   f"use a multiple of {lcm} (e.g. {-(-batch // lcm) * lcm})"
+                   + (f", or the range [{widest[0]}, {widest[1]}]" if widest else ""))
+        if r.elastic and self.tune is not None:
+            yield (("resources.num_workers", "tune"),
+                   "is a range, and a sweep's trials share the cluster at a fixed size each: give it one number")
         source_channels = SOURCE_CHANNELS.get(self.data.source, self.model.channels)
         if self.model.channels != source_channels:
             yield (("model.channels", "data.source"),
@@ -458,9 +509,10 @@ class JobSpec:
     def experiment(self) -> str:
         return self.tracking.experiment or self.name
 
-    @property
-    def batch_per_worker(self) -> int:
-        return self.train.batch_size // self.resources.num_workers
+    def batch_per_worker(self, workers: int) -> int:
+        """Each worker's share of the global batch on `workers` workers."""
+        assert self.train.batch_size % workers == 0, (self.train.batch_size, workers)
+        return self.train.batch_size // workers
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)

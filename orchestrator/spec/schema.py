@@ -29,7 +29,7 @@ def describe_type(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in args)
     if origin in (Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
-        return " or ".join(describe_type(a) for a in inner) + " or null"
+        return " or ".join(describe_type(a) for a in inner) + (" or null" if type(None) in args else "")
     if origin is list:
         return f"a list, each {describe_type(args[0])}"
     if origin is dict:
@@ -40,8 +40,17 @@ def describe_type(tp: Any) -> str:
             return f"a list of {len(args)} numbers"
         return f"a list of {len(args)} items: " + ", ".join(describe_type(a) for a in args)
     if dataclasses.is_dataclass(tp):
+        names = [f.name for f in dataclasses.fields(tp)]
+        if is_choice(tp):
+            return f"a mapping {{{', '.join(names)}}} or a list [{', '.join(names)}]"
         return "a mapping"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def is_choice(tp: Any) -> bool:
+    """A dataclass that a key may take instead of a plain value (`int | WorkerRange`): given as a mapping of its
+    fields or as a list of them in order. It is a value, not a section of keys."""
+    return dataclasses.is_dataclass(tp) and getattr(tp, "CHOICE", False)
 
 
 def _given(value: Any) -> str:
@@ -104,7 +113,20 @@ class Parser:
             if value is None:
                 return None
             inner = [a for a in args if a is not type(None)]
-            return self.value(inner[0], value, path, metadata)
+            # A mapping or a list picks the union's dataclass, when it has one (`4` or `[1, 8]` or {min: 1, max: 8}).
+            chosen = next((a for a in inner if is_choice(a)), None) if isinstance(value, (dict, list)) else None
+            if chosen is not None:
+                if isinstance(value, list):
+                    names = [f.name for f in dataclasses.fields(chosen)]
+                    if len(value) != len(names):
+                        self.fail(path, f"got {_given(value)}; expected {describe_type(tp)}")
+                        return None
+                    value = dict(zip(names, value))
+                built = self.build(chosen, value, path)
+                if built is None or any(bad.startswith(path + ".") for bad in self.failed):
+                    self.failed.add(path)
+                return built
+            return self.value(next(a for a in inner if not is_choice(a)), value, path, metadata)
         if origin is Literal:
             if value in args and type(value) is type(args[0]):
                 return value
@@ -202,7 +224,8 @@ def leaf_fields(cls: type, prefix: str = "") -> Iterator[tuple[str, dataclasses.
     """(dotted key, field, type) of every key below the dataclass `cls` that is not a section of its own."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        nested = [t for t in (hints[f.name], *get_args(hints[f.name])) if dataclasses.is_dataclass(t)]
+        nested = [t for t in (hints[f.name], *get_args(hints[f.name])) if dataclasses.is_dataclass(t)
+                  and not is_choice(t)]
         if nested:
             yield from leaf_fields(nested[0], f"{prefix}{f.name}.")
         else:

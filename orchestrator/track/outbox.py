@@ -71,7 +71,7 @@ def send(c: Any, run_id: str, op: dict[str, Any], folder: Path, uri: str) -> Non
     elif kind == "prune":
         store.prune_checkpoints(c, run_id, op["keep"])
     elif kind == "restart":
-        store.record_restart(c, run_id, op["where"])
+        store.record_restart(c, run_id, op["where"], op.get("resize"))
     elif kind == "end":
         c.set_terminated(run_id, op["status"])
     else:
@@ -239,8 +239,8 @@ class Outbox:
     def prune(self, keep: int) -> None:
         self._put({"op": "prune", "keep": keep})
 
-    def restart(self, where: str) -> None:
-        self._put({"op": "restart", "where": redact(where)})
+    def restart(self, where: str, resize: str | None = None) -> None:
+        self._put({"op": "restart", "where": redact(where), "resize": resize and redact(resize)})
 
     def end(self, status: str) -> None:
         self._put({"op": "end", "status": status})

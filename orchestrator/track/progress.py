@@ -18,6 +18,7 @@ class ProgressBoard:
         self.state: dict[str, Any] = {}
         self.starts = 0
         self.failure: str | None = None
+        self.workers: int | None = None
 
     def post(self, state: dict[str, Any]) -> None:
         self.state.update(state)
@@ -32,13 +33,28 @@ class ProgressBoard:
     def failed(self, reason: str) -> None:
         self.failure = reason
 
-    def started(self) -> tuple[int, str | None]:
-        """Rank 0 of a worker group starts: how many groups have started in this run, and why the one before
-        this failed."""
+    def started(self, workers: int) -> tuple[int, str | None, int | None]:
+        """Rank 0 of a group of `workers` starts: how many groups have started in this run, why the one before this
+        failed (None: it did not, an elastic group grew), and how many workers it had."""
         self.starts += 1
+        failure, self.failure = self.failure, None
+        before, self.workers = self.workers, workers
         if self.starts > 1:
             self.state["restarts"] = self.starts - 1
-        return self.starts, self.failure
+            self.state["restart_line"] = restart_line(self.starts - 1, failure, before, workers)
+        return self.starts, failure, before
+
+
+def restart_line(n: int, failure: str | None, before: int | None, workers: int) -> str:
+    """What the terminal says of restart `n`."""
+    resized = f"now on {workers} worker{'s' if workers > 1 else ''} (was {before})" if before != workers else ""
+    if failure is not None:
+        return (f"workers restarted from the latest checkpoint after a failure (restart {n}){'; ' + resized if resized else ''}; "
+                "the run's tags say why")
+    if resized:
+        return (f"the elastic group grew as the cluster got room: {resized}, restarted from the latest checkpoint "
+                f"(restart {n})")
+    return f"workers restarted from the latest checkpoint (restart {n})"
 
 
 def describe(state: dict[str, Any], total_steps: int) -> str:
@@ -111,8 +127,7 @@ class ProgressView:
         self.notices_shown = len(state.get("notices", []))
         if state.get("restarts", 0) > self.restarts_shown:
             self.restarts_shown = state["restarts"]
-            self._say(f"{self.title}: workers restarted from the latest checkpoint after a failure (restart "
-                      f"{self.restarts_shown}); the run's tags say why")
+            self._say(f"{self.title}: {state['restart_line']}")
         if self.live:
             self.progress.update(self.task, completed=state.get("step", 0), line=line)
         elif state.get("metrics_step") != self.last_metrics_step:

@@ -196,8 +196,8 @@ class RunLogger:
         self.log_metrics(step, {f"unstable.{name}": 1.0})
         self.set_tag(TAG_UNSTABLE + name, description)
 
-    def record_restart(self, where: str) -> None:
-        self.outbox.restart(where)
+    def record_restart(self, where: str, resize: str | None = None) -> None:
+        self.outbox.restart(where, resize)
 
     def warn(self, text: str) -> None:
         """A warning on the driver's terminal (through the progress board, on a worker)."""

@@ -116,7 +116,7 @@ def description(spec: JobSpec, summary: dict[str, Any], outcome: str, seconds: f
     devices = "GPU" if r.use_gpu else "CPU"
     what = (f"{m.family.upper()} {m.image_size}x{m.image_size}x{m.channels}"
             f"{', conditional' if m.conditional else ''} (latent {m.latent_dim}, widths G {m.g_width} / D {m.d_width})"
-            f" on {data}: {r.num_workers} {devices} worker{'s' if r.num_workers > 1 else ''} on {nodes} "
+            f" on {data}: {r.describe_workers()} {devices} worker{'s' if r.max_workers > 1 else ''} on {nodes} "
             f"node{'s' if nodes > 1 else ''}, {t.steps:,} steps of batch {t.batch_size}, {t.loss} loss, "
             f"n_critic {t.n_critic}.")
     minutes, secs = divmod(round(seconds), 60)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from orchestrator.track.redact import masked, redact, redact_value
-from orchestrator.track.tags import TAG_RESTART, TAG_RESTARTS
+from orchestrator.track.tags import TAG_RESIZE, TAG_RESIZES, TAG_RESTART, TAG_RESTARTS
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -195,11 +195,17 @@ def ui_hint(uri: str, page: str = "") -> str:
     return f"see it at {redact(uri).rstrip('/')}{page}" if uri.startswith("http") else f"tracking store: {redact(uri)}"
 
 
-def record_restart(c: "MlflowClient", run_id: str, where: str) -> int:
-    """Count one more restart of the run (returned) and say in its tag what it continues from."""
-    start = int(c.get_run(run_id).data.tags.get(TAG_RESTARTS, 0)) + 1
+def record_restart(c: "MlflowClient", run_id: str, where: str, resize: str | None = None) -> int:
+    """Count one more restart of the run (returned) and say in its tag what it continues from; a restart at another
+    number of workers is also counted as a resize, and `resize` says it."""
+    tags = c.get_run(run_id).data.tags
+    start = int(tags.get(TAG_RESTARTS, 0)) + 1
     c.set_tag(run_id, TAG_RESTARTS, str(start))
     c.set_tag(run_id, f"{TAG_RESTART}{start}", where)
+    if resize is not None:
+        n = int(tags.get(TAG_RESIZES, 0)) + 1
+        c.set_tag(run_id, TAG_RESIZES, str(n))
+        c.set_tag(run_id, f"{TAG_RESIZE}{n}", resize)
     return start
 
 

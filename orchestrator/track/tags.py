@@ -19,6 +19,8 @@ TAG_TRAIN_RUN = "ganorch.train_run"              # the Ray Train run's name (= t
 TAG_RESTARTS = "ganorch.restarts"                # how many times the run was restarted (workers that failed,
                                                  # a resubmitted job, a Tune trial)
 TAG_RESTART = "ganorch.restart."                 # + n: what restart n continued from
+TAG_RESIZES = "ganorch.resizes"                  # how many times an elastic group restarted at another size
+TAG_RESIZE = "ganorch.resize."                   # + n: when, from what size to what, why, and from which step
 TAG_RESUMED_FROM = "ganorch.resumed_from"        # the checkpoint the latest start of the workers continued from
 TAG_PASSED_OVER = "ganorch.passed_over"          # corrupted checkpoints a start of the workers passed over, and why
 TAG_WORKERS = "ganorch.workers"                  # where each rank ran: "rank 0: node ... (host, device); ..."

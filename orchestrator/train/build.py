@@ -135,13 +135,13 @@ def build(spec: JobSpec, context: Any, logger: Any) -> Training:
         resume.restore_training(context.resume, ema.module, opt_g, opt_d, phases, spec, augment)
 
     if context.data_shard is None:
-        source = ShardedBatches(dataset if kept is None else splits.keep(dataset, kept), batch_size=spec.batch_per_worker, rank=rank, world_size=world_size,
+        source = ShardedBatches(dataset if kept is None else splits.keep(dataset, kept), batch_size=spec.batch_per_worker(world_size), rank=rank, world_size=world_size,
                                 seed=spec.seed, device=device, memory_format=memory_format,
                                 position=resume.data_position(context.resume))
         batches = iter(source)
     else:  # a resumed run starts a new pass over the stream
         source = None
-        batches = iter(ray_data.StreamedBatches(context.data_shard, batch_size=spec.batch_per_worker,
+        batches = iter(ray_data.StreamedBatches(context.data_shard, batch_size=spec.batch_per_worker(world_size),
                                                 seed=spec.seed + rank, device=device, memory_format=memory_format))
     noise = torch.Generator(device=device).manual_seed(spec.seed + 1)
     fixed = fixed_samples(spec, classes, device)

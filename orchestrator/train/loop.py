@@ -32,6 +32,24 @@ from orchestrator.train.phases import run_phase
 from orchestrator.train.rank0_logger import open_logger
 
 
+@dataclass(frozen=True)
+class Restart:
+    """Why Ray Train started the workers again: the failure of the ones before (None: an elastic group grew), and
+    the group's size before and now."""
+    failure: str | None
+    before: int | None  # None: the group before failed before its rank 0 started
+    workers: int
+
+    @property
+    def resized(self) -> bool:
+        return self.before is not None and self.before != self.workers
+
+    def why(self) -> str:
+        if self.failure is not None:
+            return f"after a failure ({self.failure})"
+        return "to grow the elastic group, as the cluster had room" if self.resized else "after a failure"
+
+
 @dataclass
 class WorkerContext:
     """What a worker needs besides the spec: where it runs and who it reports to (rank 0 only)."""
@@ -44,7 +62,7 @@ class WorkerContext:
     resumed_from: str | None = None       # where that checkpoint is, for the run's tags
     passed_over: list[str] | None = None  # later checkpoints that were corrupted, and why
     placement: list[str] | None = None    # per rank: where it runs, for the run's tags
-    restarted_after: str | None = None    # rank 0 of workers Ray Train restarted: why the ones before failed
+    restart: Restart | None = None        # rank 0 of workers Ray Train restarted: why, and at what size
     verdicts: Any = None    # in a Tune trial: a queue that gives rank 0 Tune's go-ahead after each report
     started_at: float | None = None  # when the driver started (Unix time): rank 0 logs the time to the first step
     node_leader: bool = False        # the first worker on its node: it logs the node's system metrics
@@ -87,7 +105,7 @@ def loop(spec: JobSpec, context: WorkerContext, logger: Any, report: Any, t: Tra
     speed = Throughput(spec.train.batch_size * spec.train.n_critic, t.step)
     progress = ProgressPost(context.progress if t.rank == 0 else None)
     out = Outcome(best_fid=logger.best_fid if logger else math.inf, best_step=logger.best_step if logger else 0)
-    if logger and context.started_at and not context.restarted_after:
+    if logger and context.started_at and not context.restart:
         logger.log_metrics(t.step, {"startup_s": time.time() - context.started_at})
     first_step = t.step + 1
     while t.step < spec.train.steps and out.stopped is None:

@@ -95,6 +95,7 @@ def interval_metrics(t: Training, stats: StatsAccumulator, speed: Throughput) ->
     """The interval's means over steps and ranks (one all-reduce), with throughput, rates, skipped steps and an
     augmentation's p (adjusted first when it adapts)."""
     metrics = {**stats.reduce(), "images_per_sec": speed.rate(t.step), "images_seen": t.images_seen,
+               "num_workers": t.world_size,
                "lr_g": t.opt_g.param_groups[0]["lr"], "lr_d": t.opt_d.param_groups[0]["lr"],
                **{f"skipped_{p.name.lower()}": p.skipped.counts()[0] for p in t.phases},
                **{f"overflow_{p.name.lower()}": p.overflowed.counts()[0] for p in t.phases if p.scaler is not None}}

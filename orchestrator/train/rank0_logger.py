@@ -2,6 +2,7 @@
 continues from (a checkpoint, one taken on another kind of device, a restart after a failure, corrupted checkpoints
 passed over)."""
 
+import datetime
 from typing import Any
 
 from orchestrator.track.run_logger import RunLogger
@@ -15,12 +16,12 @@ def open_logger(context: Any) -> RunLogger:
     DDP's first broadcast) until the loop releases it after the first step. A continued run's reads MLflow at once
     (what was logged) and sends its restart's tags at once, in case this start dies too."""
     board = context.progress
-    fresh = not (context.resume or context.restarted_after)
+    fresh = not (context.resume or context.restart)
     logger = RunLogger(context.tracking_uri, context.run_id,
                        notify=(lambda line: board.notice.remote(line)) if board is not None else None, held=fresh)
     if context.placement:
         logger.set_tag(TAG_WORKERS, "; ".join(f"rank {r}: {where}" for r, where in enumerate(context.placement)))
-    if context.resume or context.restarted_after:
+    if context.resume or context.restart:
         logger.resuming(context.resume["step"] if context.resume else 0)
     changed = resume.device_change(context.resume, context.device) if context.resume else None
     if context.resume and context.resumed_from:
@@ -32,9 +33,15 @@ def open_logger(context: Any) -> RunLogger:
         logger.set_tag(TAG_PASSED_OVER, "; ".join(context.passed_over))
         if board is not None:
             board.notice.remote(f"passed over a corrupted checkpoint: {context.passed_over[0]}")
-    if context.restarted_after:
+    if context.restart:
+        restart = context.restart
         origin = (f"step {context.resume['step']}: {context.resumed_from}" if context.resume
                   else "the start (no checkpoint yet)")
-        logger.record_restart(f"workers restarted after a failure ({context.restarted_after}); continued "
-                              f"from {origin}")
+        at = f"{restart.workers} worker{'s' if restart.workers > 1 else ''}"
+        resize = None
+        if restart.resized:
+            when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+            resize = (f"{when}: {restart.before} -> {at} {restart.why()}; continued from step "
+                      f"{context.resume['step'] if context.resume else 0}")
+        logger.record_restart(f"workers restarted {restart.why()}, on {at}; continued from {origin}", resize)
     return logger

@@ -195,7 +195,9 @@ def check_spare_resources(spec: JobSpec) -> None:
 
     r = spec.resources
     total = ray.cluster_resources()
-    reserved = {"CPU": r.num_workers * r.cpus_per_worker, "GPU": r.num_workers * r.gpus_per_worker if r.use_gpu else 0}
+    # An elastic group's size is chosen from the cluster's total, not from what is left: leave room beside its largest.
+    n = r.max_workers
+    reserved = {"CPU": n * r.cpus_per_worker, "GPU": n * r.gpus_per_worker if r.use_gpu else 0}
     for resource, (needed, asked) in needs.items():
         if total.get(resource, 0) - reserved[resource] >= needed - 1e-9:
             continue

@@ -35,21 +35,28 @@ def scaling(spec: JobSpec) -> dict[str, Any]:
     r = spec.resources
     per_worker = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.use_gpu else {})}
     config = TorchConfig
-    if r.num_workers > 1:
+    if r.max_workers > 1:
         from orchestrator.train.warm_start import WarmTorchConfig
         config = WarmTorchConfig
-    return {"scaling_config": ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu,
-                                            resources_per_worker=per_worker),
+    elastic = {"num_workers": (r.min_workers, r.max_workers), "elastic_resize_monitor_interval_s": r.resize_check_s}
+    return {"scaling_config": ScalingConfig(**(elastic if r.elastic else {"num_workers": r.num_workers}),
+                                            use_gpu=r.use_gpu, resources_per_worker=per_worker),
             "torch_config": config(backend="nccl" if r.use_gpu else "gloo")}
 
 
 def resources_line(spec: JobSpec) -> str:
     r = spec.resources
     gpus = r.gpus_per_worker if r.use_gpu else 0
-    line = (f"{r.num_workers} worker(s) x ({r.cpus_per_worker:g} CPU, {gpus:g} GPU) = "
-            f"{r.num_workers * r.cpus_per_worker:g} CPU, {r.num_workers * gpus:g} GPU; "
-            f"backend {'nccl' if r.use_gpu else 'gloo'}; batch {spec.train.batch_size} "
-            f"({spec.batch_per_worker} per worker)")
+    if r.elastic:
+        per = ", ".join(f"{spec.batch_per_worker(n)} on {n}" for n in (r.min_workers, r.max_workers))
+        line = (f"an elastic group of {r.min_workers} to {r.max_workers} worker(s) x ({r.cpus_per_worker:g} CPU, "
+                f"{gpus:g} GPU), as many as the cluster holds; backend {'nccl' if r.use_gpu else 'gloo'}; batch "
+                f"{spec.train.batch_size} (per worker: {per})")
+    else:
+        line = (f"{r.num_workers} worker(s) x ({r.cpus_per_worker:g} CPU, {gpus:g} GPU) = "
+                f"{r.num_workers * r.cpus_per_worker:g} CPU, {r.num_workers * gpus:g} GPU; "
+                f"backend {'nccl' if r.use_gpu else 'gloo'}; batch {spec.train.batch_size} "
+                f"({spec.batch_per_worker(r.num_workers)} per worker)")
     if spec.data.source == "ray-data":
         line += f"; Ray Data decodes on the cluster's other CPUs (at least {DATA_CPUS:g})"
     if spec.eval.background:

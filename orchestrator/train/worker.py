@@ -11,7 +11,7 @@ from orchestrator.spec import parse
 from orchestrator.track.store import adopt
 from orchestrator.train import resume, warm_start
 from orchestrator.train.failures import remember_traceback
-from orchestrator.train.loop import WorkerContext, train
+from orchestrator.train.loop import Restart, WorkerContext, train
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
@@ -31,15 +31,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     if restored is not None:  # local or in remote storage; a corrupted one gives way to the one before it
         state, resumed_from, passed_over = resume.load_latest_intact(restored)
     device = ray.train.torch.get_device()
-    board, restarted_after = config.get("progress"), None
+    board, restart = config.get("progress"), None
     if board is not None and ray.train.get_context().get_world_rank() == 0:
-        starts, failure = ray.get(board.started.remote())
-        restarted_after = (failure or "a worker failed") if starts > 1 else None
+        starts, failure, before = ray.get(board.started.remote(collectives.world_size()))
+        if starts > 1:
+            restart = Restart(failure, before, collectives.world_size())
     context = WorkerContext(device=device, tracking_uri=config["tracking_uri"], run_id=config["run_id"],
                             progress=board, data_shard=shard, resume=state, resumed_from=resumed_from,
                             passed_over=passed_over,
                             placement=collectives.gather_objects(placement(device)),
-                            restarted_after=restarted_after, verdicts=config.get("verdicts"),
+                            restart=restart, verdicts=config.get("verdicts"),
                             started_at=config.get("started_at"),
                             node_leader=ray.train.get_context().get_local_rank() == 0)
     try:

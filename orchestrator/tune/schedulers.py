@@ -17,8 +17,8 @@ def concurrent_trials(spec: JobSpec, cpus: float, gpus: float) -> int:
     """How many trials fit at once on a cluster with `cpus` and `gpus`, within tune.max_concurrent_trials: each
     takes its workers and, with eval.background, its evaluator."""
     r, evaluator = spec.resources, spec.eval.resources if spec.eval.background else EvalResourcesSpec(0, 0)
-    fits = math.floor(cpus / (r.num_workers * r.cpus_per_worker + DRIVER_CPUS + evaluator.cpus) + 1e-9)
-    trial_gpus = (r.num_workers * r.gpus_per_worker if r.use_gpu else 0) + evaluator.gpus
+    fits = math.floor(cpus / (r.max_workers * r.cpus_per_worker + DRIVER_CPUS + evaluator.cpus) + 1e-9)
+    trial_gpus = (r.max_workers * r.gpus_per_worker if r.use_gpu else 0) + evaluator.gpus
     if trial_gpus:
         fits = min(fits, math.floor(gpus / trial_gpus + 1e-9))
     fits = max(fits, 1)
