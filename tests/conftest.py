@@ -1,6 +1,7 @@
 """One Ray instance per test session; a fresh MLflow store and working directory per test that needs one."""
 
 import atexit
+import itertools
 import os
 import shutil
 import socket
@@ -182,14 +183,26 @@ def ray_cluster():
 
     try:
         wait_for(gcs_listening, 90, "the Ray head's GCS")
-        # A temporary directory of its own, as a node on another machine has: nodes that share one unpack a job's
-        # working directory over each other.
-        processes.append(subprocess.Popen(["ray", "start", "--address", f"127.0.0.1:{gcs_port}", *node_args(),
-                                           "--temp-dir", str(temp / "node2")], env=env, start_new_session=True,
-                                          stdout=subprocess.DEVNULL, stderr=open(temp / "node.err", "w")))
-        nodes = wait_for(lambda: len(alive_nodes()) == 2 and alive_nodes(), 90, "the second Ray node to join")
-        yield SimpleNamespace(address=address, token=token, temp=temp,
-                              node_ids={n["raylet"]["nodeId"] for n in nodes})
+        started = itertools.count(2)
+
+        def start_node() -> set[str]:
+            """Start the second node (again); the IDs of the cluster's nodes once it has joined."""
+            # A temporary directory of its own, as a node on another machine has: nodes that share one unpack a
+            # job's working directory over each other.
+            processes.append(subprocess.Popen(["ray", "start", "--address", f"127.0.0.1:{gcs_port}", *node_args(),
+                                               "--temp-dir", str(temp / f"node{next(started)}")], env=env,
+                                              start_new_session=True, stdout=subprocess.DEVNULL,
+                                              stderr=open(temp / "node.err", "a")))
+            nodes = wait_for(lambda: len(alive_nodes()) == 2 and alive_nodes(), 90, "the second Ray node to join")
+            return {n["raylet"]["nodeId"] for n in nodes}
+
+        def stop_node() -> None:
+            """Stop the second node's Ray, as a cloud takes a spot instance back: its processes end, the head stays."""
+            stop_process_group(processes.pop(), grace=3)
+            wait_for(lambda: len(alive_nodes()) == 1, 90, "the head to see the second node gone")
+
+        yield SimpleNamespace(address=address, token=token, temp=temp, node_ids=start_node(), start_node=start_node,
+                              stop_node=stop_node)
     finally:
         for process in reversed(processes):
             stop_process_group(process, grace=3)  # a head's graceful shutdown takes 15 s, for nothing kept

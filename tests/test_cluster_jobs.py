@@ -176,3 +176,89 @@ def test_credentials_reach_the_workers_and_nowhere_else(lifecycle, ray_cluster, 
     assert printed and not [text for text in printed if secret in text]
     logs = [p for p in ray_cluster.temp.rglob("*") if p.is_file() and "logs" in p.parts]
     assert logs and not [p for p in logs if secret.encode() in p.read_bytes()]
+
+
+HELD_NETWORKS = '''"""A D that takes 20 ms a call while the file {hold} exists: the job lasts until the test lets it finish."""
+
+import time
+from pathlib import Path
+
+from torch import nn
+
+HOLD = Path({hold!r})
+
+
+class HeldDiscriminator(nn.Module):
+    def __init__(self, image_size: int, channels: int, width: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(channels * image_size ** 2, width), nn.LeakyReLU(0.2),
+                                 nn.Linear(width, 1))
+
+    def forward(self, x):
+        if HOLD.exists():
+            time.sleep(0.02)
+        return self.net(x)
+'''
+
+
+def test_an_elastic_job_goes_on_without_a_lost_node_and_grows_when_it_is_back(project, ray_cluster, mlflow, capsys):
+    """A 2-worker elastic job (resources.num_workers [1, 2]) loses the second node's Ray mid-run, goes on on one
+    worker from its latest checkpoint, gets the node back and finishes on two. The run's tags record each resize
+    (when, from what size to what, why), the job's output says so, num_workers is a metric over time, and every
+    step has one metric point."""
+    import time
+
+    folder, env = project
+    hold = folder / "hold"
+    hold.touch()
+    (folder / "held_networks.py").write_text(HELD_NETWORKS.format(hold=str(hold)))
+    steps, every = 3000, 10
+    job = [JOB, "--id", "spot", "--set", "resources.num_workers=[1, 2]", "--set", "resources.resize_check_s=2",
+           "--set", f"train.steps={steps}", "--set", f"tracking.metrics_every={every}", "--set",
+           "tracking.checkpoint_every=50", "--set", "tracking.samples_every=100000", "--set", "eval.every=0",
+           "--set", "model.discriminator=held_networks:HeldDiscriminator"]
+    address = ["--address", ray_cluster.address]
+    submitted = ganorch("submit", *job, *address, cwd=folder, env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    run = wait_for(lambda: next((r for r in job_run(mlflow, "spot") if "ganorch.checkpoint" in r.data.tags), None),
+                   180, "the job's first checkpoint")
+
+    def sizes() -> list[float]:
+        return [m.value for m in sorted(mlflow.get_metric_history(run.info.run_id, "num_workers"),
+                                        key=lambda m: m.step)]
+
+    assert set(sizes()) == {2}, sizes()
+    lost = time.monotonic()
+    ray_cluster.stop_node()
+    wait_for(lambda: 1 in sizes(), 300, "the job to go on on one worker")
+    shrunk_s = time.monotonic() - lost
+    back = time.monotonic()
+    ray_cluster.start_node()
+    wait_for(lambda: sizes()[-1] == 2 and 1 in sizes(), 300, "the job to grow back to two workers")
+    grown_s = time.monotonic() - back
+    hold.unlink()
+    follow = ganorch("logs", "spot", "--follow", *address, cwd=folder, env=env, timeout=600)
+    with capsys.disabled():
+        print(f"\nelastic job: on one worker {shrunk_s:.0f} s after its second node's Ray was stopped, on two again "
+              f"{grown_s:.0f} s after the node was started")
+    status = ganorch("status", "spot", *address, cwd=folder, env=env)
+    assert follow.returncode == 0 and "job spot: SUCCEEDED" in status.stdout, status.stdout + follow.stdout[-3000:]
+
+    [run] = job_run(mlflow, "spot")
+    tags = run.data.tags
+    assert run.info.status == "FINISHED" and tags["ganorch.resizes"] == "2", tags
+    shrink, grow = tags["ganorch.resize.1"], tags["ganorch.resize.2"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC: 2 -> 1 worker after a failure \(rank [01] was lost "
+                        r"\(.+\)\); continued from step \d+", shrink), shrink
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC: 1 -> 2 workers to grow the elastic group, as the "
+                        r"cluster had room; continued from step \d+", grow), grow
+    history = sorted(mlflow.get_metric_history(run.info.run_id, "num_workers"), key=lambda m: m.step)
+    values = [m.value for m in history]
+    assert [v for i, v in enumerate(values) if i == 0 or v != values[i - 1]] == [2, 1, 2], values
+    for key in ("loss_d", "images_per_sec", "num_workers"):
+        assert [m.step for m in mlflow.get_metric_history(run.info.run_id, key)] == \
+            list(range(every, steps + 1, every)), key
+    printed = follow.stdout
+    assert "now on 1 worker (was 2)" in printed and "the elastic group grew as the cluster got room: now on 2 " \
+                                                     "workers (was 1)" in printed, printed[-3000:]
+    assert f"done: step {steps}" in printed and "workers: 2 on 2 node(s)" in printed, printed[-3000:]
