@@ -628,11 +628,9 @@ def ranks_line(summary: dict[str, Any]) -> str:
 
 
 def check_enough_images(spec: JobSpec, count: int) -> None:
-    workers = spec.resources.max_workers  # where the shares are smallest
-    per_worker, batch = count // workers, spec.batch_per_worker(workers)
-    if per_worker < batch:
-        raise ValueError(f"train.batch_size: each worker's share of the {count} images is {per_worker}, "
-                         f"fewer than its batch of {batch}")
+    if count < spec.train.batch_size:
+        raise ValueError(f"train.batch_size: got {spec.train.batch_size}, more than the {count} images the workers "
+                         "share")
 
 
 def sync_unsent(folders: list[str]) -> int:

@@ -141,7 +141,7 @@ def test_too_small_dataset_for_the_batch_exits_2(tmp_path):
     job.write_text(f"data: {{source: folder, path: {tmp_path / 'imgs'}}}\ntrain: {{batch_size: 4}}\n")
     out = ganorch("run", str(job), "--dry-run", cwd=tmp_path)
     assert out.returncode == 2
-    assert "train.batch_size: each worker's share of the 3 images is 3, fewer than its batch of 4" in out.stderr
+    assert "train.batch_size: got 4, more than the 3 images the workers share" in out.stderr
 
 
 def test_unimportable_generator_exits_2(tmp_path):

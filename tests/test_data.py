@@ -60,11 +60,12 @@ def test_digits_source():
     assert sorted(set(labels.tolist())) == list(range(10))
 
 
-def epoch_batches(dataset, rank, world, batch, seed=0, epochs=1):
+def epoch_batches(dataset, rank, world, batch, seed=0, epochs=1, position=0):
+    """Rank `rank`'s batches of `epochs` epochs, each its share of a global batch of `batch`."""
     it = iter(ShardedBatches(dataset, batch_size=batch, rank=rank, world_size=world, seed=seed,
-                             device=torch.device("cpu")))
-    per_epoch = (len(dataset) // world) // batch
-    return [next(it) for _ in range(per_epoch * epochs)]
+                             device=torch.device("cpu"), position=position))
+    per_epoch = len(dataset) // batch
+    return [next(it) for _ in range(per_epoch * epochs - position)]
 
 
 def id_dataset(n):
@@ -72,7 +73,7 @@ def id_dataset(n):
 
 
 def test_shards_are_disjoint_cover_the_epoch_and_reshuffle():
-    shards = [epoch_batches(id_dataset(100), rank, 2, 10, epochs=2) for rank in range(2)]
+    shards = [epoch_batches(id_dataset(100), rank, 2, 20, epochs=2) for rank in range(2)]
     first = [set(torch.cat([l for _, l in s[:5]]).tolist()) for s in shards]
     second = [set(torch.cat([l for _, l in s[5:]]).tolist()) for s in shards]
     assert first[0].isdisjoint(first[1]) and first[0] | first[1] == set(range(100))
@@ -83,10 +84,38 @@ def test_shards_are_disjoint_cover_the_epoch_and_reshuffle():
 
 def test_n_workers_times_b_sees_what_one_worker_times_nb_sees():
     one = epoch_batches(id_dataset(103), 0, 1, 8, epochs=2)
-    two = [epoch_batches(id_dataset(103), r, 2, 4, epochs=2) for r in range(2)]
+    two = [epoch_batches(id_dataset(103), r, 2, 8, epochs=2) for r in range(2)]
     assert len(one) == len(two[0]) == len(two[1])
     for k, (_, big) in enumerate(one):
         assert set(big.tolist()) == set(two[0][k][1].tolist()) | set(two[1][k][1].tolist())
+        assert torch.equal(big[0::2], two[0][k][1]) and torch.equal(big[1::2], two[1][k][1])  # as z is sliced
+
+
+def test_a_batch_that_does_not_split_evenly_gives_the_first_ranks_one_image_more():
+    """An elastic group of 3 workers with a global batch of 8: shares of 3, 3 and 2 that together are one worker's
+    batch, in its order; a run that continues on 3 workers from 2 workers' position draws what 1 worker draws next."""
+    one = epoch_batches(id_dataset(50), 0, 1, 8, epochs=2)
+    three = [epoch_batches(id_dataset(50), r, 3, 8, epochs=2, position=5) for r in range(3)]
+    assert [len(three[r][0][1]) for r in range(3)] == [3, 3, 2]
+    for k, (_, big) in enumerate(one[5:]):
+        assert all(torch.equal(big[r::3], three[r][k][1]) for r in range(3)), k
+
+
+def test_the_shares_are_distributed_samplers_when_the_batch_splits_evenly():
+    """A run checkpointed before shares were cut from global batches continues on the same images."""
+    from torch.utils.data.distributed import DistributedSampler
+
+    for world, batch in ((1, 8), (2, 8), (4, 16)):
+        for rank in range(world):
+            sampler = DistributedSampler(range(103), num_replicas=world, rank=rank, shuffle=True, seed=3,
+                                         drop_last=True)
+            sampler.set_epoch(1)
+            indices, share = list(sampler), batch // world
+            expected = [indices[i:i + share] for i in range(0, len(indices) - share + 1, share)]
+            ours = ShardedBatches(id_dataset(103), batch_size=batch, rank=rank, world_size=world, seed=3,
+                                  device=torch.device("cpu"))
+            ours.epoch = 1
+            assert ours.epoch_batches() == expected, (world, rank)
 
 
 @pytest.mark.parametrize("position", [0, 4, 6, 11])
@@ -94,7 +123,7 @@ def test_batches_started_at_a_position_continue_where_a_run_stopped(position):
     """A resumed run's iterator, started at the batches already drawn, yields what the first one yields next,
     across epoch boundaries (6 batches an epoch here)."""
     def batches(start=0):
-        return ShardedBatches(id_dataset(40), batch_size=3, rank=1, world_size=2, seed=5,
+        return ShardedBatches(id_dataset(40), batch_size=6, rank=1, world_size=2, seed=5,
                               device=torch.device("cpu"), position=start)
 
     first = batches()

@@ -4,6 +4,7 @@ DDP errors and keeps ranks identical, and N workers x batch B equals 1 worker x 
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from orchestrator.spec import load
@@ -61,13 +62,14 @@ def train_and_keep_final_states(config):
     return finals
 
 
-def fit(loop, config, tmp_path):
+def fit(loop, config, tmp_path, workers=2):
     import ray.cloudpickle
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    result = TorchTrainer(loop, train_loop_config=config, scaling_config=ScalingConfig(num_workers=2),
+    scaling = ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 2 / max(workers, 2)})
+    result = TorchTrainer(loop, train_loop_config=config, scaling_config=scaling,
                           run_config=RunConfig(storage_path=str(tmp_path))).fit()
     return result.return_value
 
@@ -104,19 +106,22 @@ def equivalence_case(loss: str, r1: bool, augment: bool) -> list[str]:
             "train.batch_size=16", "optim.g.lr=1e-3", "optim.d.lr=1e-3", "tracking.metrics_every=1"]
 
 
-def test_n_workers_match_one_worker_with_n_times_the_batch(ray_session, tmp_path, process_group, monkeypatch):
+@pytest.mark.parametrize("workers", [2, 3])
+def test_n_workers_match_one_worker_with_n_times_the_batch(ray_session, tmp_path, process_group, monkeypatch, workers):
     """For every loss, with and without lazy R1 and augmentation (no batch-dependent layers, n_critic 2): 2 workers x
-    8 images must end where 1 worker x 16 images ends. Every random quantity of a step (noise, labels, WGAN-GP's
-    interpolation weights, the augmentations' draws) is drawn for the global batch and sliced per rank."""
+    8 images must end where 1 worker x 16 images ends; so must 3 workers of an elastic group, whose shares of the
+    16 are 6, 5 and 5 (each rank's loss weighed by its share). Every random quantity of a step (noise, labels,
+    WGAN-GP's interpolation weights, the augmentations' draws) is drawn for the global batch and sliced per rank."""
     from orchestrator.train import checkpoint
     from orchestrator.train.loop import WorkerContext, train
 
     cases = [equivalence_case(*case) for case in EQUIVALENCE]
-    two_workers = fit(train_and_keep_final_states,
-                      {"specs": [debug_spec("resources.num_workers=2", *case).to_dict() for case in cases]}, tmp_path)
+    size = f"resources.num_workers={workers if workers == 2 else [1, workers]}"
+    many = fit(train_and_keep_final_states, {"specs": [debug_spec(size, *case).to_dict() for case in cases]},
+               tmp_path, workers)
 
     real_build = checkpoint.build
-    for (loss, r1, augment), case, two in zip(EQUIVALENCE, cases, two_workers):
+    for (loss, r1, augment), case, two in zip(EQUIVALENCE, cases, many):
         states = []
         monkeypatch.setattr(checkpoint, "build", lambda **kwargs: states.append(real_build(**kwargs)) or states[-1])
         train(debug_spec("resources.num_workers=1", *case), WorkerContext(device=torch.device("cpu")))

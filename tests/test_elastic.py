@@ -24,6 +24,8 @@ def test_a_range_of_workers_makes_an_elastic_group(given):
     assert "an elastic group of 1 to 2 worker(s)" in resources_line(spec)
     assert "per worker: 16 on 1, 8 on 2" in resources_line(spec)
     assert spec.to_dict()["resources"]["num_workers"] == {"min": 1, "max": 2}  # as the run's params record it
+    uneven = load(REPO / "jobs/debug_dcgan.yaml", ["resources.num_workers=[1, 3]"])  # shares of 6, 5 and 5 on 3
+    assert "per worker: 16 on 1, 6 or 5 on 3" in resources_line(uneven)
     fixed = load(REPO / "jobs/debug_dcgan.yaml")
     assert not fixed.resources.elastic and scaling(fixed)["scaling_config"].num_workers == 2
 
@@ -33,10 +35,9 @@ def test_a_range_of_workers_makes_an_elastic_group(given):
     (["resources.num_workers=[1, 2, 4]"], "resources.num_workers: got [1, 2, 4] (list); expected an integer or a "
                                           "mapping {min, max} or a list [min, max]"),
     (["resources.num_workers=[0, 2]"], "resources.num_workers.min: got 0; must be >= 1"),
-    (["resources.num_workers=[1, 8]"], "train.batch_size: got 16; the group may train on any number of workers in "
-                                       "resources.num_workers [1, 8], and 16 does not split evenly over 3, 5, 6, 7 "
-                                       "(an uneven split would weigh the workers' gradients unequally): use a "
-                                       "multiple of 840 (e.g. 840), or the range [1, 2]"),
+    (["resources.num_workers=[1, 32]"], "train.batch_size: got 16; must be at least the most workers in "
+                                        "resources.num_workers (32), so every worker gets a share"),
+    (["resources.num_workers=3"], "train.batch_size: got 16; must be a multiple of resources.num_workers (3)"),
     (["resources.resize_check_s=5"], "resources.resize_check_s: is not used with a fixed resources.num_workers"),
     (["resources.num_workers=[1, 2]", "tune={space: {optim.g.lr: {loguniform: [1e-4, 1e-3]}}}"],
      "resources.num_workers: is a range, and a sweep's trials share the cluster at a fixed size each"),

@@ -121,7 +121,7 @@ def test_cross_field_rule_is_skipped_when_its_keys_already_failed():
 def test_valid_spec_resolves_defaults_and_accepts_yaml_float_strings():
     spec = parse({"name": "t", "optim": {"g": {"lr": "2e-4"}}})  # PyYAML reads 2e-4 as a string
     assert spec.optim.g.lr == pytest.approx(2e-4)
-    assert spec.train.n_critic == 1 and spec.experiment == "t" and spec.batch_per_worker(1) == 64
+    assert spec.train.n_critic == 1 and spec.experiment == "t" and spec.batch_share(0, 1) == 64
 
 
 @pytest.mark.parametrize("content,fragment", [

@@ -32,7 +32,7 @@ def test_summary_holds_reduced_metrics(process_group):
     summary = run_debug()
     assert summary["step"] == 3
     assert set(summary["metrics"]) == {"loss_d", "loss_g", "d_real", "d_fake", "d_accuracy_real", "d_accuracy_fake",
-                                       "grad_norm_d", "grad_norm_g", "lr_g", "lr_d", "images_per_sec", "images_seen",
+                                       "grad_norm_d", "grad_norm_g", "lr_g", "lr_d", "images_per_sec", "images_seen", "num_workers",
                                        "skipped_d", "skipped_g"}
     assert summary["metrics"]["lr_g"] == 2e-4
     assert 0 <= summary["metrics"]["d_accuracy_real"] <= 1 and summary["metrics"]["grad_norm_d"] > 0

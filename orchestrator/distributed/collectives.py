@@ -101,11 +101,12 @@ class StatsAccumulator:
         self.sums: dict[tuple[str, ...], torch.Tensor] = {}    # by a step's names: their sums
         self.counts: dict[tuple[str, ...], torch.Tensor] = {}  # and how many steps counted
 
-    def add(self, stats: dict[str, torch.Tensor], counted: torch.Tensor | None = None) -> None:
-        """One step's stats (each averaged over its batch); a step whose `counted` is False adds nothing."""
+    def add(self, stats: dict[str, torch.Tensor], counted: torch.Tensor | None = None, weight: float = 1.0) -> None:
+        """One step's stats (each averaged over its batch); a step whose `counted` is False adds nothing. `weight`:
+        how much this rank's step counts in the means over ranks (its share of an unevenly split batch)."""
         names = tuple(stats)
-        values = torch.stack([value.detach().float().mean() for value in stats.values()])
-        count = torch.ones((), device=values.device) if counted is None else counted.float()
+        values = torch.stack([value.detach().float().mean() for value in stats.values()]) * weight
+        count = (torch.ones((), device=values.device) if counted is None else counted.float()) * weight
         values = torch.where(count > 0, values, 0.0)
         if names in self.sums:
             self.sums[names] += values

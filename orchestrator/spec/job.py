@@ -1,7 +1,6 @@
 """The job spec: one typed tree per job, loaded from `jobs/*.yaml`, validated once before anything starts."""
 
 import difflib
-import math
 from dataclasses import dataclass
 from typing import Any, Iterator, Literal
 
@@ -116,7 +115,7 @@ class AugmentSpec:
 @dataclass
 class TrainSpec:
     steps: int = setting(1000, ge=1, help="Training iterations; each is `n_critic` D steps then one G step.")
-    batch_size: int = setting(64, ge=1, help="Global batch per step, split evenly across workers (per worker: batch_size / num_workers).")
+    batch_size: int = setting(64, ge=1, help="Global batch per step, split across workers: each takes every num_workers-th image (per worker: batch_size / num_workers; with a range of resources.num_workers, a size that does not divide it gives the first workers one image more).")
     n_critic: int | None = setting(None, ge=1, help="D steps (G frozen) before each G step (D frozen), each with a fresh real batch; null means 5 for `wgan-gp`, else 1.")
     loss: Literal["nonsaturating", "hinge", "wgan-gp", "lsgan"] = setting("nonsaturating", help="Adversarial loss: `nonsaturating` (BCE, -log D(G(z)) for G), `hinge`, `wgan-gp` (Wasserstein with gradient penalty) or `lsgan` (least squares).")
     gp_lambda: float = setting(10.0, ge=0, help="Weight of WGAN-GP's gradient penalty (used with loss `wgan-gp`).")
@@ -187,7 +186,7 @@ class WorkerRange:
 
 @dataclass
 class ResourcesSpec:
-    num_workers: int | WorkerRange = setting(1, ge=1, help="Ray Train workers, one DDP process each (one GPU each with use_gpu). A range, `{min: 1, max: 4}` or `[1, 4]`, makes the group elastic: the run starts with as many as the cluster holds (at least min), goes on with fewer after a node is lost, and grows again when nodes come back, each time restarting the workers from the latest checkpoint with the same global batch, data order and noise. Every size in the range must divide train.batch_size.")
+    num_workers: int | WorkerRange = setting(1, ge=1, help="Ray Train workers, one DDP process each (one GPU each with use_gpu). A range, `{min: 1, max: 4}` or `[1, 4]`, makes the group elastic: the run starts with as many as the cluster holds (at least min), goes on with fewer after a node is lost, and grows again when nodes come back, each time restarting the workers from the latest checkpoint with the same global batch, data order and noise. Where a size does not divide train.batch_size, the first workers take one image more, and each worker's loss is weighed by its share, so the gradient stays the global batch's mean.")
     resize_check_s: float = setting(60.0, gt=0, help="With a range of resources.num_workers: seconds between Ray Train's looks at whether the cluster now holds more workers; growing restarts the workers from the latest checkpoint.")
     use_gpu: bool = setting(False, help="Give each worker GPUs and use NCCL; otherwise CPU and gloo.")
     cpus_per_worker: float = setting(1.0, gt=0, help="CPUs Ray reserves for each worker.")
@@ -390,21 +389,14 @@ class JobSpec:
 
     def problems(self) -> Iterator[Problem]:
         r, batch = self.resources, self.train.batch_size
-        uneven = [n for n in r.sizes if batch % n]
-        if uneven and not r.elastic:
+        if not r.elastic and batch % r.num_workers:
             yield (("train.batch_size", "resources.num_workers"),
                    f"got {batch}; must be a multiple of resources.num_workers ({r.num_workers}) "
                    "so every worker gets the same share")
-        elif uneven:
-            lcm = math.lcm(*r.sizes)
-            ranges = [(a, b) for a in r.sizes for b in r.sizes if a < b and not any(batch % n for n in range(a, b + 1))]
-            widest = max(ranges, key=lambda ab: (ab[1] - ab[0], ab[1]), default=None)
+        elif batch < r.max_workers:
             yield (("train.batch_size", "resources.num_workers"),
-                   f"got {batch}; the group may train on any number of workers in resources.num_workers "
-                   f"[{r.min_workers}, {r.max_workers}], and {batch} does not split evenly over "
-                   f"{', '.join(map(str, uneven))} (an uneven split would weigh the workers' gradients unequally): "
-                   f"use a multiple of {lcm} (e.g. {-(-batch // lcm) * lcm})"
-                   + (f", or the range [{widest[0]}, {widest[1]}]" if widest else ""))
+                   f"got {batch}; must be at least the most workers in resources.num_workers ({r.max_workers}), "
+                   "so every worker gets a share")
         if r.elastic and self.tune is not None:
             yield (("resources.num_workers", "tune"),
                    "is a range, and a sweep's trials share the cluster at a fixed size each: give it one number")
@@ -509,10 +501,14 @@ class JobSpec:
     def experiment(self) -> str:
         return self.tracking.experiment or self.name
 
-    def batch_per_worker(self, workers: int) -> int:
-        """Each worker's share of the global batch on `workers` workers."""
-        assert self.train.batch_size % workers == 0, (self.train.batch_size, workers)
-        return self.train.batch_size // workers
+    def batch_share(self, rank: int, workers: int) -> int:
+        """Rank `rank`'s share of the global batch on `workers` workers: every `workers`-th image from its own. Equal
+        shares when `workers` divides the batch; else (an elastic group's size) the first ranks take one more."""
+        return len(range(rank, self.train.batch_size, workers))
+
+    def describe_shares(self, workers: int) -> str:
+        shares = sorted({self.batch_share(rank, workers) for rank in range(workers)}, reverse=True)
+        return f"{' or '.join(map(str, shares))} on {workers}"
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)

@@ -78,8 +78,16 @@ class Training:
         """This rank's `count` of numbers uniform in [0, 1), drawn for the global batch from the same noise stream
         (WGAN-GP's interpolation weights), so every rank draws the whole batch's and keeps its share, interleaved
         as `draw_latent`'s."""
-        numbers = torch.rand(self.world_size * count, generator=self.noise, device=self.device)
-        return numbers[self.rank::self.world_size]
+        numbers = torch.rand(self.spec.train.batch_size, generator=self.noise, device=self.device)
+        mine = numbers[self.rank::self.world_size]
+        assert len(mine) == count, (len(mine), count)  # draws are made per image of the rank's batch
+        return mine
+
+    @property
+    def weight(self) -> float:
+        """This rank's share of the global batch times the number of ranks: 1 when the batch splits evenly; else
+        what its mean loss and its stats are weighed by (an elastic group at a size that does not divide it)."""
+        return self.spec.batch_share(self.rank, self.world_size) * self.world_size / self.spec.train.batch_size
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"generator": self.G, "generator_ema": self.ema.module, "discriminator": self.D}
@@ -135,13 +143,14 @@ def build(spec: JobSpec, context: Any, logger: Any) -> Training:
         resume.restore_training(context.resume, ema.module, opt_g, opt_d, phases, spec, augment)
 
     if context.data_shard is None:
-        source = ShardedBatches(dataset if kept is None else splits.keep(dataset, kept), batch_size=spec.batch_per_worker(world_size), rank=rank, world_size=world_size,
+        source = ShardedBatches(dataset if kept is None else splits.keep(dataset, kept),
+                                batch_size=spec.train.batch_size, rank=rank, world_size=world_size,
                                 seed=spec.seed, device=device, memory_format=memory_format,
                                 position=resume.data_position(context.resume))
         batches = iter(source)
     else:  # a resumed run starts a new pass over the stream
         source = None
-        batches = iter(ray_data.StreamedBatches(context.data_shard, batch_size=spec.batch_per_worker(world_size),
+        batches = iter(ray_data.StreamedBatches(context.data_shard, batch_size=spec.batch_share(rank, world_size),
                                                 seed=spec.seed + rank, device=device, memory_format=memory_format))
     noise = torch.Generator(device=device).manual_seed(spec.seed + 1)
     fixed = fixed_samples(spec, classes, device)

@@ -113,8 +113,8 @@ def loop(spec: JobSpec, context: WorkerContext, logger: Any, report: Any, t: Tra
         t.images_seen += speed.images_per_step
         t.ramp_conditioning()
         for phase in t.phases:
-            for step_stats, applied in run_phase(phase, t.batches, t.draw_latent, t.draw_uniform):
-                stats.add(step_stats, counted=applied)
+            for step_stats, applied in run_phase(phase, t.batches, t.draw_latent, t.draw_uniform, t.weight):
+                stats.add(step_stats, counted=applied, weight=t.weight)
         t.ema.update(t.G, t.step)
         progress.step(t.step, speed)
         if t.step == first_step:  # MLflow's import and the first writes wait until training has started

@@ -144,13 +144,15 @@ def build_phases(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d
 
 def run_phase(phase: Phase, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
               draw_latent: Callable[[], tuple[torch.Tensor, torch.Tensor | None]],
-              draw_uniform: Uniform | None = None) -> list[tuple[Stats, torch.Tensor]]:
+              draw_uniform: Uniform | None = None, weight: float = 1.0) -> list[tuple[Stats, torch.Tensor]]:
     """`repeats` optimizer steps of the trained network; returns each step's stats and whether it was applied (a
     device tensor). Decided on the device, with no host sync and no collective beyond DDP's all-reduce: a step whose
     gradient is not finite is not applied (counted in `phase.skipped`), and a loss that is not finite on one rank
     seeds that rank's backward with NaN, so the all-reduced gradient is not finite on every rank and all skip
     together. Under fp16 such a step is the gradient scaler's to skip (it lowers its scale), counted in
-    `phase.overflowed`, or in `phase.skipped` where the loss itself was not finite."""
+    `phase.overflowed`, or in `phase.skipped` where the loss itself was not finite. `weight` is this rank's share
+    of the global batch times the number of ranks (1 when the batch splits evenly): DDP averages the ranks'
+    gradients, so each rank's mean loss is weighed by its share to make that the global batch's mean."""
     phase.frozen.requires_grad_(False)
     phase.trains.requires_grad_(True)
     stats = []
@@ -163,7 +165,7 @@ def run_phase(phase: Phase, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
         with phase.autocast():
             value, step_stats = phase.objective(inputs)
         loss_finite = torch.isfinite(value.detach())
-        seed = torch.where(loss_finite, 1.0, math.nan)
+        seed = torch.where(loss_finite, weight, math.nan)
         if scaler is None:
             value.backward(seed)
             norm = grad_norm(phase.trains)

@@ -48,7 +48,7 @@ def resources_line(spec: JobSpec) -> str:
     r = spec.resources
     gpus = r.gpus_per_worker if r.use_gpu else 0
     if r.elastic:
-        per = ", ".join(f"{spec.batch_per_worker(n)} on {n}" for n in (r.min_workers, r.max_workers))
+        per = ", ".join(spec.describe_shares(n) for n in (r.min_workers, r.max_workers))
         line = (f"an elastic group of {r.min_workers} to {r.max_workers} worker(s) x ({r.cpus_per_worker:g} CPU, "
                 f"{gpus:g} GPU), as many as the cluster holds; backend {'nccl' if r.use_gpu else 'gloo'}; batch "
                 f"{spec.train.batch_size} (per worker: {per})")
@@ -56,7 +56,7 @@ def resources_line(spec: JobSpec) -> str:
         line = (f"{r.num_workers} worker(s) x ({r.cpus_per_worker:g} CPU, {gpus:g} GPU) = "
                 f"{r.num_workers * r.cpus_per_worker:g} CPU, {r.num_workers * gpus:g} GPU; "
                 f"backend {'nccl' if r.use_gpu else 'gloo'}; batch {spec.train.batch_size} "
-                f"({spec.batch_per_worker(r.num_workers)} per worker)")
+                f"({spec.batch_share(0, r.num_workers)} per worker)")
     if spec.data.source == "ray-data":
         line += f"; Ray Data decodes on the cluster's other CPUs (at least {DATA_CPUS:g})"
     if spec.eval.background:
