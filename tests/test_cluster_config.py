@@ -53,3 +53,18 @@ def test_a_mistake_in_a_cluster_config_is_caught():
     config["available_node_types"]["gpu_worker"]["min_worker"] = 0
     with pytest.raises(ValidationError, match="'min_worker' was unexpected"):
         prepared(config)
+
+
+def test_the_example_job_in_cluster_yaml_is_an_elastic_group_that_validates():
+    import shlex
+
+    from orchestrator.spec import load
+
+    lines = (REPO / "cluster.yaml").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("#   ganorch submit"))
+    command = " ".join(line.lstrip("#").strip().rstrip("\\") for line in lines[start:start + 2])
+    words = shlex.split(command)
+    sets = [words[i + 1] for i, word in enumerate(words) if word == "--set"]
+    spec = load(REPO / words[2], sets)
+    assert spec.resources.elastic and spec.resources.use_gpu and (spec.resources.min_workers,
+                                                                  spec.resources.max_workers) == (1, 8)

@@ -230,6 +230,7 @@ def test_an_elastic_job_goes_on_without_a_lost_node_and_grows_when_it_is_back(pr
     assert set(sizes()) == {2}, sizes()
     lost = time.monotonic()
     ray_cluster.stop_node()
+    seen_gone_s = time.monotonic() - lost
     wait_for(lambda: 1 in sizes(), 300, "the job to go on on one worker")
     shrunk_s = time.monotonic() - lost
     back = time.monotonic()
@@ -239,8 +240,8 @@ def test_an_elastic_job_goes_on_without_a_lost_node_and_grows_when_it_is_back(pr
     hold.unlink()
     follow = ganorch("logs", "spot", "--follow", *address, cwd=folder, env=env, timeout=600)
     with capsys.disabled():
-        print(f"\nelastic job: on one worker {shrunk_s:.0f} s after its second node's Ray was stopped, on two again "
-              f"{grown_s:.0f} s after the node was started")
+        print(f"\nelastic job: on one worker {shrunk_s:.0f} s after its second node's Ray was stopped (the head saw "
+              f"it gone after {seen_gone_s:.0f} s), on two again {grown_s:.0f} s after the node was started")
     status = ganorch("status", "spot", *address, cwd=folder, env=env)
     assert follow.returncode == 0 and "job spot: SUCCEEDED" in status.stdout, status.stdout + follow.stdout[-3000:]
 

@@ -50,12 +50,20 @@ def test_a_range_that_cannot_work_is_refused_naming_its_key(overrides, expected)
 
 def test_the_terminal_says_why_the_workers_restarted_and_at_what_size():
     from orchestrator.track.progress import restart_line
+    from orchestrator.train.loop import Restart
+
+    assert Restart("rank 1 was lost (x)", 2, 1).why() == "after a failure (rank 1 was lost (x))"
+    assert Restart(None, 1, 2).why() == "to grow the elastic group, as the cluster had room"
+    assert Restart(None, 2, 1).why() == "to shrink the elastic group, as the cluster had less room"
+    assert not Restart("rank 0 raised ValueError: x", 2, 2).resized
 
     assert restart_line(1, "rank 1 was lost (its process died)", 2, 1) == (
         "workers restarted from the latest checkpoint after a failure (restart 1); now on 1 worker (was 2); the "
         "run's tags say why")
     assert restart_line(2, None, 1, 2) == ("the elastic group grew as the cluster got room: now on 2 workers (was "
                                            "1), restarted from the latest checkpoint (restart 2)")
+    assert restart_line(3, None, 2, 1) == ("the elastic group shrank as the cluster had less room: now on 1 worker "
+                                           "(was 2), restarted from the latest checkpoint (restart 3)")
     assert restart_line(1, "rank 0 raised ValueError: x", 2, 2) == (
         "workers restarted from the latest checkpoint after a failure (restart 1); the run's tags say why")
 

@@ -109,6 +109,15 @@ def test_streamed_batches_cycle_epochs_in_unit_range(ray_session):
     assert sorted(torch.cat(labels[:2]).tolist()) == list(range(8)) == sorted(torch.cat(labels[2:4]).tolist())
 
 
+def test_a_smaller_share_of_an_uneven_batch_reads_as_many_batches_an_epoch(ray_session):
+    """3 workers sharing a batch of 8 as 3, 3 and 2: each reads batches of 3 and keeps its share, so all take the
+    same number of batches an epoch (the epoch ends are a barrier of Ray Data's split)."""
+    batches = iter(StreamedBatches(rows(9).iterator(), batch_size=3, seed=0, device=torch.device("cpu"), keep=2))
+    seen = [next(batches)[1] for _ in range(4)]  # three batches an epoch, as the ranks that keep 3
+    assert [len(labels) for labels in seen] == [2, 2, 2, 2]
+    assert len(set(torch.cat(seen[:3]).tolist())) == 6
+
+
 @pytest.mark.timeout(120)
 def test_a_share_smaller_than_a_batch_stops_instead_of_waiting(ray_session):
     batches = iter(StreamedBatches(rows(3).iterator(), batch_size=4, seed=0, device=torch.device("cpu")))

@@ -8,7 +8,8 @@ decoded are dropped before the stream is split, and their paths collected by a `
 
 Ray Train splits the stream into equal shares (`streaming_split(equal=True)`), so every worker takes the same
 number of batches per epoch. That matters: the split's epochs are a barrier, and a worker that ran out first
-would wait there while the others wait for it in an all-reduce.
+would wait there while the others wait for it in an all-reduce. Where the global batch does not split evenly (an
+elastic group's size), every worker reads batches of the largest share and keeps its own share of each.
 """
 
 import io
@@ -194,12 +195,15 @@ def build_dataset(spec: JobSpec, skipped: Any = None) -> Any:
 
 class StreamedBatches:
     """Endless batches of this worker's share of the stream (a Ray Train dataset shard); each pass is an epoch.
-    Yields what `ShardedBatches` yields: images in [-1, 1] and labels, on the device."""
+    Yields what `ShardedBatches` yields: images in [-1, 1] and labels, on the device. Batches of `batch_size` are
+    read, of which the first `keep` (all by default) are yielded: workers with unequal shares of the global batch
+    read alike, so they take the same number of batches per epoch."""
 
     def __init__(self, shard: Any, *, batch_size: int, seed: int, device: torch.device,
-                 memory_format: torch.memory_format = torch.contiguous_format):
+                 memory_format: torch.memory_format = torch.contiguous_format, keep: int | None = None):
         self.shard = shard
         self.batch_size = batch_size
+        self.keep = keep or batch_size
         self.seed = seed
         self.device = device
         self.memory_format = memory_format
@@ -214,7 +218,8 @@ class StreamedBatches:
                     local_shuffle_buffer_size=SHUFFLE_BUFFER_BATCHES * self.batch_size,
                     local_shuffle_seed=self.seed + epoch):
                 batches += 1
-                yield to_unit_range(batch["image"]).contiguous(memory_format=self.memory_format), batch["label"]
+                images, labels = batch["image"][:self.keep], batch["label"][:self.keep]
+                yield to_unit_range(images).contiguous(memory_format=self.memory_format), labels
             if not batches:  # equal shares: every worker finds this at the same epoch
                 raise ValueError(f"data.path: each worker's share of the readable images is smaller than its batch "
                                  f"of {self.batch_size}: lower train.batch_size or resources.num_workers")

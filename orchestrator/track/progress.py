@@ -52,8 +52,8 @@ def restart_line(n: int, failure: str | None, before: int | None, workers: int) 
         return (f"workers restarted from the latest checkpoint after a failure (restart {n}){'; ' + resized if resized else ''}; "
                 "the run's tags say why")
     if resized:
-        return (f"the elastic group grew as the cluster got room: {resized}, restarted from the latest checkpoint "
-                f"(restart {n})")
+        how = "grew as the cluster got room" if workers > before else "shrank as the cluster had less room"
+        return f"the elastic group {how}: {resized}, restarted from the latest checkpoint (restart {n})"
     return f"workers restarted from the latest checkpoint (restart {n})"
 
 

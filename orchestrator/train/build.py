@@ -150,8 +150,9 @@ def build(spec: JobSpec, context: Any, logger: Any) -> Training:
         batches = iter(source)
     else:  # a resumed run starts a new pass over the stream
         source = None
-        batches = iter(ray_data.StreamedBatches(context.data_shard, batch_size=spec.batch_share(rank, world_size),
-                                                seed=spec.seed + rank, device=device, memory_format=memory_format))
+        batches = iter(ray_data.StreamedBatches(context.data_shard, batch_size=spec.batch_share(0, world_size),
+                                                seed=spec.seed + rank, device=device, memory_format=memory_format,
+                                                keep=spec.batch_share(rank, world_size)))
     noise = torch.Generator(device=device).manual_seed(spec.seed + 1)
     fixed = fixed_samples(spec, classes, device)
     scoring = (build_scoring(spec, device, logger, dataset, data_classes, classes, rank,

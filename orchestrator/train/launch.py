@@ -12,7 +12,13 @@ from orchestrator.spec import JobSpec
 from orchestrator.track import runs, store
 from orchestrator.track.tags import TAG_OUTCOME, TAG_RAY_CHECKPOINT, TAG_STORAGE, TAG_TRAIN_RUN
 from orchestrator.train import checkpoint, failures
-from orchestrator.train.ray_init import check_spare_resources, check_tracking_store, init_ray_and_store, keep_local
+from orchestrator.train.ray_init import (
+    check_spare_resources,
+    check_tracking_store,
+    init_ray_and_store,
+    keep_local,
+    on_this_node,
+)
 from orchestrator.train.trainer import for_workers, ray_datasets, torch_trainer
 
 if TYPE_CHECKING:
@@ -100,7 +106,7 @@ def fit(spec: JobSpec, uri: str, run_id: str, run_name: str, loop: Callable[[dic
 
     from orchestrator.track.progress import ProgressBoard, ProgressView
 
-    board = ProgressBoard.remote()
+    board = ProgressBoard.options(**on_this_node()).remote()
     trainer = torch_trainer(spec, {"spec": spec.to_dict(), "tracking_uri": uri, "run_id": run_id, "progress": board,
                                    "mlflow_env": store.environment(), **handed_over},
                             name=run_name, callbacks=[failures.FailureWatch(board)], datasets=datasets, loop=loop)

@@ -37,7 +37,7 @@ class Restart:
     """Why Ray Train started the workers again: the failure of the ones before (None: an elastic group grew), and
     the group's size before and now."""
     failure: str | None
-    before: int | None  # None: the group before failed before its rank 0 started
+    before: int | None  # the size of the last group whose rank 0 started (None: none did)
     workers: int
 
     @property
@@ -47,7 +47,10 @@ class Restart:
     def why(self) -> str:
         if self.failure is not None:
             return f"after a failure ({self.failure})"
-        return "to grow the elastic group, as the cluster had room" if self.resized else "after a failure"
+        if not self.resized:
+            return "after a failure"
+        return ("to grow the elastic group, as the cluster had room" if self.workers > self.before else
+                "to shrink the elastic group, as the cluster had less room")
 
 
 @dataclass

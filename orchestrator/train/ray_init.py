@@ -22,6 +22,16 @@ MULTI_NODE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 T = TypeVar("T")
 
 
+def on_this_node() -> dict:
+    """Ray actor options that keep a driver's helper actor (its progress board, its queues) on the driver's node, as
+    Ray Train keeps its controller there: on another node it would be lost with that node (a spot node taken
+    back), and the run with it."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)}
+
+
 def keep_local() -> None:
     """Without RAY_ADDRESS the Ray instance ganorch starts is this machine's alone: nothing of it listens beyond
     127.0.0.1. Ray reads the switch when it is imported, so this comes first; Ray's processes inherit it. Not when
@@ -205,7 +215,8 @@ def check_spare_resources(spec: JobSpec) -> None:
         key = f"eval.resources.{resource.lower()}s" if spec.eval.background else f"resources.{per_worker}"
         message = (f"{key}: {asked} {resource} besides the training workers'; {ray_target()} has "
                    f"{total.get(resource, 0):g} {resource}s and the workers reserve {reserved[resource]:g} "
-                   f"(resources.num_workers x resources.{per_worker}): lower one of them or add {resource}s")
+                   f"(resources.num_workers{' max' if r.elastic else ''} x resources.{per_worker}): lower one of them "
+                   f"or add {resource}s")
         if not os.environ.get("RAY_ADDRESS"):
             raise ValueError(message)
         print(f"ganorch: warning: {message}; going on in case the cluster scales up", file=sys.stderr)

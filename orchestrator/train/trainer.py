@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from orchestrator.spec import JobSpec
-from orchestrator.train.ray_init import DATA_CPUS
+from orchestrator.train.ray_init import DATA_CPUS, on_this_node
 
 
 def absolute(path: str | None) -> str | None:
@@ -74,7 +74,7 @@ def ray_datasets(spec: JobSpec) -> tuple[dict[str, Any] | None, Any]:
 
     from orchestrator.data import ray_data
 
-    skipped = ray.remote(num_cpus=0)(ray_data.SkippedFiles).remote()
+    skipped = ray.remote(num_cpus=0)(ray_data.SkippedFiles).options(**on_this_node()).remote()
     return {"train": ray_data.build_dataset(spec, skipped)}, skipped
 
 

@@ -57,6 +57,7 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], keys: list[str], 
     from ray.train import Checkpoint
     from ray.util.queue import Queue
 
+    from orchestrator.train.ray_init import on_this_node
     from orchestrator.train.trainer import ray_datasets, torch_trainer
 
     started_at = time.time()
@@ -69,7 +70,8 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], keys: list[str], 
     run_id, start = trial_run(spec, config, keys, tracking_uri, experiment_id, parent_run_id,
                               f"{sweep_name}-{trial_id}", trial_id, origin)
     resume_from = Checkpoint(origin["path"], filesystem=restored.filesystem) if origin else None
-    reports, verdicts = Queue(1, actor_options={"num_cpus": 0}), Queue(1, actor_options={"num_cpus": 0})
+    here = {"num_cpus": 0, **on_this_node()}
+    reports, verdicts = Queue(1, actor_options=here), Queue(1, actor_options=here)
     # A trial's failures are Tune's to retry (tune.max_failures), from its latest checkpoint, in a fresh Train run:
     # workers Ray Train restarted inside the trial would find the verdict of a report their predecessors did not
     # live to wait for in `verdicts`, and run one report ahead of Tune.
