@@ -30,11 +30,11 @@ def test_throughput_runs_bare_loops_ganorch_and_rays_minimum(mnist_classifier):
     assert list(rows) == ["(a)", "(b)", "(r)", "(f)"], out.stdout
     for name in ("(a)", "(b)"):
         images_per_s, first_step_s, whole_s = map(float, rows[name][-3:])
-        assert images_per_s > 0 and 0 < first_step_s < whole_s, (name, rows[name])
+        assert images_per_s > 0 and 0 < first_step_s <= whole_s, (name, rows[name])  # printed to 0.1 s
     images_per_s, first_step_s, whole_s, fid = map(float, rows["(f)"][-4:])
-    assert images_per_s > 0 and 0 < first_step_s < whole_s and fid > 0, rows["(f)"]
+    assert images_per_s > 0 and 0 < first_step_s <= whole_s and fid > 0, rows["(f)"]
     first_step_s, whole_s = map(float, rows["(r)"][-2:])
-    assert 0 < first_step_s < whole_s, rows["(r)"]
+    assert 0 < first_step_s <= whole_s, rows["(r)"]
 
 
 def load_sweep_benchmark():
