@@ -646,18 +646,22 @@ def sync_unsent(folders: list[str]) -> int:
         print(f"nothing to send: no folder under {outbox.unsent_root()}")
         return 0
     uri = store.tracking_uri()
+    failed = 0
     for folder in found:
         try:
             run_id, count = outbox.sync(folder, uri)
         except Exception as err:
             print(f"ganorch: sync: could not send {folder} to MLflow at {redact(uri)}: "
                   f"{outbox.first_line(err)}", file=sys.stderr)
-            return 1
+            if outbox.outage(err):  # the folders after it would wait in vain too
+                return 1
+            failed += 1  # a run this server does not hold, say: the other folders go on
+            continue
         print(f"sent {count} item(s) of run {run_id} from {folder}")
         if (folder / outbox.REFUSED_FILE).is_file():
             print(f"ganorch: sync: what MLflow refused, and why, stays in {folder / outbox.REFUSED_FILE}",
                   file=sys.stderr)
-    return 0
+    return 1 if failed else 0
 
 
 def run_job(spec: JobSpec, run_name: str | None = None, resume: Any = None, command: str | None = None) -> int:

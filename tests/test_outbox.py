@@ -5,6 +5,7 @@ import http.server
 import json
 import os
 import threading
+from pathlib import Path
 
 from orchestrator.track.outbox import REFUSED_FILE, Outbox
 
@@ -238,3 +239,62 @@ def test_images_of_steps_a_restart_retakes_are_not_logged_again():
     logger.logged_through, logger.floor = {}, 20  # MLflow could not be read: the checkpoint's step
     assert logger.image_key("interpolation", 20) is None and logger.image_key("interpolation", 21) == "interpolation"
     assert logger.close(0) is None
+
+
+def kept_by_a_start_that_failed(run_id: str, step: int, grid: bytes) -> None:
+    """What a start of `run_id` keeps when it fails with MLflow out of reach: the metrics of `step`, a grid."""
+    box = Outbox("http://127.0.0.1:1", run_id, "rank0", notify=lambda line: None)
+    box.metrics(step, {"loss_d": float(step)})
+    box.render(f"step_{step:06d}.png", lambda path: path.write_bytes(grid), "samples")
+    box.close(wait_s=0)
+
+
+def test_a_restart_sends_first_what_the_starts_before_it_kept_on_this_host(mlflow_store, tmp_path, monkeypatch):
+    """Workers Ray Train restarts (a resize, a failure) log to the same run: what the failed starts had not sent is
+    sent before the new one reads what was logged, so it is neither lost nor logged twice."""
+    from orchestrator.track import store
+    from orchestrator.track.outbox import unsent_root
+    from orchestrator.track.run_logger import RunLogger
+
+    monkeypatch.setenv("GANORCH_HOME", str(tmp_path / "home"))
+    c = store.client(mlflow_store)
+    run_id = c.create_run(c.create_experiment("restarts")).info.run_id
+    kept_by_a_start_that_failed(run_id, 5, b"five")
+    kept_by_a_start_that_failed(run_id, 6, b"six")  # the same outbox serials: kept beside the first's, not over
+    kept = unsent_root() / run_id / "rank0"
+    assert sorted(p.name for p in kept.iterdir() if p.is_dir()) == ["000001", "000001.1"]
+
+    lines = []
+    logger = RunLogger(mlflow_store, run_id, notify=lines.append)
+    logger.resuming(4)
+    assert not kept.exists() and not lines, lines
+    assert [(m.step, m.value) for m in c.get_metric_history(run_id, "loss_d")] == [(5, 5.0), (6, 6.0)]
+    for step, grid in ((5, b"five"), (6, b"six")):
+        assert (Path(c.download_artifacts(run_id, f"samples/step_{step:06d}.png", str(tmp_path)))
+                .read_bytes() == grid)
+    logger.log_metrics(6, {"loss_d": 60.0})  # retaken after the restart: logged by the start before
+    logger.log_metrics(7, {"loss_d": 7.0})
+    assert logger.close(wait_s=20) is None
+    assert [m.step for m in c.get_metric_history(run_id, "loss_d")] == [5, 6, 7]
+
+
+def test_sync_sends_every_folder_it_can_and_names_those_it_cannot(mlflow_store, tmp_path, monkeypatch, capsys):
+    """A folder of a run this server does not hold (kept while logging to another) fails alone: exit 1."""
+    from orchestrator.cli import main
+    from orchestrator.track import store
+    from orchestrator.track.outbox import unsent_root
+
+    monkeypatch.setenv("GANORCH_HOME", str(tmp_path / "home"))
+    c = store.client(mlflow_store)
+    run_id = c.create_run(c.create_experiment("sync")).info.run_id
+    assert main(["sync"]) == 0 and "nothing to send" in capsys.readouterr().out
+    elsewhere = "0" * 32
+    kept_by_a_start_that_failed(elsewhere, 3, b"three")
+    kept_by_a_start_that_failed(run_id, 3, b"three")
+    assert main(["sync"]) == 1
+    printed = capsys.readouterr()
+    assert f"could not send {unsent_root() / elsewhere / 'rank0'}" in printed.err and "not found" in printed.err
+    assert f"of run {run_id} from" in printed.out
+    assert [m.step for m in c.get_metric_history(run_id, "loss_d")] == [3]
+    assert not (unsent_root() / run_id).exists()
+    assert (unsent_root() / elsewhere / "rank0" / "ops.jsonl").is_file()  # kept for a sync to its own server

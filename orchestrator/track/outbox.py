@@ -351,19 +351,38 @@ class Outbox:
     def _keep(self, ops: list[dict[str, Any]]) -> Path:
         folder = unsent_root() / self.run_id / self.name
         folder.mkdir(parents=True, exist_ok=True)
+        renamed: dict[str, str] = {}  # an op's file folder -> its name here, beside those an earlier start kept
         for op in ops:
-            for name in op.get("files", []):
+            if "files" not in op:
+                continue
+            names = []
+            for name in op["files"]:
+                serial, _, rest = name.partition("/")
+                if serial not in renamed:
+                    renamed[serial] = free_name(folder, serial)
+                names.append(f"{renamed[serial]}/{rest}")
                 if (self.files / name).exists():
-                    (folder / name).parent.mkdir(exist_ok=True)
-                    shutil.move(self.files / name, folder / name)
-        for file, kept in ((OPS_FILE, [op for op in ops if "refused" not in op]),
-                           (REFUSED_FILE, [op for op in ops if "refused" in op])):
-            if kept:
-                with open(folder / file, "a") as f:
-                    f.writelines(json.dumps(op) + "\n" for op in kept)
+                    (folder / names[-1]).parent.mkdir(exist_ok=True)
+                    shutil.move(self.files / name, folder / names[-1])
+            op["files"] = names
+        waiting, refused = [op for op in ops if "refused" not in op], [op for op in ops if "refused" in op]
+        if waiting:  # after what an earlier start of the run kept here; whole or not at all, if this process is killed
+            _rewrite(folder / OPS_FILE, [*read_ops(folder / OPS_FILE), *waiting])
+        if refused:  # for people to read
+            with open(folder / REFUSED_FILE, "a") as f:
+                f.writelines(json.dumps(op) + "\n" for op in refused)
         (folder / "run.json").write_text(json.dumps({"run_id": self.run_id, "host": socket.gethostname()}))
         shutil.rmtree(self.files, ignore_errors=True)
         return folder
+
+
+def free_name(folder: Path, name: str) -> str:
+    """`name`, or `name`.1, .2, ... if `folder` holds it already."""
+    taken, n = name, 0
+    while (folder / taken).exists():
+        n += 1
+        taken = f"{name}.{n}"
+    return taken
 
 
 def draw(op: dict[str, Any]) -> None:
@@ -392,7 +411,7 @@ def sync(folder: Path, uri: str) -> tuple[str, int]:
     Returns the run id and how many ops were sent. The folder is removed once all of it is sent."""
     meta = json.loads((folder / "run.json").read_text())
     ops_file = folder / OPS_FILE
-    ops = [json.loads(line) for line in ops_file.read_text().splitlines() if line.strip()] if ops_file.exists() else []
+    ops = read_ops(ops_file)
     c = store.client(uri)
     run = c.get_run(meta["run_id"])
     logged: dict[str, set[int]] = {}
@@ -423,7 +442,13 @@ def sync(folder: Path, uri: str) -> tuple[str, int]:
                 shutil.rmtree(item) if item.is_dir() else item.unlink()
     else:
         shutil.rmtree(folder)
+        with contextlib.suppress(OSError):  # the run's folder, once the last of its writers' is sent
+            folder.parent.rmdir()
     return meta["run_id"], len(ops) - refused
+
+
+def read_ops(ops_file: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in ops_file.read_text().splitlines() if line.strip()] if ops_file.exists() else []
 
 
 def _rewrite(ops_file: Path, ops: list[dict[str, Any]]) -> None:

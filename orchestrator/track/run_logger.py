@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from orchestrator.track.outbox import Outbox, own_http_settings
+from orchestrator.track.outbox import Outbox, first_line, outage, own_http_settings, sync, unsent_root
 from orchestrator.track.store import client
 from orchestrator.track.tags import BEST_CHECKPOINT_DIR, TAG_BEST_CHECKPOINT, TAG_BEST_FID, TAG_BEST_STEP, TAG_UNSTABLE
 
@@ -56,9 +56,11 @@ class RunLogger:
         """Training goes on from the checkpoint of `step`, so it takes again steps that may have been logged after
         it: those are not logged twice. On the same hardware a resume retakes them exactly. (With MLflow out of
         reach, only the steps up to the checkpoint's are known to be logged.) The run's best checkpoint, if any,
-        is replaced only by a better one."""
+        is replaced only by a better one. What an earlier start of the run kept on this host (the writes it had
+        not sent when it failed) is sent first, so that it is among what was logged."""
         try:
             with own_http_settings():  # with MLflow down, no minutes of MLflow's own retries at every start
+                self.send_kept()
                 run = self.client.get_run(self.run_id)
                 self.best_fid = float(run.data.tags.get(TAG_BEST_FID, math.inf))
                 self.best_step = int(run.data.tags.get(TAG_BEST_STEP, 0))
@@ -67,6 +69,18 @@ class RunLogger:
                     self.logged_through[key] = max((m.step for m in history), default=-1)
         except Exception:
             self.floor = step
+
+    def send_kept(self) -> None:
+        kept = unsent_root() / self.run_id / self.outbox.name
+        if not (kept / "run.json").is_file():
+            return
+        try:
+            sync(kept, self.uri)
+        except Exception as err:
+            if outage(err):
+                raise
+            self.warn(f"what an earlier start of this run kept in {kept} could not be sent ({first_line(err)}); "
+                      "`ganorch sync` on this host says more")
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
         fresh = {k: v for k, v in metrics.items() if step > max(self.logged_through.get(k, -1), self.floor)}
