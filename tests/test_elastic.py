@@ -34,6 +34,8 @@ def test_a_range_of_workers_makes_an_elastic_group(given):
     (["resources.num_workers={min: 3, max: 2}"], "resources.num_workers.min: got 3; must be at most max (2)"),
     (["resources.num_workers=[1, 2, 4]"], "resources.num_workers: got [1, 2, 4] (list); expected an integer or a "
                                           "mapping {min, max} or a list [min, max]"),
+    (["resources.num_workers=abc"], "resources.num_workers: got 'abc' (str); expected an integer or a mapping "
+                                    "{min, max} or a list [min, max]"),
     (["resources.num_workers=[0, 2]"], "resources.num_workers.min: got 0; must be >= 1"),
     (["resources.num_workers=[1, 32]"], "train.batch_size: got 16; must be at least the most workers in "
                                         "resources.num_workers (32), so every worker gets a share"),

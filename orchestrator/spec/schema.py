@@ -126,7 +126,11 @@ class Parser:
                 if built is None or any(bad.startswith(path + ".") for bad in self.failed):
                     self.failed.add(path)
                 return built
-            return self.value(next(a for a in inner if not is_choice(a)), value, path, metadata)
+            plain = next(a for a in inner if not is_choice(a))
+            if len(inner) > 1 and get_origin(plain) is None and _scalar(plain, value) is None:
+                self.fail(path, f"got {_given(value)}; expected {describe_type(tp)}")  # naming every form
+                return value
+            return self.value(plain, value, path, metadata)
         if origin is Literal:
             if value in args and type(value) is type(args[0]):
                 return value
