@@ -7,6 +7,9 @@ import os
 import threading
 from pathlib import Path
 
+import torch
+from PIL import Image
+
 from orchestrator.track.outbox import REFUSED_FILE, Outbox
 
 
@@ -241,17 +244,30 @@ def test_images_of_steps_a_restart_retakes_are_not_logged_again():
     assert logger.close(0) is None
 
 
-def kept_by_a_start_that_failed(run_id: str, step: int, grid: bytes) -> None:
-    """What a start of `run_id` keeps when it fails with MLflow out of reach: the metrics of `step`, a grid."""
+def kept_by_a_start_that_failed(run_id: str, steps: list[int], grid: bytes) -> None:
+    """What a start of `run_id` keeps when it fails with MLflow out of reach: the metrics of `steps`, a tag, and
+    the grid of the last step, also as MLflow's image `samples`."""
+    from PIL import Image
+
     box = Outbox("http://127.0.0.1:1", run_id, "rank0", notify=lambda line: None)
-    box.metrics(step, {"loss_d": float(step)})
-    box.render(f"step_{step:06d}.png", lambda path: path.write_bytes(grid), "samples")
+    for step in steps:
+        box.metrics(step, {"loss_d": float(step)})
+    box.tags({"ganorch.workers": f"as at step {steps[-1]}"})
+    box.render(f"step_{steps[-1]:06d}.png", lambda path: Image.new("L", (4, 4), grid[0]).save(path, format="PNG"),
+               "samples", image_key="samples", step=steps[-1])
     box.close(wait_s=0)
+
+
+def images(client, run_id: str) -> list[str]:
+    """The steps of MLflow image `samples`, one per image logged."""
+    return sorted(a.path.split("+")[2] for a in client.list_artifacts(run_id, "images")
+                  if a.path.endswith(".png"))
 
 
 def test_a_restart_sends_first_what_the_starts_before_it_kept_on_this_host(mlflow_store, tmp_path, monkeypatch):
     """Workers Ray Train restarts (a resize, a failure) log to the same run: what the failed starts had not sent is
-    sent before the new one reads what was logged, so it is neither lost nor logged twice."""
+    sent before the new one reads what was logged (and before its own writes), so it is neither lost nor logged
+    twice."""
     from orchestrator.track import store
     from orchestrator.track.outbox import unsent_root
     from orchestrator.track.run_logger import RunLogger
@@ -259,23 +275,48 @@ def test_a_restart_sends_first_what_the_starts_before_it_kept_on_this_host(mlflo
     monkeypatch.setenv("GANORCH_HOME", str(tmp_path / "home"))
     c = store.client(mlflow_store)
     run_id = c.create_run(c.create_experiment("restarts")).info.run_id
-    kept_by_a_start_that_failed(run_id, 5, b"five")
-    kept_by_a_start_that_failed(run_id, 6, b"six")  # the same outbox serials: kept beside the first's, not over
+    kept_by_a_start_that_failed(run_id, [5, 6], b"\x40")
+    kept_by_a_start_that_failed(run_id, [6, 7], b"\x80")  # the same outbox serials: kept beside the first's
     kept = unsent_root() / run_id / "rank0"
     assert sorted(p.name for p in kept.iterdir() if p.is_dir()) == ["000001", "000001.1"]
 
     lines = []
-    logger = RunLogger(mlflow_store, run_id, notify=lines.append)
+    logger = RunLogger(mlflow_store, run_id, notify=lines.append, held=True)
+    logger.set_tag("ganorch.workers", "this start's")  # as open_logger does, before resuming
     logger.resuming(4)
-    assert not kept.exists() and not lines, lines
-    assert [(m.step, m.value) for m in c.get_metric_history(run_id, "loss_d")] == [(5, 5.0), (6, 6.0)]
-    for step, grid in ((5, b"five"), (6, b"six")):
-        assert (Path(c.download_artifacts(run_id, f"samples/step_{step:06d}.png", str(tmp_path)))
-                .read_bytes() == grid)
-    logger.log_metrics(6, {"loss_d": 60.0})  # retaken after the restart: logged by the start before
-    logger.log_metrics(7, {"loss_d": 7.0})
+    logger.release()
+    assert not kept.parent.exists() and not lines, lines
+    assert [(m.step, m.value) for m in c.get_metric_history(run_id, "loss_d")] == [(5, 5.0), (6, 6.0), (7, 7.0)]
+    for step, shade in ((6, 0x40), (7, 0x80)):
+        grid = Path(c.download_artifacts(run_id, f"samples/step_{step:06d}.png", str(tmp_path)))
+        assert Image.open(grid).getpixel((0, 0)) == shade
+    assert images(c, run_id) == ["6", "7"]
+    for step in (6, 7, 8):  # retaken after the restart: steps 6 and 7 were logged by the starts before
+        logger.log_metrics(step, {"loss_d": 10.0 * step})
+        logger.log_samples(step, torch.zeros(1, 1, 4, 4), columns=1)
     assert logger.close(wait_s=20) is None
-    assert [m.step for m in c.get_metric_history(run_id, "loss_d")] == [5, 6, 7]
+    assert [m.step for m in c.get_metric_history(run_id, "loss_d")] == [5, 6, 7, 8]
+    assert images(c, run_id) == ["6", "7", "8"]
+    assert c.get_run(run_id).data.tags["ganorch.workers"] == "this start's"
+
+
+def test_a_restart_with_mlflow_down_leaves_the_steps_kept_before_it_to_what_kept_them(tmp_path, monkeypatch):
+    from orchestrator.track.outbox import unsent_root
+    from orchestrator.track.run_logger import RunLogger
+
+    monkeypatch.setenv("GANORCH_HOME", str(tmp_path / "home"))
+    kept_by_a_start_that_failed("1" * 32, [5, 6], b"\x40")
+    logger = RunLogger("http://127.0.0.1:1", "1" * 32, notify=lambda line: None, held=True)
+    logger.resuming(4)
+    assert (logger.floor, logger.logged_through) == (4, {"loss_d": 6})
+    assert logger.image_key("samples", 6) is None and logger.image_key("samples", 7) == "samples"
+    for step in (5, 6, 7):
+        logger.log_metrics(step, {"loss_d": 10.0 * step})
+    kept = logger.close(wait_s=0)
+    assert kept == unsent_root() / ("1" * 32) / "rank0"
+    metrics = [(op["step"], op["values"]["loss_d"]) for op in map(json.loads, (kept / "ops.jsonl").read_text().splitlines())
+               if op["op"] == "metrics"]
+    assert metrics == [(5, 5.0), (6, 6.0), (7, 70.0)]  # the earlier start's, then this one's: each step once
 
 
 def test_sync_sends_every_folder_it_can_and_names_those_it_cannot(mlflow_store, tmp_path, monkeypatch, capsys):
@@ -289,8 +330,8 @@ def test_sync_sends_every_folder_it_can_and_names_those_it_cannot(mlflow_store, 
     run_id = c.create_run(c.create_experiment("sync")).info.run_id
     assert main(["sync"]) == 0 and "nothing to send" in capsys.readouterr().out
     elsewhere = "0" * 32
-    kept_by_a_start_that_failed(elsewhere, 3, b"three")
-    kept_by_a_start_that_failed(run_id, 3, b"three")
+    kept_by_a_start_that_failed(elsewhere, [3], b"\x40")
+    kept_by_a_start_that_failed(run_id, [3], b"\x40")
     assert main(["sync"]) == 1
     printed = capsys.readouterr()
     assert f"could not send {unsent_root() / elsewhere / 'rank0'}" in printed.err and "not found" in printed.err

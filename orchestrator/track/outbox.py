@@ -281,8 +281,9 @@ class Outbox:
                 with self.lock:
                     self.sending = False
                     if not outage(err):  # retrying cannot mend it: set aside (kept on disk), the rest goes on
-                        self.pending.popleft()
-                        self.kept_aside.append({**op, "refused": redact(first_line(err))})
+                        if self.pending and self.pending[0] is op:  # else close() has kept it already
+                            self.pending.popleft()
+                            self.kept_aside.append({**op, "refused": redact(first_line(err))})
                         self.notify(f"warning: could not write {describe(op)} to MLflow at {self.where} "
                                     f"({type(err).__name__}: {first_line(err)}); it is set aside, kept on local disk "
                                     "at the end of the run, and the run goes on")
@@ -425,6 +426,9 @@ def sync(folder: Path, uri: str) -> tuple[str, int]:
                 continue
         try:
             send(c, meta["run_id"], op, folder, uri)
+            if op["op"] == "metrics":  # two starts may have kept the same step
+                for key in op["values"]:
+                    logged.setdefault(key, set()).add(op["step"])
         except Exception as err:
             if outage(err):
                 _rewrite(ops_file, ops[i:])  # with what the failed op made already, so that the next sync skips it

@@ -9,7 +9,16 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from orchestrator.track.outbox import Outbox, first_line, outage, own_http_settings, sync, unsent_root
+from orchestrator.track.outbox import (
+    OPS_FILE,
+    Outbox,
+    first_line,
+    outage,
+    own_http_settings,
+    read_ops,
+    sync,
+    unsent_root,
+)
 from orchestrator.track.store import client
 from orchestrator.track.tags import BEST_CHECKPOINT_DIR, TAG_BEST_CHECKPOINT, TAG_BEST_FID, TAG_BEST_STEP, TAG_UNSTABLE
 
@@ -57,10 +66,12 @@ class RunLogger:
         it: those are not logged twice. On the same hardware a resume retakes them exactly. (With MLflow out of
         reach, only the steps up to the checkpoint's are known to be logged.) The run's best checkpoint, if any,
         is replaced only by a better one. What an earlier start of the run kept on this host (the writes it had
-        not sent when it failed) is sent first, so that it is among what was logged."""
+        not sent when it failed) is sent first, so that it is among what was logged; if it cannot be, its steps
+        are left to it (sent with it later), not logged again."""
+        kept = unsent_root() / self.run_id / self.outbox.name
         try:
             with own_http_settings():  # with MLflow down, no minutes of MLflow's own retries at every start
-                self.send_kept()
+                self.send_kept(kept)
                 run = self.client.get_run(self.run_id)
                 self.best_fid = float(run.data.tags.get(TAG_BEST_FID, math.inf))
                 self.best_step = int(run.data.tags.get(TAG_BEST_STEP, 0))
@@ -69,9 +80,11 @@ class RunLogger:
                     self.logged_through[key] = max((m.step for m in history), default=-1)
         except Exception:
             self.floor = step
+            for op in read_ops(kept / OPS_FILE):
+                for key in op.get("values", {}) if op["op"] == "metrics" else ():
+                    self.logged_through[key] = max(self.logged_through.get(key, -1), op["step"])
 
-    def send_kept(self) -> None:
-        kept = unsent_root() / self.run_id / self.outbox.name
+    def send_kept(self, kept: Path) -> None:
         if not (kept / "run.json").is_file():
             return
         try:

@@ -13,16 +13,18 @@ from orchestrator.train import resume
 def open_logger(context: Any) -> RunLogger:
     """The logger of `context` (a WorkerContext) on rank 0, its start recorded in the run. A fresh start's is held:
     it sends nothing (and does not import MLflow, seconds of rank 0's start that the other ranks would wait for at
-    DDP's first broadcast) until the loop releases it after the first step. A continued run's reads MLflow at once
-    (what was logged) and sends its restart's tags at once, in case this start dies too."""
+    DDP's first broadcast) until the loop releases it after the first step. A continued run's first sends what a
+    start before it kept on this host, reads MLflow (what was logged), then sends its restart's tags at once, in
+    case this start dies too."""
     board = context.progress
     fresh = not (context.resume or context.restart)
     logger = RunLogger(context.tracking_uri, context.run_id,
-                       notify=(lambda line: board.notice.remote(line)) if board is not None else None, held=fresh)
+                       notify=(lambda line: board.notice.remote(line)) if board is not None else None, held=True)
     if context.placement:
         logger.set_tag(TAG_WORKERS, "; ".join(f"rank {r}: {where}" for r, where in enumerate(context.placement)))
-    if context.resume or context.restart:
-        logger.resuming(context.resume["step"] if context.resume else 0)
+    if not fresh:
+        logger.resuming(context.resume["step"] if context.resume else 0)  # sends what a start before kept here
+        logger.release()  # then this start's writes, after those
     changed = resume.device_change(context.resume, context.device) if context.resume else None
     if context.resume and context.resumed_from:
         logger.set_tag(TAG_RESUMED_FROM, f"step {context.resume['step']}: {context.resumed_from}"
