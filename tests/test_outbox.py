@@ -319,6 +319,40 @@ def test_a_restart_with_mlflow_down_leaves_the_steps_kept_before_it_to_what_kept
     assert metrics == [(5, 5.0), (6, 6.0), (7, 70.0)]  # the earlier start's, then this one's: each step once
 
 
+def test_what_mlflow_could_not_take_at_a_restart_is_sent_when_it_is_back(mlflow_store, tmp_path, monkeypatch):
+    """MLflow down as the workers restart, back before the end: the earlier start's kept steps are sent at the end,
+    each step once, and its tags do not overwrite those this start set since."""
+    from orchestrator.track import run_logger, store
+    from orchestrator.track.outbox import unsent_root
+
+    monkeypatch.setenv("GANORCH_HOME", str(tmp_path / "home"))
+    c = store.client(mlflow_store)
+    run_id = c.create_run(c.create_experiment("back")).info.run_id
+    kept_by_a_start_that_failed(run_id, [5, 6], b"\x40")
+    down = iter([ConnectionError("MLflow is down")])
+    real_sync = run_logger.sync
+
+    def sync(*args, **kwargs):
+        if (err := next(down, None)) is not None:
+            raise err
+        return real_sync(*args, **kwargs)
+
+    monkeypatch.setattr(run_logger, "sync", sync)
+    logger = run_logger.RunLogger(mlflow_store, run_id, notify=lambda line: None, held=True)
+    logger.set_tag("ganorch.workers", "this start's")
+    logger.resuming(4)
+    logger.release()
+    assert (logger.floor, logger.logged_through) == (4, {"loss_d": 6})
+    for step in (5, 6, 7):
+        logger.log_metrics(step, {"loss_d": 10.0 * step})
+        logger.log_samples(step, torch.zeros(1, 1, 4, 4), columns=1)
+    assert logger.close(wait_s=20) is None
+    assert [(m.step, m.value) for m in c.get_metric_history(run_id, "loss_d")] == [(5, 5.0), (6, 6.0), (7, 70.0)]
+    assert images(c, run_id) == ["6", "7"]
+    assert c.get_run(run_id).data.tags["ganorch.workers"] == "this start's"
+    assert not (unsent_root() / run_id).exists()
+
+
 def test_sync_sends_every_folder_it_can_and_names_those_it_cannot(mlflow_store, tmp_path, monkeypatch, capsys):
     """A folder of a run this server does not hold (kept while logging to another) fails alone: exit 1."""
     from orchestrator.cli import main

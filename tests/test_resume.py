@@ -158,17 +158,23 @@ def test_the_run_says_its_checkpoint_was_taken_on_another_device(monkeypatch):
     from orchestrator.train.loop import WorkerContext
 
     class Tags(dict):
-        def __init__(self, *args, **kwargs):
+        def __init__(self, *args, held=False, **kwargs):
             super().__init__()
+            self.events = [f"held {held}"]
 
         set_tag = dict.__setitem__
 
         def resuming(self, step):
-            pass
+            self.events.append(f"resuming {step}")
+
+        def release(self):
+            self.events.append("release")
 
     monkeypatch.setattr(rank0_logger, "RunLogger", Tags)
     state = {"step": 3, "loop": {"noise_rng": CUDA_GENERATOR_STATE, "cuda_rng": CUDA_GENERATOR_STATE}}
     tags = rank0_logger.open_logger(WorkerContext(torch.device("cpu"), resume=state, resumed_from="ckpt"))
+    # Nothing of this start is sent before what an earlier start kept: resuming sends that first.
+    assert tags.events == ["held True", "resuming 3", "release"]
     assert tags["ganorch.resumed_from"] == ("step 3: ckpt (taken on cuda, resumed on cpu: the noise generator was "
                                             "re-seeded from the seed and step 3, a cuda generator's state does not "
                                             "fit a cpu one)")

@@ -159,6 +159,7 @@ class Outbox:
         self.uri, self.client = uri, None  # the client is made by the thread: importing MLflow takes seconds
         self.where = redact(uri)
         self.run_id, self.name = run_id, name
+        self.tagged: set[str] = set()  # the tags this outbox was given: an earlier start's kept value is older
         self.notify = notify or (lambda line: print(f"ganorch: {line}", flush=True))
         self.files = Path(tempfile.mkdtemp(prefix="ganorch-outbox-"))  # op files wait here until sent
         self.pending: deque[dict[str, Any]] = deque()
@@ -180,6 +181,7 @@ class Outbox:
 
     # Redacted as they are put in, since what MLflow does not take is kept on disk.
     def tags(self, tags: dict[str, Any]) -> None:
+        self.tagged.update(tags)
         self._put({"op": "tags", "tags": {k: redact_value(k, v) for k, v in tags.items()}})
 
     def artifacts(self, paths: list[Path], artifact_path: str) -> None:
@@ -406,10 +408,11 @@ def first_line(err: BaseException) -> str:
     return (text[0] if text else type(err).__name__)[:200]
 
 
-def sync(folder: Path, uri: str) -> tuple[str, int]:
+def sync(folder: Path, uri: str, newer_tags: frozenset[str] | set[str] = frozenset()) -> tuple[str, int]:
     """Send what a run kept in `folder` (ops.jsonl and its files) to MLflow at `uri`, in order; metric points
-    already there are not sent twice; an op MLflow refuses is set aside in refused.jsonl, and the rest go on.
-    Returns the run id and how many ops were sent. The folder is removed once all of it is sent."""
+    already there are not sent twice, nor tags in `newer_tags` (set since by a later start of the run); an op
+    MLflow refuses is set aside in refused.jsonl, and the rest go on. Returns the run id and how many ops were
+    sent. The folder is removed once all of it is sent."""
     meta = json.loads((folder / "run.json").read_text())
     ops_file = folder / OPS_FILE
     ops = read_ops(ops_file)
@@ -423,6 +426,10 @@ def sync(folder: Path, uri: str) -> tuple[str, int]:
         if op["op"] == "metrics":
             op = {**op, "values": {k: v for k, v in op["values"].items() if op["step"] not in logged.get(k, set())}}
             if not op["values"]:
+                continue
+        if op["op"] == "tags":
+            op = {**op, "tags": {k: v for k, v in op["tags"].items() if k not in newer_tags}}
+            if not op["tags"]:
                 continue
         try:
             send(c, meta["run_id"], op, folder, uri)
@@ -446,8 +453,9 @@ def sync(folder: Path, uri: str) -> tuple[str, int]:
                 shutil.rmtree(item) if item.is_dir() else item.unlink()
     else:
         shutil.rmtree(folder)
-        with contextlib.suppress(OSError):  # the run's folder, once the last of its writers' is sent
-            folder.parent.rmdir()
+        if folder.parent.parent == unsent_root():
+            with contextlib.suppress(OSError):  # the run's folder, once the last of its writers' is sent
+                folder.parent.rmdir()
     return meta["run_id"], len(ops) - refused
 
 

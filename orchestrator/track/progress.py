@@ -35,7 +35,7 @@ class ProgressBoard:
 
     def started(self, workers: int) -> tuple[int, str | None, int | None]:
         """Rank 0 of a group of `workers` starts: how many groups have started in this run, why the one before this
-        failed (None: it did not; an elastic group was resized to use room the cluster got), and how many workers
+        failed (None: it did not, as when an elastic group is resized to the cluster's room), and how many workers
         it had."""
         self.starts += 1
         failure, self.failure = self.failure, None

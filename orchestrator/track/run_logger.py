@@ -1,5 +1,6 @@
 """Rank 0's handle on its MLflow run during training: metrics, sample grids, checkpoints, flags and tags."""
 
+import contextlib
 import functools
 import json
 import math
@@ -66,9 +67,13 @@ class RunLogger:
         it: those are not logged twice. On the same hardware a resume retakes them exactly. (With MLflow out of
         reach, only the steps up to the checkpoint's are known to be logged.) The run's best checkpoint, if any,
         is replaced only by a better one. What an earlier start of the run kept on this host (the writes it had
-        not sent when it failed) is sent first, so that it is among what was logged; if it cannot be, its steps
-        are left to it (sent with it later), not logged again."""
-        kept = unsent_root() / self.run_id / self.outbox.name
+        not sent when it failed, MLflow down) is sent first, so that it is among what was logged; if it cannot be,
+        its steps are left to it (sent at `close`, or by `ganorch sync`), not logged again."""
+        kept = self.kept_before()
+        earlier: dict[str, int] = {}  # metric -> the last step kept, read before any of it is sent
+        for op in read_ops(kept / OPS_FILE):
+            for key in op["values"] if op["op"] == "metrics" else ():
+                earlier[key] = max(earlier.get(key, -1), op["step"])
         try:
             with own_http_settings():  # with MLflow down, no minutes of MLflow's own retries at every start
                 self.send_kept(kept)
@@ -80,9 +85,11 @@ class RunLogger:
                     self.logged_through[key] = max((m.step for m in history), default=-1)
         except Exception:
             self.floor = step
-            for op in read_ops(kept / OPS_FILE):
-                for key in op.get("values", {}) if op["op"] == "metrics" else ():
-                    self.logged_through[key] = max(self.logged_through.get(key, -1), op["step"])
+            for key, last in earlier.items():
+                self.logged_through[key] = max(self.logged_through.get(key, -1), last)
+
+    def kept_before(self) -> Path:
+        return unsent_root() / self.run_id / self.outbox.name
 
     def send_kept(self, kept: Path) -> None:
         if not (kept / "run.json").is_file():
@@ -234,5 +241,14 @@ class RunLogger:
         self.outbox.tags({key: value})
 
     def close(self, wait_s: float) -> Path | None:
-        """Send what is left, waiting up to `wait_s` for MLflow; returns where what it did not take was kept."""
-        return self.outbox.close(wait_s)
+        """Send what is left, waiting up to `wait_s` for MLflow; returns where what it did not take was kept. What
+        an earlier start kept here and MLflow could not take at this start's beginning is sent now if it can be
+        (its tags but those this start set since), or is where this returns."""
+        kept = self.outbox.close(wait_s)
+        earlier = self.kept_before()
+        if kept is None and (earlier / "run.json").is_file():
+            with own_http_settings(), contextlib.suppress(Exception):
+                sync(earlier, self.uri, newer_tags=self.outbox.tagged)
+            if earlier.exists():
+                return earlier
+        return kept
