@@ -214,6 +214,7 @@ def test_an_elastic_job_goes_on_without_a_lost_node_and_grows_when_it_is_back(pr
     (folder / "held_networks.py").write_text(HELD_NETWORKS.format(hold=str(hold)))
     steps, every = 3000, 10
     job = [JOB, "--id", "spot", "--set", "resources.num_workers=[1, 2]", "--set", "resources.resize_check_s=2",
+           "--set", "resources.start_timeout_s=20",
            "--set", f"train.steps={steps}", "--set", f"tracking.metrics_every={every}", "--set",
            "tracking.checkpoint_every=50", "--set", "tracking.samples_every=100000", "--set", "eval.every=0",
            "--set", "model.discriminator=held_networks:HeldDiscriminator"]

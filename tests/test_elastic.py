@@ -1,5 +1,6 @@
 """Elastic worker groups: resources.num_workers as a range, and the same training at any number of workers."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,22 @@ def test_a_run_that_goes_from_2_to_1_to_2_workers_ends_as_one_that_did_not(ray_s
         assert [m.step for m in c.get_metric_history(resized.run_id, key)] == list(range(1, 10)), key
     assert [(m.step, m.value) for m in c.get_metric_history(resized.run_id, "num_workers")] == \
         [(s, 2.0 if s <= 3 or s > 6 else 1.0) for s in range(1, 10)]
+
+
+def test_the_start_timeout_reaches_ray_trains_controller_for_that_fit_alone(monkeypatch):
+    """resources.start_timeout_s is Ray Train's worker-group start timeout, which its controller takes from the
+    environment of the process that fits (Ray passes it on): set for the fit, and put back after it."""
+    from ray.train.v2._internal.constants import get_env_vars_to_propagate
+
+    from orchestrator.train.trainer import START_TIMEOUT_ENV, ray_train_settings
+
+    monkeypatch.delenv(START_TIMEOUT_ENV, raising=False)
+    with ray_train_settings(load(REPO / "jobs/debug_dcgan.yaml", ["resources.start_timeout_s=20"])):
+        assert get_env_vars_to_propagate()[START_TIMEOUT_ENV] == "20"
+    assert START_TIMEOUT_ENV not in os.environ
+    monkeypatch.setenv(START_TIMEOUT_ENV, "90")  # the user's own, which a spec without the key keeps
+    with ray_train_settings(load(REPO / "jobs/debug_dcgan.yaml")):
+        assert os.environ[START_TIMEOUT_ENV] == "90"
+    with ray_train_settings(load(REPO / "jobs/debug_dcgan.yaml", ["resources.start_timeout_s=30.5"])):
+        assert os.environ[START_TIMEOUT_ENV] == "30.5"
+    assert os.environ[START_TIMEOUT_ENV] == "90"

@@ -1,5 +1,6 @@
 """From a validated JobSpec to a finished Ray Train run recorded in MLflow."""
 
+import contextlib
 import dataclasses
 import os
 import socket
@@ -19,7 +20,7 @@ from orchestrator.train.ray_init import (
     keep_local,
     on_this_node,
 )
-from orchestrator.train.trainer import for_workers, ray_datasets, torch_trainer
+from orchestrator.train.trainer import for_workers, ray_datasets, ray_train_settings, torch_trainer
 
 if TYPE_CHECKING:
     from orchestrator.train.resume_from import Resumption
@@ -111,10 +112,9 @@ def fit(spec: JobSpec, uri: str, run_id: str, run_name: str, loop: Callable[[dic
                                    "mlflow_env": store.environment(), **handed_over},
                             name=run_name, callbacks=[failures.FailureWatch(board)], datasets=datasets, loop=loop)
     store.client(uri).set_tag(run_id, TAG_STORAGE, f"{trainer.run_config.storage_path.rstrip('/')}/{run_name}")
+    view = ProgressView(board, spec.train.steps, spec.name) if show_progress else contextlib.nullcontext()
     try:
-        if not show_progress:
-            return trainer.fit()
-        with ProgressView(board, spec.train.steps, spec.name):
+        with ray_train_settings(spec), view:
             return trainer.fit()
     except TrainingFailedError as err:  # in words, without Ray's report (in its log files)
         raise failures.explain(err, run_id, ray.get(board.read.remote())) from None

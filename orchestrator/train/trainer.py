@@ -2,9 +2,11 @@
 receive (local paths made absolute), scaling and backend, checkpoint retention and worker restarts, the Ray Data
 stream of a `ray-data` source, and a line saying what it reserves."""
 
+import contextlib
 import dataclasses
+import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from orchestrator.spec import JobSpec
 from orchestrator.train.ray_init import DATA_CPUS, on_this_node
@@ -97,3 +99,25 @@ def torch_trainer(spec: JobSpec, train_loop_config: dict[str, Any], *, name: str
                            callbacks=callbacks)
     return TorchTrainer(loop or train_loop_per_worker, train_loop_config=train_loop_config, **scaling(spec),
                         datasets=datasets, run_config=run_config)
+
+
+START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # read by Ray Train's controller, which the driver's
+                                                               # fit() gives the driver's value
+
+
+@contextlib.contextmanager
+def ray_train_settings(spec: JobSpec) -> Iterator[None]:
+    """Around `trainer.fit()`: the settings Ray Train takes from the environment of the process that fits
+    (resources.start_timeout_s), set for that fit alone."""
+    timeout = spec.resources.start_timeout_s
+    before = os.environ.get(START_TIMEOUT_ENV)
+    if timeout is not None:
+        os.environ[START_TIMEOUT_ENV] = f"{timeout:g}"
+    try:
+        yield
+    finally:
+        if timeout is not None:
+            if before is None:
+                os.environ.pop(START_TIMEOUT_ENV, None)
+            else:
+                os.environ[START_TIMEOUT_ENV] = before

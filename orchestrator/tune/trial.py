@@ -58,7 +58,7 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], keys: list[str], 
     from ray.util.queue import Queue
 
     from orchestrator.train.ray_init import on_this_node
-    from orchestrator.train.trainer import ray_datasets, torch_trainer
+    from orchestrator.train.trainer import ray_datasets, ray_train_settings, torch_trainer
 
     started_at = time.time()
     store.adopt(mlflow_env)
@@ -82,7 +82,8 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], keys: list[str], 
                             callbacks=[ReportForwarder(reports)], datasets=datasets, max_failures=0)
     status, tags, summary = "FAILED", {}, {}
     try:
-        result = fit_reporting(trainer, reports, verdicts, {"trial": trial_id, "run_id": run_id})
+        with ray_train_settings(spec):
+            result = fit_reporting(trainer, reports, verdicts, {"trial": trial_id, "run_id": run_id})
         summary = result.return_value or {}
         tags[TAG_OUTCOME] = f"stopped: {summary['stopped']}" if summary.get("stopped") else "completed"
         status = "FINISHED"
