@@ -107,9 +107,10 @@ def test_a_run_that_goes_from_2_to_1_to_2_workers_ends_as_one_that_did_not(ray_s
         [(s, 2.0 if s <= 3 or s > 6 else 1.0) for s in range(1, 10)]
 
 
-def test_the_start_timeout_reaches_ray_trains_controller_for_that_fit_alone(monkeypatch):
+def test_the_start_timeout_is_among_what_ray_train_passes_its_controller_for_that_fit_alone(monkeypatch):
     """resources.start_timeout_s is Ray Train's worker-group start timeout, which its controller takes from the
-    environment of the process that fits (Ray passes it on): set for the fit, and put back after it."""
+    environment of the process that fits (Ray passes it on): set for the fit, and put back after it. (The cluster
+    test's job sets it too; its controller logged "timed out after 20.0 seconds" where the lost node was counted.)"""
     from ray.train.v2._internal.constants import get_env_vars_to_propagate
 
     from orchestrator.train.trainer import START_TIMEOUT_ENV, ray_train_settings

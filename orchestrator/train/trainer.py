@@ -108,7 +108,8 @@ START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # read by Ray Trai
 @contextlib.contextmanager
 def ray_train_settings(spec: JobSpec) -> Iterator[None]:
     """Around `trainer.fit()`: the settings Ray Train takes from the environment of the process that fits
-    (resources.start_timeout_s), set for that fit alone."""
+    (resources.start_timeout_s), set for that fit alone. One fit at a time in a process: the CLI's one, a Tune
+    trial's (each its own process)."""
     timeout = spec.resources.start_timeout_s
     before = os.environ.get(START_TIMEOUT_ENV)
     if timeout is not None:
