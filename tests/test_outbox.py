@@ -353,6 +353,29 @@ def test_what_mlflow_could_not_take_at_a_restart_is_sent_when_it_is_back(mlflow_
     assert not (unsent_root() / run_id).exists()
 
 
+def test_a_kept_folder_that_cannot_be_read_is_reported_and_the_restart_goes_on(mlflow_store, tmp_path, monkeypatch):
+    from orchestrator.track import store
+    from orchestrator.track.outbox import unsent_root
+    from orchestrator.track.run_logger import RunLogger
+
+    monkeypatch.setenv("GANORCH_HOME", str(tmp_path / "home"))
+    c = store.client(mlflow_store)
+    run_id = c.create_run(c.create_experiment("torn")).info.run_id
+    kept = unsent_root() / run_id / "rank0"
+    kept.mkdir(parents=True)
+    (kept / "run.json").write_text(json.dumps({"run_id": run_id, "host": "here"}))
+    (kept / "ops.jsonl").write_text('{"op": "metrics", "step": 5, "values": {"loss_d": 5.0}, "timestamp": 1}\n{"op": "me')
+    lines = []
+    logger = RunLogger(mlflow_store, run_id, notify=lines.append, held=True)
+    logger.resuming(4)
+    logger.release()
+    assert any(f"could not read what an earlier start of this run kept in {kept}" in line for line in lines), lines
+    assert any("could not be sent" in line for line in lines), lines
+    logger.log_metrics(7, {"loss_d": 7.0})
+    assert logger.close(wait_s=20) == kept  # still there, for `ganorch sync` to say what is wrong
+    assert [m.step for m in c.get_metric_history(run_id, "loss_d")] == [7]
+
+
 def test_sync_sends_every_folder_it_can_and_names_those_it_cannot(mlflow_store, tmp_path, monkeypatch, capsys):
     """A folder of a run this server does not hold (kept while logging to another) fails alone: exit 1."""
     from orchestrator.cli import main

@@ -71,9 +71,12 @@ class RunLogger:
         its steps are left to it (sent at `close`, or by `ganorch sync`), not logged again."""
         kept = self.kept_before()
         earlier: dict[str, int] = {}  # metric -> the last step kept, read before any of it is sent
-        for op in read_ops(kept / OPS_FILE):
-            for key in op["values"] if op["op"] == "metrics" else ():
-                earlier[key] = max(earlier.get(key, -1), op["step"])
+        try:
+            for op in read_ops(kept / OPS_FILE):
+                for key in op["values"] if op["op"] == "metrics" else ():
+                    earlier[key] = max(earlier.get(key, -1), op["step"])
+        except (OSError, ValueError, KeyError) as err:  # a file training must not die of: `ganorch sync` tells more
+            self.warn(f"could not read what an earlier start of this run kept in {kept} ({first_line(err)})")
         try:
             with own_http_settings():  # with MLflow down, no minutes of MLflow's own retries at every start
                 self.send_kept(kept)
